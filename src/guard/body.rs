@@ -1,0 +1,180 @@
+//! Body types the guard puts around the inner service's bodies.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The request body the inner service sees: the client's own, or empty for a request the
+    /// guard makes itself (a revalidation GET).
+    #[project = RequestBodyProj]
+    pub enum RequestBody<B> {
+        /// The client's body, streamed.
+        Client { #[pin] body: B },
+        /// No body.
+        Empty,
+    }
+}
+
+impl<B> RequestBody<B> {
+    /// Wraps the client's body.
+    pub fn new(body: B) -> Self {
+        Self::Client { body }
+    }
+}
+
+impl<B: Body> Body for RequestBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project() {
+            RequestBodyProj::Client { body } => body.poll_frame(cx),
+            RequestBodyProj::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Client { body } => body.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Client { body } => body.size_hint(),
+            Self::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+pin_project! {
+    /// The response body the guard returns: the upstream's, streamed; one the guard made
+    /// (problem+json, 304); or the upstream's with a prefix the guard already read to hash it.
+    #[project = ResponseBodyProj]
+    pub enum ResponseBody<B: Body> {
+        /// The upstream's body, untouched.
+        Upstream { #[pin] body: B },
+        /// A body the guard produced (or a fully buffered upstream body).
+        Full { data: Option<Bytes> },
+        /// Frames already read from the upstream, then whatever remains of it.
+        Buffered { frames: VecDeque<Frame<Bytes>>, #[pin] rest: Tail<B> },
+    }
+}
+
+pin_project! {
+    /// What follows the buffered frames of a [`ResponseBody::Buffered`].
+    #[project = TailProj]
+    pub enum Tail<B: Body> {
+        /// The rest of the upstream body.
+        Rest { #[pin] body: B },
+        /// The upstream body failed while it was being buffered; yield that error.
+        Failed { error: Option<B::Error> },
+        /// The upstream body was read to its end.
+        Done,
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    /// The upstream's body, streamed.
+    pub fn upstream(body: B) -> Self {
+        Self::Upstream { body }
+    }
+
+    /// A complete body.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        Self::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Self::Full { data: None }
+    }
+
+    /// Frames already read, followed by `rest`.
+    pub fn buffered(frames: VecDeque<Frame<Bytes>>, rest: Tail<B>) -> Self {
+        Self::Buffered { frames, rest }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project() {
+            ResponseBodyProj::Upstream { body } => body.poll_frame(cx),
+            ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBodyProj::Buffered { frames, rest } => {
+                if let Some(frame) = frames.pop_front() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                match rest.project() {
+                    TailProj::Rest { body } => body.poll_frame(cx),
+                    TailProj::Failed { error } => Poll::Ready(error.take().map(Err)),
+                    TailProj::Done => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream { body } => body.is_end_stream(),
+            Self::Full { data } => data.is_none(),
+            Self::Buffered { frames, rest } => {
+                frames.is_empty()
+                    && match rest {
+                        Tail::Rest { body } => body.is_end_stream(),
+                        Tail::Failed { error } => error.is_none(),
+                        Tail::Done => true,
+                    }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Upstream { body } => body.size_hint(),
+            Self::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Self::Buffered { frames, rest } => {
+                let buffered: u64 = frames
+                    .iter()
+                    .filter_map(|f| f.data_ref())
+                    .map(|d| d.len() as u64)
+                    .sum();
+                match rest {
+                    Tail::Rest { body } => {
+                        let inner = body.size_hint();
+                        let mut hint = SizeHint::new();
+                        hint.set_lower(inner.lower() + buffered);
+                        if let Some(upper) = inner.upper() {
+                            hint.set_upper(upper + buffered);
+                        }
+                        hint
+                    }
+                    _ => SizeHint::with_exact(buffered),
+                }
+            }
+        }
+    }
+}

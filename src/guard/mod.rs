@@ -1,0 +1,23 @@
+//! The precondition guard: a tower middleware that enforces `If-Match` on writes.
+//!
+//! Reads (GET/HEAD) pass through and teach the guard each resource's current validator: the
+//! upstream's strong `ETag`, or one synthesized from a blake3 hash of the body. Writes
+//! (PUT/PATCH/DELETE/POST) take the resource's write lease, have their preconditions evaluated
+//! against what is known (revalidating with a GET when nothing is), and are rejected with 409
+//! (or 412) before they reach the inner service when stale. The outcome of every forwarded
+//! write updates what is known.
+//!
+//! The guard never touches sockets: it works in any tower stack, in front of an axum app as
+//! well as in front of a proxy client.
+
+mod body;
+mod layer;
+mod policy;
+mod response;
+mod service;
+
+pub use body::{RequestBody, ResponseBody, Tail};
+pub use layer::PreconditionLayer;
+pub use policy::{EtagSource, OnUnknown, Policy, RouteContext};
+pub use response::{Rejection, RejectionKind};
+pub use service::Precondition;

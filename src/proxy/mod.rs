@@ -1,0 +1,1 @@
+//! The reverse proxy: the I/O edge around the guard.

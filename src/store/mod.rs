@@ -1,0 +1,165 @@
+//! The validator store: what the proxy knows about each resource, and its write lease.
+//!
+//! Per key the store holds a [`KeyState`] (unknown, absent, or the current validators, one per
+//! representation), a **generation** that changes whenever the state may have changed, and at
+//! most one **write lease**. A read learns a validator only if the generation it saw before
+//! going upstream is still current ([`Store::learn`]), so a read that raced a write never
+//! re-installs the stale validator. A write holds the lease from before its precondition check
+//! until its outcome is recorded ([`Store::complete`]); dropping a lease without completing it
+//! marks the key unknown, because the write may or may not have applied.
+//!
+//! The trait is async so that a networked store (Redis) satisfies the same contract as the
+//! embedded [`MemoryStore`].
+
+mod memory;
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+pub use memory::{MemoryStore, MemoryStoreConfig};
+
+use crate::etag::EntityTag;
+use crate::key::ResourceKey;
+
+/// A boxed error from a store backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Identifies one representation of a resource: a hash of its content type and content coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Representation(pub u64);
+
+impl Representation {
+    /// The representation described by these `Content-Type` and `Content-Encoding` values
+    /// (empty when the header is absent). Parameters and case are kept as sent.
+    pub fn new(content_type: &[u8], content_encoding: &[u8]) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(&(content_type.len() as u64).to_le_bytes());
+        h.update(content_type);
+        h.update(content_encoding);
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        Self(u64::from_le_bytes(out))
+    }
+}
+
+/// A current strong validator of one representation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validator {
+    /// The strong entity-tag.
+    pub tag: EntityTag,
+    /// Which representation it validates.
+    pub representation: Representation,
+}
+
+/// What the store knows about a resource.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum KeyState {
+    /// Nothing trustworthy is known (never seen, expired, or a write's outcome is uncertain).
+    #[default]
+    Unknown,
+    /// The resource is known not to exist (the upstream answered 404/410).
+    Absent,
+    /// The resource exists with these validators (at least one, one per representation).
+    Present {
+        /// The current validators.
+        validators: Vec<Validator>,
+        /// The upstream's `Last-Modified`, if it sent one.
+        last_modified: Option<SystemTime>,
+    },
+}
+
+/// The state of a key at one moment, with the generation to hand back to [`Store::learn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// What is known.
+    pub state: KeyState,
+    /// Opaque token: changes whenever the state may have changed.
+    pub generation: u64,
+    /// Whether a write lease is held on the key right now.
+    pub leased: bool,
+}
+
+/// What a read learned from the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// A current strong validator of one representation. If it differs from the validator held
+    /// for the same representation, the resource changed: it replaces all validators.
+    Validator {
+        /// The validator.
+        validator: Validator,
+        /// The upstream's `Last-Modified`, if any.
+        last_modified: Option<SystemTime>,
+    },
+    /// The upstream answered 404 or 410.
+    Absent,
+    /// The read could not establish the state (e.g. the body was too large to hash).
+    Unknown,
+}
+
+/// The outcome of a write, recorded when its lease is released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx with a strong ETag: this is now the only validator.
+    Replaced {
+        /// The new validator.
+        validator: Validator,
+        /// The upstream's `Last-Modified`, if any.
+        last_modified: Option<SystemTime>,
+    },
+    /// Successful DELETE: the resource no longer exists.
+    Deleted,
+    /// The write may or may not have applied, or applied without telling the new validator.
+    Unknown,
+    /// The upstream refused the write (4xx other than 409/412): nothing changed.
+    Unchanged,
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write lease could not be taken within the allowed wait.
+    #[error("another update to this resource is in progress")]
+    LeaseTimeout,
+    /// The backend could not be reached or answered an error.
+    #[error("validator store unavailable")]
+    Unavailable(#[source] BoxError),
+}
+
+/// The validator store contract, shared by the embedded and the networked stores.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Proof of holding a key's write lease. Dropping it without [`Store::complete`] marks the
+    /// key unknown.
+    type Lease: Send + 'static;
+
+    /// The current state of `key` (an expired entry reads as unknown).
+    fn load(&self, key: ResourceKey) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+
+    /// Records what a read observed, only if `generation` (from [`Store::load`]) is still the
+    /// key's current generation. Returns whether it was recorded. A recorded change of state
+    /// moves the generation on, so a slower read that saw older data cannot overwrite it.
+    fn learn(
+        &self,
+        key: ResourceKey,
+        generation: u64,
+        observation: Observation,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Takes the write lease on `key`, waiting at most `wait` (then [`StoreError::LeaseTimeout`]).
+    /// Taking the lease moves the generation on; the returned snapshot is the state under the
+    /// lease, and its generation may be used to [`Store::learn`] a revalidation.
+    fn acquire(
+        &self,
+        key: ResourceKey,
+        wait: Duration,
+    ) -> impl Future<Output = Result<(Self::Lease, Snapshot), StoreError>> + Send;
+
+    /// Records a write's outcome, moves the generation on and releases the lease.
+    fn complete(
+        &self,
+        lease: Self::Lease,
+        outcome: Outcome,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Forgets `key` (it becomes unknown). Returns whether anything was held.
+    fn purge(&self, key: ResourceKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
