@@ -14,7 +14,11 @@ pin_project! {
     #[project = RequestBodyProj]
     pub enum RequestBody<B> {
         /// The client's body, streamed.
-        Client { #[pin] body: B },
+        Client {
+            /// The body.
+            #[pin]
+            body: B,
+        },
         /// No body.
         Empty,
     }
@@ -62,25 +66,35 @@ pin_project! {
     #[project = ResponseBodyProj]
     pub enum ResponseBody<B: Body> {
         /// The upstream's body, untouched.
-        Upstream { #[pin] body: B },
+        Upstream {
+            /// The body.
+            #[pin]
+            body: B,
+        },
         /// A body the guard produced (or a fully buffered upstream body).
-        Full { data: Option<Bytes> },
+        Full {
+            /// The bytes not yet yielded.
+            data: Option<Bytes>,
+        },
         /// Frames already read from the upstream, then whatever remains of it.
-        Buffered { frames: VecDeque<Frame<Bytes>>, #[pin] rest: Tail<B> },
+        Buffered {
+            /// Frames read while hashing, not yet yielded.
+            frames: VecDeque<Frame<Bytes>>,
+            /// What follows them.
+            rest: Tail<B>,
+        },
     }
 }
 
-pin_project! {
-    /// What follows the buffered frames of a [`ResponseBody::Buffered`].
-    #[project = TailProj]
-    pub enum Tail<B: Body> {
-        /// The rest of the upstream body.
-        Rest { #[pin] body: B },
-        /// The upstream body failed while it was being buffered; yield that error.
-        Failed { error: Option<B::Error> },
-        /// The upstream body was read to its end.
-        Done,
-    }
+/// What follows the buffered frames of a [`ResponseBody::Buffered`].
+pub enum Tail<B: Body> {
+    /// The rest of the upstream body (boxed: it was polled while buffering, and boxing it
+    /// spares every inner body an `Unpin` bound).
+    Rest(Pin<Box<B>>),
+    /// The upstream body failed while it was being buffered; yield that error.
+    Failed(Option<B::Error>),
+    /// The upstream body was read to its end.
+    Done,
 }
 
 impl<B: Body> ResponseBody<B> {
@@ -126,10 +140,10 @@ where
                 if let Some(frame) = frames.pop_front() {
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                match rest.project() {
-                    TailProj::Rest { body } => body.poll_frame(cx),
-                    TailProj::Failed { error } => Poll::Ready(error.take().map(Err)),
-                    TailProj::Done => Poll::Ready(None),
+                match rest {
+                    Tail::Rest(body) => body.as_mut().poll_frame(cx),
+                    Tail::Failed(error) => Poll::Ready(error.take().map(Err)),
+                    Tail::Done => Poll::Ready(None),
                 }
             }
         }
@@ -142,8 +156,8 @@ where
             Self::Buffered { frames, rest } => {
                 frames.is_empty()
                     && match rest {
-                        Tail::Rest { body } => body.is_end_stream(),
-                        Tail::Failed { error } => error.is_none(),
+                        Tail::Rest(body) => body.is_end_stream(),
+                        Tail::Failed(error) => error.is_none(),
                         Tail::Done => true,
                     }
             }
@@ -163,7 +177,7 @@ where
                     .map(|d| d.len() as u64)
                     .sum();
                 match rest {
-                    Tail::Rest { body } => {
+                    Tail::Rest(body) => {
                         let inner = body.size_hint();
                         let mut hint = SizeHint::new();
                         hint.set_lower(inner.lower() + buffered);

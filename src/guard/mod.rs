@@ -11,6 +11,10 @@
 //! well as in front of a proxy client.
 
 mod body;
+mod hash;
+mod headers;
+mod read;
+mod write;
 mod layer;
 mod policy;
 mod response;

@@ -4,12 +4,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response, Uri};
 use http_body::Body;
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
-use super::policy::Policy;
+use super::policy::{Policy, RouteContext};
+use super::{read, write};
+use crate::key::ResourceKey;
 use crate::store::Store;
 
 /// The precondition guard around an inner service. See the [module docs](super).
@@ -33,6 +35,17 @@ impl<S, St> Precondition<S, St> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// Everything one guarded request needs besides the request itself.
+pub(crate) struct Guarded<S, St> {
+    /// The inner service, already driven to readiness for this request.
+    pub(crate) inner: S,
+    pub(crate) store: St,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) key: ResourceKey,
+    /// The request target, for problem details and revalidation.
+    pub(crate) uri: Uri,
+}
+
 impl<S, St, B, RB> Service<Request<B>> for Precondition<S, St>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
@@ -52,6 +65,50 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        todo!()
+        // The readied service serves this request; the clone waits for the next poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+
+        let method = req.method();
+        let is_read = method == Method::GET || method == Method::HEAD;
+        let is_write = matches!(
+            *method,
+            Method::PUT | Method::PATCH | Method::DELETE | Method::POST
+        );
+        if !is_read && !is_write {
+            // OPTIONS, TRACE, extension methods: neither teach nor change a validator.
+            let future = inner.call(req.map(RequestBody::new));
+            return Box::pin(async move { Ok(future.await?.map(ResponseBody::upstream)) });
+        }
+
+        let (route, policy) = match req.extensions().get::<RouteContext>() {
+            Some(route) => (&*route.id, route.policy.clone()),
+            None => ("", self.policy.clone()),
+        };
+        let key = resource_key(route, &policy, &req);
+        let guarded = Guarded {
+            inner,
+            store: self.store.clone(),
+            policy,
+            key,
+            uri: req.uri().clone(),
+        };
+        if is_read {
+            Box::pin(read::read(guarded, req))
+        } else {
+            Box::pin(write::write(guarded, req))
+        }
     }
+}
+
+fn resource_key<B>(route: &str, policy: &Policy, req: &Request<B>) -> ResourceKey {
+    let uri = req.uri();
+    let query = if policy.key_query { uri.query() } else { None };
+    let headers = policy.key_headers.iter().flat_map(|name| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .map(move |value| (name.as_str().as_bytes(), value.as_bytes()))
+    });
+    ResourceKey::new(route, uri.path(), query, headers)
 }

@@ -1,0 +1,182 @@
+//! The read path: GET and HEAD pass through and teach the store each resource's validator.
+
+use bytes::Bytes;
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use tower::Service;
+
+use super::body::{RequestBody, ResponseBody, Tail};
+use super::hash::{Hashed, hash_body};
+use super::headers;
+use super::policy::EtagSource;
+use super::service::Guarded;
+use crate::etag::EntityTag;
+use crate::key::ResourceKey;
+use crate::precondition::TagCondition;
+use crate::store::{KeyState, Observation, Snapshot, Store, Validator};
+
+pub(crate) async fn read<S, St, B, RB>(
+    guarded: Guarded<S, St>,
+    mut req: Request<B>,
+) -> Result<Response<ResponseBody<RB>>, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<RB>>,
+    St: Store,
+    RB: Body<Data = Bytes>,
+{
+    let Guarded {
+        mut inner,
+        store,
+        policy,
+        key,
+        ..
+    } = guarded;
+    let is_get = req.method() == Method::GET;
+    let hash = is_get && policy.etag_source != EtagSource::Upstream;
+
+    // A read's conditionals are the upstream's business, except tags only the proxy knows.
+    let client_inm = match headers::preconditions(req.headers(), true) {
+        Ok(pre) => {
+            headers::strip_synthesized(req.headers_mut(), &pre);
+            pre.if_none_match
+        }
+        Err(_) => None,
+    };
+    if hash {
+        // Synthesized tags are computed over identity-coded bytes, so that every client gets
+        // the same tag for the same content.
+        req.headers_mut()
+            .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
+
+    // The generation seen *before* going upstream: if a write lands meanwhile, what this read
+    // brings back is refused by the store.
+    let snapshot = match store.load(key).await {
+        Ok(snapshot) => Some(snapshot),
+        Err(error) => {
+            tracing::warn!(%key, %error, "store load failed, read passes unobserved");
+            None
+        }
+    };
+    let response = inner.call(req.map(RequestBody::new)).await?;
+    let (mut parts, body) = response.into_parts();
+    let status = parts.status;
+
+    if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+        learn(&store, key, &snapshot, Observation::Absent).await;
+        return Ok(upstream(parts, body));
+    }
+    if !status.is_success() {
+        return Ok(upstream(parts, body));
+    }
+    let representation = headers::representation(&parts.headers);
+    let last_modified = headers::last_modified(&parts.headers);
+    if policy.etag_source != EtagSource::Synthesize {
+        if let Some(tag) = headers::strong_etag(&parts.headers) {
+            let validator = Validator {
+                tag,
+                representation,
+            };
+            let observation = Observation::Validator {
+                validator,
+                last_modified,
+            };
+            learn(&store, key, &snapshot, observation).await;
+            return Ok(upstream(parts, body));
+        }
+    }
+    if !is_get {
+        // HEAD has no body to hash: it carries the validator already known, if any.
+        if let Some(tag) = known_tag(&snapshot, representation) {
+            headers::set_etag(&mut parts.headers, tag);
+        }
+        return Ok(upstream(parts, body));
+    }
+    if !hash || status != StatusCode::OK {
+        return Ok(upstream(parts, body));
+    }
+
+    match hash_body(body, representation, policy.max_hash_bytes).await {
+        Hashed::Complete { frames, tag } => {
+            let validator = Validator {
+                tag: tag.clone(),
+                representation,
+            };
+            let observation = Observation::Validator {
+                validator,
+                last_modified,
+            };
+            learn(&store, key, &snapshot, observation).await;
+            headers::set_etag(&mut parts.headers, &tag);
+            if client_inm.is_some_and(|inm| none_match_fails(&inm, &tag)) {
+                parts.status = StatusCode::NOT_MODIFIED;
+                for name in [CONTENT_LENGTH, CONTENT_TYPE, CONTENT_ENCODING] {
+                    parts.headers.remove(name);
+                }
+                return Ok(Response::from_parts(parts, ResponseBody::empty()));
+            }
+            Ok(Response::from_parts(
+                parts,
+                ResponseBody::buffered(frames, Tail::Done),
+            ))
+        }
+        Hashed::Incomplete { frames, rest } => {
+            if !matches!(rest, Tail::Failed(_)) {
+                // Too large to hash: whatever was known no longer describes this resource.
+                tracing::debug!(%key, limit = policy.max_hash_bytes, "body too large to hash");
+                learn(&store, key, &snapshot, Observation::Unknown).await;
+            }
+            Ok(Response::from_parts(
+                parts,
+                ResponseBody::buffered(frames, rest),
+            ))
+        }
+    }
+}
+
+/// Records an observation against the generation seen before the read; a refusal is normal
+/// (a write or a fresher read got there first) and a store failure only costs a revalidation.
+async fn learn<St: Store>(
+    store: &St,
+    key: ResourceKey,
+    snapshot: &Option<Snapshot>,
+    observation: Observation,
+) {
+    let Some(snapshot) = snapshot else { return };
+    match store.learn(key, snapshot.generation, observation).await {
+        Ok(recorded) => tracing::trace!(%key, recorded, "observed"),
+        Err(error) => tracing::warn!(%key, %error, "store learn failed"),
+    }
+}
+
+fn upstream<RB: Body>(parts: http::response::Parts, body: RB) -> Response<ResponseBody<RB>> {
+    Response::from_parts(parts, ResponseBody::upstream(body))
+}
+
+/// The validator known for `representation`, else any known one.
+fn known_tag(
+    snapshot: &Option<Snapshot>,
+    representation: crate::store::Representation,
+) -> Option<&EntityTag> {
+    let Some(Snapshot {
+        state: KeyState::Present { validators, .. },
+        ..
+    }) = snapshot
+    else {
+        return None;
+    };
+    validators
+        .iter()
+        .find(|v| v.representation == representation)
+        .or_else(|| validators.first())
+        .map(|v| &v.tag)
+}
+
+/// `If-None-Match` is false when it is `*` or lists a tag that weakly matches the current one.
+pub(crate) fn none_match_fails(inm: &TagCondition, current: &EntityTag) -> bool {
+    match inm {
+        TagCondition::Any => true,
+        TagCondition::Tags(tags) => tags.iter().any(|tag| tag.weak_eq(current)),
+    }
+}
