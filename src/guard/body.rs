@@ -12,10 +12,11 @@ pin_project! {
     /// The request body the inner service sees: the client's own, or empty for a request the
     /// guard makes itself (a revalidation GET).
     #[project = RequestBodyProj]
+    // Variant fields are described by their variant's docs.
+    #[allow(missing_docs)]
     pub enum RequestBody<B> {
         /// The client's body, streamed.
         Client {
-            /// The body.
             #[pin]
             body: B,
         },
@@ -64,23 +65,20 @@ pin_project! {
     /// The response body the guard returns: the upstream's, streamed; one the guard made
     /// (problem+json, 304); or the upstream's with a prefix the guard already read to hash it.
     #[project = ResponseBodyProj]
+    #[allow(missing_docs)]
     pub enum ResponseBody<B: Body> {
         /// The upstream's body, untouched.
         Upstream {
-            /// The body.
             #[pin]
             body: B,
         },
         /// A body the guard produced (or a fully buffered upstream body).
         Full {
-            /// The bytes not yet yielded.
             data: Option<Bytes>,
         },
         /// Frames already read from the upstream, then whatever remains of it.
         Buffered {
-            /// Frames read while hashing, not yet yielded.
             frames: VecDeque<Frame<Bytes>>,
-            /// What follows them.
             rest: Tail<B>,
         },
     }
