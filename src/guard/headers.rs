@@ -66,7 +66,10 @@ pub(crate) fn set_etag(headers: &mut HeaderMap, tag: &EntityTag) {
 /// Removes the proxy's synthesized tags from `If-Match` and `If-None-Match`: the upstream cannot
 /// know them, and the guard has already evaluated them. The upstream's own tags and `*` stay.
 pub(crate) fn strip_synthesized(headers: &mut HeaderMap, pre: &Preconditions) {
-    for (name, condition) in [(IF_MATCH, &pre.if_match), (IF_NONE_MATCH, &pre.if_none_match)] {
+    for (name, condition) in [
+        (IF_MATCH, &pre.if_match),
+        (IF_NONE_MATCH, &pre.if_none_match),
+    ] {
         let Some(TagCondition::Tags(tags)) = condition else {
             continue;
         };

@@ -13,12 +13,12 @@
 mod body;
 mod hash;
 mod headers;
-mod read;
-mod write;
 mod layer;
 mod policy;
+mod read;
 mod response;
 mod service;
+mod write;
 
 pub use body::{RequestBody, ResponseBody, Tail};
 pub use layer::PreconditionLayer;

@@ -367,7 +367,10 @@ impl<S, St> Revalidation<'_, S, St> {
         }
         if !status.is_success() {
             // 401, 403, redirects...: the writer learns what the upstream said.
-            return Ok(Err(Response::from_parts(parts, ResponseBody::upstream(body))));
+            return Ok(Err(Response::from_parts(
+                parts,
+                ResponseBody::upstream(body),
+            )));
         }
 
         let representation = headers::representation(&parts.headers);
@@ -421,7 +424,6 @@ impl<S, St> Revalidation<'_, S, St> {
         learn_revalidated(store, key, generation, observation).await;
         Ok(Ok(state))
     }
-
 }
 
 async fn learn_revalidated<St: Store>(
