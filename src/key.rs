@@ -26,7 +26,27 @@ impl ResourceKey {
         query: Option<&str>,
         key_headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> Self {
-        todo!()
+        let mut hasher = blake3::Hasher::new();
+        write_field(&mut hasher, route.as_bytes());
+        write_field(&mut hasher, path.as_bytes());
+        // A presence flag keeps "no query" apart from an empty one (`/a` vs `/a?`).
+        match query {
+            None => {
+                hasher.update(&[0]);
+            }
+            Some(query) => {
+                hasher.update(&[1]);
+                write_field(&mut hasher, query.as_bytes());
+            }
+        }
+        for (name, value) in key_headers {
+            write_field(&mut hasher, name);
+            write_field(&mut hasher, value);
+        }
+        let mut key = [0; 16];
+        // 128 bits: collisions between live resources are out of reach, at half the memory.
+        key.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+        Self(key)
     }
 
     /// The raw digest bytes.
@@ -40,15 +60,150 @@ impl ResourceKey {
     }
 }
 
+/// Hashes one field with its length in front, so field boundaries cannot shift.
+fn write_field(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    // usize -> u64 never truncates on supported targets; a fixed width keeps keys equal
+    // across 32- and 64-bit replicas sharing a store.
+    hasher.update(&(bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
+}
+
 impl fmt::Display for ResourceKey {
     /// Lowercase hex.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        todo!()
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 
 impl fmt::Debug for ResourceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ResourceKey({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Input<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a [(&'a [u8], &'a [u8])],
+    );
+
+    fn key((route, path, query, headers): Input<'_>) -> ResourceKey {
+        ResourceKey::new(route, path, query, headers.iter().copied())
+    }
+
+    #[test]
+    fn same_input_same_key() {
+        let input: Input<'_> = ("api", "/items/1", Some("v=2"), &[(b"authorization", b"t")]);
+        assert_eq!(key(input), key(input));
+    }
+
+    /// Pairs of inputs that a naive concatenation would confuse.
+    #[test]
+    fn keys_separate() {
+        let cases: &[(Input<'_>, Input<'_>)] = &[
+            // Route / path boundary.
+            (("api", "/items", None, &[]), ("api/", "items", None, &[])),
+            (("a", "b/c", None, &[]), ("ab", "/c", None, &[])),
+            (("", "/x", None, &[]), ("/x", "", None, &[])),
+            // Path / query boundary.
+            (("api", "/a?b", None, &[]), ("api", "/a", Some("b"), &[])),
+            (("api", "/a", Some(""), &[]), ("api", "/a?", None, &[])),
+            // No query vs an empty one.
+            (("api", "/a", None, &[]), ("api", "/a", Some(""), &[])),
+            (
+                ("api", "/a", Some("x=1"), &[]),
+                ("api", "/a", Some("x=2"), &[]),
+            ),
+            // Routes and paths alone.
+            (("api", "/a", None, &[]), ("web", "/a", None, &[])),
+            (("api", "/a", None, &[]), ("api", "/b", None, &[])),
+            // Header name / value boundary.
+            (
+                ("api", "/a", None, &[(b"ab", b"c")]),
+                ("api", "/a", None, &[(b"a", b"bc")]),
+            ),
+            // Header values.
+            (
+                ("api", "/a", None, &[(b"authorization", b"alice")]),
+                ("api", "/a", None, &[(b"authorization", b"bob")]),
+            ),
+            // A header vs none, and an empty header vs none.
+            (
+                ("api", "/a", None, &[]),
+                ("api", "/a", None, &[(b"authorization", b"")]),
+            ),
+            (("api", "/a", None, &[]), ("api", "/a", None, &[(b"", b"")])),
+            // Header order is significant: the route fixes it.
+            (
+                ("api", "/a", None, &[(b"x", b"1"), (b"y", b"2")]),
+                ("api", "/a", None, &[(b"y", b"2"), (b"x", b"1")]),
+            ),
+            // Header bytes vs query bytes.
+            (
+                ("api", "/a", Some("q"), &[]),
+                ("api", "/a", None, &[(b"q", b"")]),
+            ),
+        ];
+        for (a, b) in cases {
+            assert_ne!(key(*a), key(*b), "{a:?} vs {b:?}");
+        }
+    }
+
+    /// Replicas sharing a store must agree on keys: pin the encoding.
+    #[test]
+    fn encoding_is_stable() {
+        let mut encoded = Vec::new();
+        for field in [&b"api"[..], b"/items/1"] {
+            encoded.extend_from_slice(&(field.len() as u64).to_le_bytes());
+            encoded.extend_from_slice(field);
+        }
+        encoded.push(1);
+        encoded.extend_from_slice(&3u64.to_le_bytes());
+        encoded.extend_from_slice(b"v=2");
+        for field in [&b"authorization"[..], b"Bearer t"] {
+            encoded.extend_from_slice(&(field.len() as u64).to_le_bytes());
+            encoded.extend_from_slice(field);
+        }
+        let digest = blake3::hash(&encoded);
+        let got = key((
+            "api",
+            "/items/1",
+            Some("v=2"),
+            &[(b"authorization", b"Bearer t")],
+        ));
+        assert_eq!(got.as_bytes()[..], digest.as_bytes()[..16]);
+        assert_eq!(got.to_string(), digest.to_hex()[..32]);
+    }
+
+    #[test]
+    fn display_is_32_lowercase_hex() {
+        let k = key(("api", "/items/1", None, &[]));
+        let s = k.to_string();
+        assert_eq!(s.len(), 32);
+        assert!(
+            s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{s}"
+        );
+        assert_eq!(format!("{k:?}"), format!("ResourceKey({s})"));
+        let bytes = ResourceKey::from_bytes([0xab; 16]);
+        assert_eq!(bytes.to_string(), "ab".repeat(16));
+        let bytes = ResourceKey::from_bytes([0x01; 16]);
+        assert_eq!(bytes.to_string(), "01".repeat(16));
+    }
+
+    #[test]
+    fn bytes_round_trip() {
+        let k = key(("api", "/items/1", Some("a=1"), &[]));
+        assert_eq!(ResourceKey::from_bytes(*k.as_bytes()), k);
+    }
+
+    #[test]
+    fn key_is_a_plain_16_byte_value() {
+        assert_eq!(std::mem::size_of::<ResourceKey>(), 16);
     }
 }
