@@ -11,6 +11,8 @@
 //! The trait is async so that a networked store (Redis) satisfies the same contract as the
 //! embedded [`MemoryStore`].
 
+#[cfg(test)]
+pub(crate) mod contract;
 mod memory;
 
 use std::future::Future;
