@@ -32,6 +32,7 @@ mod document;
 mod error;
 mod progress;
 mod report;
+mod tally;
 mod workload;
 
 use std::future::Future;
@@ -50,7 +51,8 @@ pub use report::{Conflicts, Errors, KeyReport, Latency, Report, Throughput};
 
 use client::Http;
 use progress::{Live, Progress};
-use report::{Setting, Tally};
+use report::Setting;
+use tally::Tally;
 use workload::{Budget, Key, Plan};
 
 const DEFAULT_WRITERS: usize = 8;
@@ -194,7 +196,11 @@ pub async fn run(
         .keys
         .iter()
         .zip(initial.into_iter().zip(last))
-        .map(|(key, (initial, last))| (key.path.clone(), key.uri.to_string(), initial, last))
+        .enumerate()
+        .map(|(index, (key, (initial, last)))| {
+            let url = key.uri.to_string();
+            KeyReport::new(key.path.clone(), url, initial, last, total.commits(index))
+        })
         .collect();
     let setting = Setting {
         target: args.target.clone(),

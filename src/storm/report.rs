@@ -1,4 +1,4 @@
-//! The figures of a storm: what each writer tallied, and the report they add up to.
+//! The figures of a storm: the report, as a table for people and as JSON for machines.
 
 use std::fmt;
 use std::time::Duration;
@@ -6,23 +6,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// Latencies are recorded in microseconds, up to a minute (3 significant figures).
-const LATENCY_MAX_US: u64 = 60_000_000;
+use super::tally::{ErrorKind, Tally};
+
 /// The per-key table in [`Report::render_table`] shows at most this many rows.
 const TABLE_KEYS: usize = 20;
-
-/// Why a request of a cycle failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ErrorKind {
-    Connect,
-    Timeout,
-    Transport,
-    Status4xx,
-    Status5xx,
-    StatusOther,
-    BadBody,
-    NoEtag,
-}
 
 /// Writes rejected as conflicts, by status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -59,7 +46,7 @@ pub struct Errors {
 }
 
 impl Errors {
-    fn count(&mut self, kind: ErrorKind) {
+    pub(crate) fn count(&mut self, kind: ErrorKind) {
         self.total += 1;
         let slot = match kind {
             ErrorKind::Connect => &mut self.connect,
@@ -74,7 +61,7 @@ impl Errors {
         *slot += 1;
     }
 
-    fn add(&mut self, other: &Self) {
+    pub(crate) fn add(&mut self, other: &Self) {
         self.total += other.total;
         self.connect += other.connect;
         self.timeout += other.timeout;
@@ -106,122 +93,11 @@ impl Errors {
     }
 }
 
-/// What one writer counted.
-pub(crate) struct Tally {
-    cycles: u64,
-    reads: u64,
-    attempts: u64,
-    commits_per_key: Vec<u64>,
-    conflicts: Conflicts,
-    gave_up: u64,
-    errors: Errors,
-    uncertain: u64,
-    read_latency: Histogram<u64>,
-    write_latency: Histogram<u64>,
-}
-
 fn plural(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("{n} {noun}")
     } else {
         format!("{n} {noun}s")
-    }
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("constant, valid histogram bounds")
-}
-
-fn micros(latency: Duration) -> u64 {
-    u64::try_from(latency.as_micros()).unwrap_or(u64::MAX)
-}
-
-impl Tally {
-    pub(crate) fn new(keys: usize) -> Self {
-        Self {
-            cycles: 0,
-            reads: 0,
-            attempts: 0,
-            commits_per_key: vec![0; keys],
-            conflicts: Conflicts::default(),
-            gave_up: 0,
-            errors: Errors::default(),
-            uncertain: 0,
-            read_latency: histogram(),
-            write_latency: histogram(),
-        }
-    }
-
-    pub(crate) fn cycle(&mut self) {
-        self.cycles += 1;
-    }
-
-    /// A GET that got a response (of any status) after `latency`.
-    pub(crate) fn read(&mut self, latency: Duration) {
-        self.reads += 1;
-        self.read_latency.saturating_record(micros(latency));
-    }
-
-    /// A GET that got no response.
-    pub(crate) fn read_failed(&mut self) {
-        self.reads += 1;
-    }
-
-    /// A PUT sent; `latency` if it got a response.
-    pub(crate) fn attempt(&mut self, latency: Option<Duration>) {
-        self.attempts += 1;
-        if let Some(latency) = latency {
-            self.write_latency.saturating_record(micros(latency));
-        }
-    }
-
-    pub(crate) fn commit(&mut self, key: usize) {
-        if let Some(commits) = self.commits_per_key.get_mut(key) {
-            *commits += 1;
-        }
-    }
-
-    pub(crate) fn conflict(&mut self, status: http::StatusCode) {
-        self.conflicts.total += 1;
-        if status == http::StatusCode::PRECONDITION_FAILED {
-            self.conflicts.status_412 += 1;
-        } else {
-            self.conflicts.status_409 += 1;
-        }
-    }
-
-    pub(crate) fn gave_up(&mut self) {
-        self.gave_up += 1;
-    }
-
-    pub(crate) fn error(&mut self, kind: ErrorKind) {
-        self.errors.count(kind);
-    }
-
-    /// A write whose outcome is unknown: it may have applied without storm counting a commit.
-    pub(crate) fn uncertain(&mut self) {
-        self.uncertain += 1;
-    }
-
-    pub(crate) fn merge(&mut self, other: &Tally) {
-        self.cycles += other.cycles;
-        self.reads += other.reads;
-        self.attempts += other.attempts;
-        for (mine, theirs) in self.commits_per_key.iter_mut().zip(&other.commits_per_key) {
-            *mine += theirs;
-        }
-        self.conflicts.total += other.conflicts.total;
-        self.conflicts.status_409 += other.conflicts.status_409;
-        self.conflicts.status_412 += other.conflicts.status_412;
-        self.gave_up += other.gave_up;
-        self.errors.add(&other.errors);
-        self.uncertain += other.uncertain;
-        self.read_latency
-            .add(&other.read_latency)
-            .expect("histograms share their bounds");
-        self.write_latency
-            .add(&other.write_latency)
-            .expect("histograms share their bounds");
     }
 }
 
@@ -241,7 +117,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(histogram: &Histogram<u64>) -> Self {
+    pub(crate) fn of(histogram: &Histogram<u64>) -> Self {
         let ms = |us: u64| us as f64 / 1000.0;
         if histogram.is_empty() {
             return Self::default();
@@ -362,22 +238,11 @@ pub(crate) struct Setting {
 }
 
 impl Report {
-    /// Adds up the writers' tallies against the counters read before and after.
-    pub(crate) fn new(
-        setting: Setting,
-        tally: &Tally,
-        keys: Vec<(String, String, i64, i64)>,
-    ) -> Self {
-        let per_key: Vec<KeyReport> = keys
-            .into_iter()
-            .zip(&tally.commits_per_key)
-            .map(|((path, url, initial, last), &commits)| {
-                KeyReport::new(path, url, initial, last, commits)
-            })
-            .collect();
+    /// Adds up the writers' tallies and the per-key accounting.
+    pub(crate) fn new(setting: Setting, tally: &Tally, per_key: Vec<KeyReport>) -> Self {
         let secs = setting.elapsed.as_secs_f64();
         let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-        let commits = tally.commits_per_key.iter().sum();
+        let commits = per_key.iter().map(|k| k.commits).sum();
         Self {
             target: setting.target,
             if_match: setting.if_match,

@@ -15,7 +15,7 @@ use super::StormError;
 use super::client::{Failure, Fetched, Http, strong_etag};
 use super::document::Document;
 use super::progress::Live;
-use super::report::{ErrorKind, Tally};
+use super::tally::{ErrorKind, Tally};
 
 /// Keys set up or read back at once: enough to be quick, few enough to be polite.
 const SETUP_CONCURRENCY: usize = 8;
