@@ -34,6 +34,7 @@ pub mod key;
 pub mod precondition;
 pub mod proxy;
 pub mod store;
+pub mod storm;
 
 pub use etag::EntityTag;
 pub use guard::{Policy, Precondition, PreconditionLayer, Rejection, RequestBody, ResponseBody};

@@ -1,0 +1,319 @@
+//! The storm's three phases: make sure every key exists, run the writers' read-modify-write
+//! cycles, read every counter back.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+use http::header::{IF_MATCH, IF_NONE_MATCH};
+use http::{HeaderValue, StatusCode, Uri};
+use tokio::sync::watch;
+
+use super::StormError;
+use super::client::{Failure, Fetched, Http, strong_etag};
+use super::document::Document;
+use super::progress::Live;
+use super::tally::{ErrorKind, Tally};
+
+/// Keys set up or read back at once: enough to be quick, few enough to be polite.
+const SETUP_CONCURRENCY: usize = 8;
+
+/// One stormed resource.
+#[derive(Debug, Clone)]
+pub(crate) struct Key {
+    /// `--key-prefix` plus the index, as shown in the report.
+    pub(crate) path: String,
+    pub(crate) uri: Uri,
+}
+
+/// Cycles left to start, when `--requests` bounds the storm.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: Option<u64>,
+    taken: AtomicU64,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: Option<u64>) -> Self {
+        Self {
+            limit,
+            taken: AtomicU64::new(0),
+        }
+    }
+
+    fn take(&self) -> bool {
+        self.limit
+            .is_none_or(|limit| self.taken.fetch_add(1, Ordering::Relaxed) < limit)
+    }
+}
+
+/// Everything the writers share.
+pub(crate) struct Plan {
+    pub(crate) http: Http,
+    pub(crate) keys: Vec<Key>,
+    pub(crate) field: String,
+    pub(crate) if_match: bool,
+    pub(crate) max_retries: u32,
+    pub(crate) budget: Budget,
+    pub(crate) live: Arc<Live>,
+    /// Spreads writers over keys pseudo-randomly, differently on every run.
+    pub(crate) picker: RandomState,
+}
+
+/// Reads every key's counter, creating the keys that do not exist yet.
+pub(crate) async fn prepare(
+    http: &Http,
+    keys: &[Key],
+    field: &str,
+    if_match: bool,
+) -> Result<Vec<i64>, StormError> {
+    stream::iter(keys)
+        .map(|key| prepare_key(http, key, field, if_match))
+        .buffered(SETUP_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+async fn prepare_key(
+    http: &Http,
+    key: &Key,
+    field: &str,
+    if_match: bool,
+) -> Result<i64, StormError> {
+    let mut fetched = fetch(http, &key.uri).await?;
+    if fetched.status == StatusCode::NOT_FOUND {
+        create(http, key, field).await?;
+        fetched = fetch(http, &key.uri).await?;
+    }
+    if if_match && fetched.status.is_success() && strong_etag(&fetched.headers).is_none() {
+        return Err(StormError::NoEtag {
+            url: key.uri.to_string(),
+        });
+    }
+    counter_of(&fetched, &key.uri, field)
+}
+
+/// Creates a key, create-only: if another storm created it first, that is as good.
+async fn create(http: &Http, key: &Key, field: &str) -> Result<(), StormError> {
+    let id = key.path.rsplit('/').next().unwrap_or(&key.path);
+    let body = Document::initial(id, field);
+    let create_only = Some((IF_NONE_MATCH, HeaderValue::from_static("*")));
+    let created = http
+        .put(&key.uri, body, create_only)
+        .await
+        .map_err(|failure| failure.into_error(&key.uri, http.timeout()))?;
+    match created.status {
+        s if s.is_success() => Ok(()),
+        StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => Ok(()),
+        status => Err(StormError::Status {
+            method: "PUT",
+            url: key.uri.to_string(),
+            status,
+        }),
+    }
+}
+
+/// Reads every key's counter after the storm.
+pub(crate) async fn read_back(
+    http: &Http,
+    keys: &[Key],
+    field: &str,
+) -> Result<Vec<i64>, StormError> {
+    stream::iter(keys)
+        .map(|key| async move {
+            let fetched = fetch(http, &key.uri).await?;
+            counter_of(&fetched, &key.uri, field)
+        })
+        .buffered(SETUP_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+async fn fetch(http: &Http, uri: &Uri) -> Result<Fetched, StormError> {
+    http.get(uri)
+        .await
+        .map_err(|failure| failure.into_error(uri, http.timeout()))
+}
+
+fn counter_of(fetched: &Fetched, uri: &Uri, field: &str) -> Result<i64, StormError> {
+    if !fetched.status.is_success() {
+        return Err(StormError::Status {
+            method: "GET",
+            url: uri.to_string(),
+            status: fetched.status,
+        });
+    }
+    Document::parse(&fetched.body, field)
+        .map(|doc| doc.counter())
+        .map_err(|e| e.into_error(uri.to_string(), field))
+}
+
+/// One writer: read-modify-write cycles until the budget is spent or `stop` turns true.
+pub(crate) async fn writer(plan: Arc<Plan>, id: usize, mut stop: watch::Receiver<bool>) -> Tally {
+    let mut tally = Tally::new(plan.keys.len());
+    let mut cycle: u64 = 0;
+    'cycles: loop {
+        if *stop.borrow() || !plan.budget.take() {
+            break;
+        }
+        cycle += 1;
+        tally.cycle();
+        let index = pick(&plan, id, cycle);
+        let key = &plan.keys[index];
+        let mut retries = 0;
+        loop {
+            // A read changes nothing: when the storm ends, drop it rather than wait.
+            let read = tokio::select! {
+                read = read(&plan, key, &mut tally) => read,
+                () = stopped(&mut stop) => break 'cycles,
+            };
+            let (etag, doc) = match read {
+                Ok(read) => read,
+                Err(kind) => {
+                    fail(&plan, &mut tally, kind);
+                    break;
+                }
+            };
+            if *stop.borrow() {
+                break 'cycles;
+            }
+            // A write runs to its end (bounded by --timeout): cut short, its outcome is unknown.
+            match write(&plan, key, etag, doc, &mut tally).await {
+                Written::Committed => {
+                    tally.commit(index);
+                    plan.live.commit();
+                    break;
+                }
+                Written::Conflict(status) => {
+                    tally.conflict(status);
+                    plan.live.conflict();
+                    if retries >= plan.max_retries {
+                        tally.gave_up();
+                        break;
+                    }
+                    retries += 1;
+                }
+                Written::Failed { kind, uncertain } => {
+                    if uncertain {
+                        tally.uncertain();
+                    }
+                    fail(&plan, &mut tally, kind);
+                    break;
+                }
+            }
+        }
+    }
+    tally
+}
+
+fn pick(plan: &Plan, writer: usize, cycle: u64) -> usize {
+    let spread = plan.picker.hash_one((writer, cycle));
+    // The remainder is below the key count, which is a usize.
+    usize::try_from(spread % plan.keys.len() as u64).unwrap_or(0)
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+fn fail(plan: &Plan, tally: &mut Tally, kind: ErrorKind) {
+    tally.error(kind);
+    plan.live.error();
+}
+
+async fn read(
+    plan: &Plan,
+    key: &Key,
+    tally: &mut Tally,
+) -> Result<(Option<HeaderValue>, Document), ErrorKind> {
+    let started = Instant::now();
+    let fetched = match plan.http.get(&key.uri).await {
+        Ok(fetched) => fetched,
+        Err(failure) => {
+            tally.read_failed();
+            return Err(failure_kind(&failure));
+        }
+    };
+    tally.read(started.elapsed());
+    if !fetched.status.is_success() {
+        return Err(status_kind(fetched.status));
+    }
+    let etag = strong_etag(&fetched.headers);
+    if plan.if_match && etag.is_none() {
+        return Err(ErrorKind::NoEtag);
+    }
+    let doc = Document::parse(&fetched.body, &plan.field).map_err(|_| ErrorKind::BadBody)?;
+    Ok((etag, doc))
+}
+
+enum Written {
+    Committed,
+    Conflict(StatusCode),
+    Failed { kind: ErrorKind, uncertain: bool },
+}
+
+async fn write(
+    plan: &Plan,
+    key: &Key,
+    etag: Option<HeaderValue>,
+    doc: Document,
+    tally: &mut Tally,
+) -> Written {
+    let Some(body) = doc.incremented(&plan.field) else {
+        return Written::Failed {
+            kind: ErrorKind::BadBody,
+            uncertain: false,
+        };
+    };
+    let precondition = if plan.if_match {
+        etag.map(|etag| (IF_MATCH, etag))
+    } else {
+        None
+    };
+    let started = Instant::now();
+    match plan.http.put(&key.uri, body, precondition).await {
+        Ok(fetched) => {
+            tally.attempt(Some(started.elapsed()));
+            match fetched.status {
+                s if s.is_success() => Written::Committed,
+                s @ (StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED) => {
+                    Written::Conflict(s)
+                }
+                s => Written::Failed {
+                    kind: status_kind(s),
+                    // The spec's rule: after a 5xx the write may or may not have applied.
+                    uncertain: s.is_server_error(),
+                },
+            }
+        }
+        Err(failure) => {
+            tally.attempt(None);
+            Written::Failed {
+                kind: failure_kind(&failure),
+                // A failed connect never sent the write; anything later may have applied.
+                uncertain: !matches!(failure, Failure::Connect(_)),
+            }
+        }
+    }
+}
+
+fn failure_kind(failure: &Failure) -> ErrorKind {
+    match failure {
+        Failure::Connect(_) => ErrorKind::Connect,
+        Failure::Timeout => ErrorKind::Timeout,
+        Failure::Transport(_) => ErrorKind::Transport,
+    }
+}
+
+fn status_kind(status: StatusCode) -> ErrorKind {
+    if status.is_client_error() {
+        ErrorKind::Status4xx
+    } else if status.is_server_error() {
+        ErrorKind::Status5xx
+    } else {
+        ErrorKind::StatusOther
+    }
+}
