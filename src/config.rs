@@ -475,7 +475,7 @@ impl Config {
                 },
                 _ => report.parse_error(
                     &key,
-                    "unknown section, expected one of `server`, `store`, `defaults`, `routes`",
+                    "unknown key, expected one of `server`, `store`, `defaults`, `routes`",
                 ),
             }
         }
@@ -891,6 +891,27 @@ mod tests {
         assert_eq!(route.upstream.as_str(), "127.0.0.1:3000");
         assert!(route.preserve_host);
         assert_eq!(*route.policy, Policy::default());
+    }
+
+    #[test]
+    fn example_file_is_valid_and_shows_the_defaults() {
+        let config =
+            parse(include_str!("../config/ifmatch.toml")).expect("config/ifmatch.toml is valid");
+        assert_eq!(config.server, ServerConfig::default());
+        assert_eq!(config.store, StoreConfig::default());
+        assert_eq!(config.defaults, PolicyConfig::default());
+        let routes = config.routes().unwrap();
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].host.as_deref(), Some("accounts.example.com"));
+        assert_eq!(
+            routes[0].policy.conflict_status,
+            StatusCode::PRECONDITION_FAILED
+        );
+        assert_eq!(
+            routes[0].policy.key_headers,
+            vec![http::header::AUTHORIZATION]
+        );
+        assert_eq!(*routes[1].policy, Policy::default());
     }
 
     #[test]
