@@ -423,6 +423,9 @@ impl ConfigError {
 
 impl Config {
     /// Reads `path`, parses it, applies `overrides` and validates.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not TOML, or has invalid keys or values (all of them).
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -432,11 +435,17 @@ impl Config {
     }
 
     /// Parses TOML text, applies `overrides` and validates.
+    ///
+    /// # Errors
+    /// Not TOML, or invalid keys or values (all of them).
     pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
         Self::parse(text, "config", overrides)
     }
 
     /// The defaults with `overrides` applied, validated (no file).
+    ///
+    /// # Errors
+    /// Invalid overrides, or no upstream.
     pub fn from_overrides(overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut config = Self::default();
         config.apply(overrides);
@@ -511,12 +520,18 @@ impl Config {
         }
     }
 
-    /// Checks every value; the error lists every problem.
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.routes().map(drop)
     }
 
     /// The validated routes, in file order.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every problem of the whole config.
     pub fn routes(&self) -> Result<Vec<Route>, ConfigError> {
         let mut report = Report::default();
         let routes = self.check(&mut report);
@@ -694,6 +709,9 @@ impl RouteConfig {
 }
 
 /// Parses an upstream URL: `http://host[:port]`, optionally with a trailing `/`.
+///
+/// # Errors
+/// Another scheme, credentials, a path or a query, with what to write instead.
 pub fn parse_upstream(url: &str) -> Result<Authority, String> {
     let uri: Uri = url
         .parse()

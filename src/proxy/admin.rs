@@ -15,6 +15,9 @@ use super::server::{ServeError, connection_builder, local_addr, serve_connection
 use crate::config::ServerConfig;
 
 /// Serves `/healthz` and `/readyz` on `listener` until `shutdown`.
+///
+/// # Errors
+/// None yet; the signature leaves room for checks that can fail.
 pub async fn serve_admin(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,

@@ -43,6 +43,9 @@ pub enum ServeError {
 }
 
 /// Binds a listener, naming the address in the error.
+///
+/// # Errors
+/// [`ServeError::Bind`] when the address is taken or not local.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
@@ -70,7 +73,10 @@ pub struct Server<St = MemoryStore> {
 }
 
 impl Server<MemoryStore> {
-    /// A proxy for a validated `config`, guarding writes with the in-memory store.
+    /// A proxy for `config`, guarding writes with the in-memory store.
+    ///
+    /// # Errors
+    /// The config is invalid.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         let routes = config.routes()?;
         Ok(Self {
@@ -84,12 +90,14 @@ impl Server<MemoryStore> {
 
 impl<St: Store> Server<St> {
     /// Forwards everything unchecked (no guard, no store): a baseline for benchmarks.
+    #[must_use]
     pub fn passthrough(mut self, on: bool) -> Self {
         self.passthrough = on;
         self
     }
 
     /// Guards writes with `store` instead of the configured one.
+    #[must_use]
     pub fn store<T: Store>(self, store: T) -> Server<T> {
         Server {
             config: self.config,
@@ -106,6 +114,9 @@ impl<St: Store> Server<St> {
 
     /// Serves the data plane on `listener` until `shutdown` completes, then drains in-flight
     /// requests for at most `server.shutdown_timeout`.
+    ///
+    /// # Errors
+    /// None yet: accept errors are logged and retried. (A networked store will fail here.)
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -149,6 +160,9 @@ impl<St: Store> Server<St> {
     }
 
     /// Binds `server.listen` and `server.admin_listen` and serves both until `shutdown`.
+    ///
+    /// # Errors
+    /// A listener cannot be bound.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
         let listener = bind(self.config.server.listen).await?;
         let admin = bind(self.config.server.admin_listen).await?;
