@@ -431,6 +431,34 @@ impl Drop for ProxyHandle {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Demo API
+
+/// The bundled demo API (`ifmatch::demo`), served in-process. Dropping it stops it.
+pub struct DemoHandle {
+    /// Where the demo API listens.
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl DemoHandle {
+    /// Serves the demo API on `127.0.0.1:0`.
+    pub async fn spawn() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind demo");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        tokio::spawn(ifmatch::demo::serve(listener, async {
+            let _ = stop_rx.await;
+        }));
+        Self { addr, _stop: stop }
+    }
+
+    /// `http://<demo>/<path>`.
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Client
 
 /// A response read in full.
@@ -525,6 +553,22 @@ impl Client {
         self.send(
             request(Method::GET, url.as_ref())
                 .body(full(""))
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// `method url` with a JSON body.
+    pub async fn json(
+        &self,
+        method: Method,
+        url: impl AsRef<str>,
+        body: &serde_json::Value,
+    ) -> Answer {
+        self.send(
+            request(method, url.as_ref())
+                .header("content-type", "application/json")
+                .body(full(body.to_string()))
                 .expect("request"),
         )
         .await
