@@ -851,7 +851,11 @@ impl Report {
     }
 
     fn error(&mut self, path: &str, message: &str) {
-        if !self.unparsed.contains(path) {
+        let unparsed = |prefix: &String| {
+            path.strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
+        if !self.unparsed.iter().any(unparsed) {
             self.push(path, message);
         }
     }
@@ -1110,6 +1114,12 @@ mod tests {
     fn routes_must_be_tables() {
         let err = parse("routes = 1").unwrap_err();
         assert_eq!(paths(&err), vec!["routes"]);
+    }
+
+    #[test]
+    fn a_route_that_is_not_a_table_is_one_error() {
+        let err = parse("routes = [1, { name = \"b\", upstream = \"http://b:1\" }]").unwrap_err();
+        assert_eq!(paths(&err), vec!["routes[0]"]);
     }
 
     #[test]
