@@ -1,2 +1,1235 @@
-//! Configuration: load (TOML file) -> parse (serde) -> validate (every error reported at once).
-//! No tokio, no hyper.
+//! Configuration: load (TOML file) -> parse (serde) -> validate, reporting every error at once.
+//!
+//! Every section is `#[serde(default, deny_unknown_fields)]`, so a file only names what it
+//! changes and a misspelt key is an error, not a silent default. Parsing isolates each bad key
+//! and keeps going; validation then checks what parsed; the caller gets one
+//! [`ConfigError::Invalid`] listing every problem. Command-line [`Overrides`] are applied between
+//! parsing and validation, so `--upstream` can complete a file that has no routes.
+//!
+//! No tokio, no hyper: this module only turns text into plain values and [`Route`]s.
+//!
+//! ```
+//! use ifmatch::config::{Config, Overrides};
+//!
+//! let config = Config::from_toml(
+//!     r#"
+//!     [defaults]
+//!     conflict_status = 412
+//!
+//!     [[routes]]
+//!     name = "api"
+//!     upstream = "http://127.0.0.1:3000"
+//!     "#,
+//!     &Overrides::default(),
+//! )
+//! .unwrap();
+//! let routes = config.routes().unwrap();
+//! assert_eq!(routes[0].policy.conflict_status, http::StatusCode::PRECONDITION_FAILED);
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, Method, StatusCode, Uri};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::guard::{EtagSource, OnUnknown, Policy};
+use crate::store::MemoryStoreConfig;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners, timeouts and limits of the proxy itself.
+    pub server: ServerConfig,
+    /// Where validators and write leases are kept.
+    pub store: StoreConfig,
+    /// The guard policy every route starts from.
+    pub defaults: PolicyConfig,
+    /// Routes, matched by host and longest path prefix.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`: listeners, timeouts and limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Data-plane listener (HTTP/1.1 and h2c prior knowledge).
+    pub listen: SocketAddr,
+    /// Admin listener: `/healthz`, `/readyz`.
+    pub admin_listen: SocketAddr,
+    /// Longest wait for a TCP connection to an upstream.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for an upstream's response headers once the request is sent.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Longest wait for a client's complete request headers (HTTP/1.1).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted, in bytes (at least 8192); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most request headers accepted (HTTP/1.1); more gets 431.
+    pub max_headers: usize,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections kept per upstream.
+    pub pool_max_idle_per_host: usize,
+    /// On shutdown, how long in-flight requests may take before connections are dropped.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Which validator store backs the guard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded in-memory store (one process).
+    #[default]
+    Memory,
+    /// A shared Redis/Valkey store (several replicas). Not available yet.
+    Redis,
+}
+
+/// `[store]`: where validators and write leases are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Store backend: `"memory"` (only one available for now).
+    pub kind: StoreKind,
+    /// Most resources remembered; past it the least recently used are forgotten (safe: a
+    /// forgotten resource is revalidated on its next write).
+    pub max_entries: usize,
+    /// How long a validator is trusted without seeing the resource again.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            max_entries: 1_000_000,
+            ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The limits of the in-memory store.
+    pub fn memory(&self) -> MemoryStoreConfig {
+        MemoryStoreConfig {
+            max_entries: self.max_entries,
+            ttl: self.ttl,
+        }
+    }
+}
+
+/// What to do with a conditional write to a resource in an unknown state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnknownSetting {
+    /// GET the resource first, with the writer's credentials.
+    #[default]
+    Revalidate,
+    /// Forward the write and let the upstream decide.
+    Forward,
+    /// Reject the write until the resource has been read.
+    Reject,
+}
+
+impl From<OnUnknownSetting> for OnUnknown {
+    fn from(setting: OnUnknownSetting) -> Self {
+        match setting {
+            OnUnknownSetting::Revalidate => Self::Revalidate,
+            OnUnknownSetting::Forward => Self::Forward,
+            OnUnknownSetting::Reject => Self::Reject,
+        }
+    }
+}
+
+/// Where validators come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtagSourceSetting {
+    /// Only the upstream's strong ETags.
+    Upstream,
+    /// Always a blake3 hash of the body.
+    Synthesize,
+    /// The upstream's strong ETag when it sends one, else a hash of the body.
+    #[default]
+    Both,
+}
+
+impl From<EtagSourceSetting> for EtagSource {
+    fn from(setting: EtagSourceSetting) -> Self {
+        match setting {
+            EtagSourceSetting::Upstream => Self::Upstream,
+            EtagSourceSetting::Synthesize => Self::Synthesize,
+            EtagSourceSetting::Both => Self::Both,
+        }
+    }
+}
+
+/// `[defaults]`: the guard policy of every route, unless the route overrides a field.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Status for a failed precondition on a write: 409 (Conflict) or 412 (Precondition Failed).
+    pub conflict_status: u16,
+    /// Whether an unconditional write (a `require_methods` method without `If-Match`,
+    /// `If-Unmodified-Since` or `If-None-Match: *`) gets 428 Precondition Required.
+    pub require_if_match: bool,
+    /// The methods `require_if_match` applies to: any of PUT, PATCH, DELETE, POST.
+    pub require_methods: Vec<String>,
+    /// Conditional write to a resource in an unknown state: "revalidate", "forward" or "reject".
+    pub on_unknown: OnUnknownSetting,
+    /// Where validators come from: "upstream", "synthesize" or "both".
+    pub etag_source: EtagSourceSetting,
+    /// Largest body hashed to synthesize an ETag, in bytes; larger bodies stream through
+    /// unhashed and leave the resource unknown.
+    pub max_hash_bytes: usize,
+    /// Request headers whose values (hashed, never stored raw) are part of the resource key,
+    /// e.g. `["authorization"]` for per-user resources.
+    pub key_headers: Vec<String>,
+    /// Whether the query string is part of the resource key.
+    pub key_query: bool,
+    /// How long a write waits for another write to the same resource before getting 409.
+    #[serde(with = "humantime_serde")]
+    pub lease_wait: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        let policy = Policy::default();
+        Self {
+            conflict_status: policy.conflict_status.as_u16(),
+            require_if_match: false,
+            require_methods: Policy::default_required_methods()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            on_unknown: OnUnknownSetting::Revalidate,
+            etag_source: EtagSourceSetting::Both,
+            max_hash_bytes: policy.max_hash_bytes,
+            key_headers: Vec::new(),
+            key_query: policy.key_query,
+            lease_wait: policy.lease_wait,
+        }
+    }
+}
+
+/// `[[routes]]`: requests for one host and path prefix, sent to one upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique route id (letters, digits, `-`, `_`, `.`); part of every resource key.
+    pub name: String,
+    /// Only requests for this host (without port, case-insensitive); absent: any host.
+    pub host: Option<String>,
+    /// Only requests whose path is this prefix or below it ("/api" matches "/api" and
+    /// "/api/x", not "/apix"). The longest matching prefix wins.
+    pub path_prefix: String,
+    /// Where matching requests go: `http://host:port`, no path.
+    pub upstream: String,
+    /// Whether the upstream sees the client's `Host` (else the upstream's own authority).
+    pub preserve_host: bool,
+    /// Overrides `defaults.conflict_status`.
+    pub conflict_status: Option<u16>,
+    /// Overrides `defaults.require_if_match`.
+    pub require_if_match: Option<bool>,
+    /// Overrides `defaults.require_methods`.
+    pub require_methods: Option<Vec<String>>,
+    /// Overrides `defaults.on_unknown`.
+    pub on_unknown: Option<OnUnknownSetting>,
+    /// Overrides `defaults.etag_source`.
+    pub etag_source: Option<EtagSourceSetting>,
+    /// Overrides `defaults.max_hash_bytes`.
+    pub max_hash_bytes: Option<usize>,
+    /// Overrides `defaults.key_headers`.
+    pub key_headers: Option<Vec<String>>,
+    /// Overrides `defaults.key_query`.
+    pub key_query: Option<bool>,
+    /// Overrides `defaults.lease_wait`.
+    #[serde(with = "humantime_serde::option")]
+    pub lease_wait: Option<Duration>,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            host: None,
+            path_prefix: "/".to_owned(),
+            upstream: String::new(),
+            preserve_host: true,
+            conflict_status: None,
+            require_if_match: None,
+            require_methods: None,
+            on_unknown: None,
+            etag_source: None,
+            max_hash_bytes: None,
+            key_headers: None,
+            key_query: None,
+            lease_wait: None,
+        }
+    }
+}
+
+impl RouteConfig {
+    /// The defaults with this route's overrides applied.
+    pub fn policy(&self, defaults: &PolicyConfig) -> PolicyConfig {
+        PolicyConfig {
+            conflict_status: self.conflict_status.unwrap_or(defaults.conflict_status),
+            require_if_match: self.require_if_match.unwrap_or(defaults.require_if_match),
+            require_methods: self
+                .require_methods
+                .clone()
+                .unwrap_or_else(|| defaults.require_methods.clone()),
+            on_unknown: self.on_unknown.unwrap_or(defaults.on_unknown),
+            etag_source: self.etag_source.unwrap_or(defaults.etag_source),
+            max_hash_bytes: self.max_hash_bytes.unwrap_or(defaults.max_hash_bytes),
+            key_headers: self
+                .key_headers
+                .clone()
+                .unwrap_or_else(|| defaults.key_headers.clone()),
+            key_query: self.key_query.unwrap_or(defaults.key_query),
+            lease_wait: self.lease_wait.unwrap_or(defaults.lease_wait),
+        }
+    }
+}
+
+/// Command-line values that override the file (flags win over the config).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// `--upstream`: replaces all routes with one catch-all route named "default".
+    pub upstream: Option<String>,
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// `--conflict-status`: for the defaults and every route.
+    pub conflict_status: Option<u16>,
+    /// `--require-if-match`: on for the defaults and every route (false leaves them as set).
+    pub require_if_match: bool,
+}
+
+/// A validated route, ready for the router.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Route id (the route's name).
+    pub id: Arc<str>,
+    /// Host to match, lowercase, without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix to match, without trailing slash (except the root, "/").
+    pub path_prefix: String,
+    /// The upstream's authority (scheme is always http).
+    pub upstream: Authority,
+    /// Whether the upstream sees the client's `Host`.
+    pub preserve_host: bool,
+    /// The guard policy for the route.
+    pub policy: Arc<Policy>,
+}
+
+/// One problem found in a configuration, at a dotted key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Where, e.g. `routes[1].upstream`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Issues(pub Vec<Issue>);
+
+impl fmt::Display for Issues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "{n} error{}", if n == 1 { "" } else { "s" })?;
+        for issue in &self.0 {
+            write!(f, "\n  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{origin} is not valid toml: {source}")]
+    Syntax {
+        /// The file (or "config").
+        origin: String,
+        /// The parser's error, with line and column.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// Keys with wrong names, types or values: all of them.
+    #[error("invalid configuration: {0}")]
+    Invalid(Issues),
+}
+
+impl ConfigError {
+    /// The individual problems (empty for read and syntax errors).
+    pub fn issues(&self) -> &[Issue] {
+        match self {
+            Self::Invalid(issues) => &issues.0,
+            _ => &[],
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, parses it, applies `overrides` and validates.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not TOML, or has invalid keys or values (all of them).
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses TOML text, applies `overrides` and validates.
+    ///
+    /// # Errors
+    /// Not TOML, or invalid keys or values (all of them).
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::parse(text, "config", overrides)
+    }
+
+    /// The defaults with `overrides` applied, validated (no file).
+    ///
+    /// # Errors
+    /// Invalid overrides, or no upstream.
+    pub fn from_overrides(overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse(text: &str, origin: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|source| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            source,
+        })?;
+        let mut report = Report::default();
+        let mut config = Self::from_table(table, &mut report);
+        config.apply(overrides);
+        config.check(&mut report);
+        report.finish().map(|()| config)
+    }
+
+    fn from_table(table: toml::Table, report: &mut Report) -> Self {
+        let mut config = Self::default();
+        for (key, value) in table {
+            match key.as_str() {
+                "server" => config.server = section(value, "server", report),
+                "store" => config.store = section(value, "store", report),
+                "defaults" => config.defaults = section(value, "defaults", report),
+                "routes" => match value {
+                    toml::Value::Array(items) => {
+                        config.routes = items
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, item)| section(item, &format!("routes[{i}]"), report))
+                            .collect();
+                    }
+                    _ => report.parse_error("routes", "expected an array of tables ([[routes]])"),
+                },
+                _ => report.parse_error(
+                    &key,
+                    "unknown key, expected one of `server`, `store`, `defaults`, `routes`",
+                ),
+            }
+        }
+        config
+    }
+
+    /// Applies command-line overrides.
+    pub fn apply(&mut self, overrides: &Overrides) {
+        if let Some(upstream) = &overrides.upstream {
+            self.routes = vec![RouteConfig {
+                name: "default".to_owned(),
+                upstream: upstream.clone(),
+                ..RouteConfig::default()
+            }];
+        }
+        if let Some(listen) = overrides.listen {
+            self.server.listen = listen;
+        }
+        if let Some(admin_listen) = overrides.admin_listen {
+            self.server.admin_listen = admin_listen;
+        }
+        if let Some(status) = overrides.conflict_status {
+            self.defaults.conflict_status = status;
+            for route in &mut self.routes {
+                route.conflict_status = Some(status);
+            }
+        }
+        if overrides.require_if_match {
+            self.defaults.require_if_match = true;
+            for route in &mut self.routes {
+                route.require_if_match = Some(true);
+            }
+        }
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.routes().map(drop)
+    }
+
+    /// The validated routes, in file order.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every problem of the whole config.
+    pub fn routes(&self) -> Result<Vec<Route>, ConfigError> {
+        let mut report = Report::default();
+        let routes = self.check(&mut report);
+        report.finish().map(|()| routes)
+    }
+
+    fn check(&self, report: &mut Report) -> Vec<Route> {
+        self.server.check(report);
+        self.store.check(report);
+        self.defaults.check("defaults", report);
+        if self.routes.is_empty() {
+            report.error(
+                "routes",
+                "no routes: add a [[routes]] table or pass --upstream",
+            );
+        }
+        let mut names = HashSet::new();
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if !route.name.is_empty() && !names.insert(route.name.as_str()) {
+                report.error(
+                    &format!("{at}.name"),
+                    &format!("duplicate route name {:?}", route.name),
+                );
+            }
+            if let Some(route) = route.check(&at, &self.defaults, report) {
+                routes.push(route);
+            }
+        }
+        routes
+    }
+}
+
+impl ServerConfig {
+    fn check(&self, report: &mut Report) {
+        if self.admin_listen == self.listen && self.listen.port() != 0 {
+            report.error("server.admin_listen", "must differ from server.listen");
+        }
+        for (key, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("response_timeout", self.response_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+        ] {
+            if value.is_zero() {
+                report.error(&format!("server.{key}"), "must be greater than zero");
+            }
+        }
+        // hyper's HTTP/1.1 read buffer cannot be smaller than 8 KiB.
+        if self.max_header_bytes < 8192 {
+            report.error("server.max_header_bytes", "must be at least 8192");
+        }
+        if u32::try_from(self.max_header_bytes).is_err() {
+            report.error("server.max_header_bytes", "must fit in 32 bits");
+        }
+        if self.max_headers == 0 {
+            report.error("server.max_headers", "must be at least 1");
+        }
+    }
+}
+
+impl StoreConfig {
+    fn check(&self, report: &mut Report) {
+        if self.kind == StoreKind::Redis {
+            report.error(
+                "store.kind",
+                "\"redis\" is not available yet; use \"memory\"",
+            );
+        }
+        if self.max_entries == 0 {
+            report.error("store.max_entries", "must be at least 1");
+        }
+        if self.ttl.is_zero() {
+            report.error("store.ttl", "must be greater than zero");
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// Checks every field, reporting under `at`; the resolved policy if all are valid.
+    fn check(&self, at: &str, report: &mut Report) -> Option<Policy> {
+        let before = report.len();
+        let conflict_status = check_field(
+            at,
+            "conflict_status",
+            parse_conflict_status(self.conflict_status),
+            report,
+        );
+        let methods = check_field(
+            at,
+            "require_methods",
+            parse_methods(&self.require_methods),
+            report,
+        );
+        let key_headers = check_field(
+            at,
+            "key_headers",
+            parse_header_names(&self.key_headers),
+            report,
+        );
+        if report.len() > before {
+            return None;
+        }
+        Some(Policy {
+            conflict_status: conflict_status?,
+            require_precondition: if self.require_if_match {
+                methods?
+            } else {
+                Vec::new()
+            },
+            on_unknown: self.on_unknown.into(),
+            etag_source: self.etag_source.into(),
+            max_hash_bytes: self.max_hash_bytes,
+            key_headers: key_headers?,
+            key_query: self.key_query,
+            lease_wait: self.lease_wait,
+        })
+    }
+}
+
+impl RouteConfig {
+    fn check(&self, at: &str, defaults: &PolicyConfig, report: &mut Report) -> Option<Route> {
+        let before = report.len();
+        if self.name.is_empty() {
+            report.error(&format!("{at}.name"), "is required");
+        } else if !self
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            report.error(
+                &format!("{at}.name"),
+                "may only contain letters, digits, '-', '_' and '.'",
+            );
+        }
+        let host = match &self.host {
+            None => None,
+            Some(host) => check_field(at, "host", parse_host(host), report),
+        };
+        let path_prefix = check_field(
+            at,
+            "path_prefix",
+            parse_path_prefix(&self.path_prefix),
+            report,
+        );
+        let upstream = if self.upstream.is_empty() {
+            report.error(&format!("{at}.upstream"), "is required");
+            None
+        } else {
+            check_field(at, "upstream", parse_upstream(&self.upstream), report)
+        };
+        // Only the fields this route sets are reported here; the defaults report their own.
+        if let Some(status) = self.conflict_status {
+            check_field(at, "conflict_status", parse_conflict_status(status), report);
+        }
+        if let Some(methods) = &self.require_methods {
+            check_field(at, "require_methods", parse_methods(methods), report);
+        }
+        if let Some(headers) = &self.key_headers {
+            check_field(at, "key_headers", parse_header_names(headers), report);
+        }
+        let policy = self.policy(defaults).check(at, &mut Report::default());
+        if report.len() > before {
+            return None;
+        }
+        Some(Route {
+            id: Arc::from(self.name.as_str()),
+            host,
+            path_prefix: path_prefix?,
+            upstream: upstream?,
+            preserve_host: self.preserve_host,
+            policy: Arc::new(policy?),
+        })
+    }
+}
+
+/// Parses an upstream URL: `http://host[:port]`, optionally with a trailing `/`.
+///
+/// # Errors
+/// Another scheme, credentials, a path or a query, with what to write instead.
+pub fn parse_upstream(url: &str) -> Result<Authority, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a valid URL ({e})"))?;
+    match uri.scheme() {
+        Some(scheme) if *scheme == Scheme::HTTP => {}
+        Some(scheme) if *scheme == Scheme::HTTPS => {
+            return Err(format!(
+                "{url:?}: https upstreams are not supported yet; use http://"
+            ));
+        }
+        Some(scheme) => {
+            return Err(format!(
+                "{url:?}: unsupported scheme {scheme:?}; use http://"
+            ));
+        }
+        None => return Err(format!("{url:?} must start with http://")),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{url:?} must not contain credentials"));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if uri.path() != "/" || uri.query().is_some() {
+        return Err(format!(
+            "{url:?} must not have a path or query: the request's path is forwarded as is"
+        ));
+    }
+    Ok(authority.clone())
+}
+
+fn parse_conflict_status(status: u16) -> Result<StatusCode, String> {
+    match status {
+        409 => Ok(StatusCode::CONFLICT),
+        412 => Ok(StatusCode::PRECONDITION_FAILED),
+        other => Err(format!("must be 409 or 412, not {other}")),
+    }
+}
+
+fn parse_methods(methods: &[String]) -> Result<Vec<Method>, String> {
+    methods
+        .iter()
+        .map(|m| match m.to_ascii_uppercase().as_str() {
+            "PUT" => Ok(Method::PUT),
+            "PATCH" => Ok(Method::PATCH),
+            "DELETE" => Ok(Method::DELETE),
+            "POST" => Ok(Method::POST),
+            _ => Err(format!(
+                "{m:?} is not a write method; expected PUT, PATCH, DELETE or POST"
+            )),
+        })
+        .collect()
+}
+
+fn parse_header_names(names: &[String]) -> Result<Vec<HeaderName>, String> {
+    names
+        .iter()
+        .map(|name| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("{name:?} is not a valid header name"))
+        })
+        .collect()
+}
+
+fn parse_host(host: &str) -> Result<String, String> {
+    let authority: Authority = host
+        .parse()
+        .map_err(|_| format!("{host:?} is not a valid host name"))?;
+    if authority.port().is_some() || authority.as_str().contains('@') {
+        return Err(format!("{host:?}: give the host name only, without port"));
+    }
+    Ok(authority.host().to_ascii_lowercase())
+}
+
+fn parse_path_prefix(prefix: &str) -> Result<String, String> {
+    if !prefix.starts_with('/') {
+        return Err(format!("{prefix:?} must start with '/'"));
+    }
+    if prefix.contains(['?', '#']) || prefix.contains(char::is_whitespace) {
+        return Err(format!(
+            "{prefix:?} must be a plain path (no query, fragment or spaces)"
+        ));
+    }
+    let trimmed = prefix.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { "/" } else { trimmed }.to_owned())
+}
+
+fn check_field<T>(
+    at: &str,
+    key: &str,
+    result: Result<T, String>,
+    report: &mut Report,
+) -> Option<T> {
+    result
+        .map_err(|message| report.error(&format!("{at}.{key}"), &message))
+        .ok()
+}
+
+/// Deserializes one section; a bad key is reported and dropped so the others still parse.
+fn section<T: DeserializeOwned + Default>(value: toml::Value, at: &str, report: &mut Report) -> T {
+    let toml::Value::Table(table) = value else {
+        report.parse_error(at, "expected a table");
+        return T::default();
+    };
+    if let Ok(parsed) = toml::Value::Table(table.clone()).try_into() {
+        return parsed;
+    }
+    // Deserialize each key alone: every field has a default, so only bad keys fail.
+    let mut good = toml::Table::new();
+    for (key, value) in table {
+        let single = toml::Table::from_iter([(key.clone(), value.clone())]);
+        match toml::Value::Table(single).try_into::<T>() {
+            Ok(_) => {
+                good.insert(key, value);
+            }
+            Err(e) => report.parse_error(&format!("{at}.{key}"), e.message()),
+        }
+    }
+    toml::Value::Table(good).try_into().unwrap_or_default()
+}
+
+/// Collects problems; a key that failed to parse gets no further (misleading) validation errors.
+#[derive(Default)]
+struct Report {
+    issues: Vec<Issue>,
+    unparsed: HashSet<String>,
+}
+
+impl Report {
+    fn parse_error(&mut self, path: &str, message: &str) {
+        self.unparsed.insert(path.to_owned());
+        self.push(path, message);
+    }
+
+    fn error(&mut self, path: &str, message: &str) {
+        let unparsed = |prefix: &String| {
+            path.strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
+        if !self.unparsed.iter().any(unparsed) {
+            self.push(path, message);
+        }
+    }
+
+    fn push(&mut self, path: &str, message: &str) {
+        self.issues.push(Issue {
+            path: path.to_owned(),
+            message: message.trim().to_owned(),
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.issues.len()
+    }
+
+    fn finish(self) -> Result<(), ConfigError> {
+        if self.issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(Issues(self.issues)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, &Overrides::default())
+    }
+
+    fn paths(err: &ConfigError) -> Vec<&str> {
+        err.issues().iter().map(|i| i.path.as_str()).collect()
+    }
+
+    const MINIMAL: &str = r#"
+        [[routes]]
+        name = "api"
+        upstream = "http://127.0.0.1:3000"
+    "#;
+
+    #[test]
+    fn minimal_file_gets_every_default() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.server, ServerConfig::default());
+        assert_eq!(config.store, StoreConfig::default());
+        assert_eq!(config.defaults, PolicyConfig::default());
+        let routes = config.routes().unwrap();
+        assert_eq!(routes.len(), 1);
+        let route = &routes[0];
+        assert_eq!(&*route.id, "api");
+        assert_eq!(route.host, None);
+        assert_eq!(route.path_prefix, "/");
+        assert_eq!(route.upstream.as_str(), "127.0.0.1:3000");
+        assert!(route.preserve_host);
+        assert_eq!(*route.policy, Policy::default());
+    }
+
+    #[test]
+    fn example_file_is_valid_and_shows_the_defaults() {
+        let config =
+            parse(include_str!("../config/ifmatch.toml")).expect("config/ifmatch.toml is valid");
+        assert_eq!(config.server, ServerConfig::default());
+        assert_eq!(config.store, StoreConfig::default());
+        assert_eq!(config.defaults, PolicyConfig::default());
+        let routes = config.routes().unwrap();
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].host.as_deref(), Some("accounts.example.com"));
+        assert_eq!(
+            routes[0].policy.conflict_status,
+            StatusCode::PRECONDITION_FAILED
+        );
+        assert_eq!(
+            routes[0].policy.key_headers,
+            vec![http::header::AUTHORIZATION]
+        );
+        assert_eq!(*routes[1].policy, Policy::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let config = parse(
+            r#"
+            [server]
+            listen = "0.0.0.0:80"
+            admin_listen = "127.0.0.1:9000"
+            connect_timeout = "500ms"
+            response_timeout = "1m"
+            header_read_timeout = "3s"
+            max_header_bytes = 16384
+
+            [store]
+            kind = "memory"
+            max_entries = 10
+            ttl = "1h"
+
+            [defaults]
+            conflict_status = 412
+            require_if_match = true
+            require_methods = ["put", "POST"]
+            on_unknown = "reject"
+            etag_source = "upstream"
+            max_hash_bytes = 1024
+            key_headers = ["Authorization"]
+            key_query = false
+            lease_wait = "250ms"
+
+            [[routes]]
+            name = "users"
+            host = "API.Example.com"
+            path_prefix = "/users/"
+            upstream = "http://users.internal:8081/"
+            preserve_host = false
+            conflict_status = 409
+            require_if_match = false
+            lease_wait = "1s"
+        "#,
+        )
+        .unwrap();
+        assert_eq!(config.server.connect_timeout, Duration::from_millis(500));
+        assert_eq!(config.store.ttl, Duration::from_secs(3600));
+        let route = &config.routes().unwrap()[0];
+        assert_eq!(route.host.as_deref(), Some("api.example.com"));
+        assert_eq!(route.path_prefix, "/users");
+        assert_eq!(route.upstream.as_str(), "users.internal:8081");
+        assert!(!route.preserve_host);
+        let policy = &route.policy;
+        assert_eq!(policy.conflict_status, StatusCode::CONFLICT);
+        assert!(policy.require_precondition.is_empty());
+        assert_eq!(policy.on_unknown, OnUnknown::Reject);
+        assert_eq!(policy.etag_source, EtagSource::Upstream);
+        assert_eq!(policy.max_hash_bytes, 1024);
+        assert_eq!(policy.key_headers, vec![http::header::AUTHORIZATION]);
+        assert!(!policy.key_query);
+        assert_eq!(policy.lease_wait, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn require_if_match_uses_require_methods() {
+        let config = parse(
+            r#"
+            [defaults]
+            require_if_match = true
+            [[routes]]
+            name = "a"
+            upstream = "http://a:1"
+            [[routes]]
+            name = "b"
+            upstream = "http://b:1"
+            require_methods = ["PUT", "POST"]
+        "#,
+        )
+        .unwrap();
+        let routes = config.routes().unwrap();
+        assert_eq!(
+            routes[0].policy.require_precondition,
+            Policy::default_required_methods()
+        );
+        assert_eq!(
+            routes[1].policy.require_precondition,
+            vec![Method::PUT, Method::POST]
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let err = parse(
+            r#"
+            surprise = 1
+
+            [server]
+            listen = "not an address"
+            lsiten = "127.0.0.1:1"
+            response_timeout = "0s"
+            max_header_bytes = 100
+
+            [store]
+            kind = "redis"
+            ttl = "forever"
+
+            [defaults]
+            conflict_status = 400
+            on_unknown = "guess"
+            require_methods = ["GET"]
+            key_headers = ["bad header"]
+
+            [[routes]]
+            upstream = "https://secure:443"
+
+            [[routes]]
+            name = "dup"
+            upstream = "http://a:1/base"
+            path_prefix = "api"
+            host = "a.example:8080"
+
+            [[routes]]
+            name = "dup"
+            upstream = 3
+            conflict_status = 500
+        "#,
+        )
+        .unwrap_err();
+        let mut got = paths(&err);
+        got.sort_unstable();
+        let mut want = vec![
+            "surprise",
+            "server.listen",
+            "server.lsiten",
+            "server.response_timeout",
+            "server.max_header_bytes",
+            "store.kind",
+            "store.ttl",
+            "defaults.conflict_status",
+            "defaults.on_unknown",
+            "defaults.require_methods",
+            "defaults.key_headers",
+            "routes[0].name",
+            "routes[0].upstream",
+            "routes[1].upstream",
+            "routes[1].path_prefix",
+            "routes[1].host",
+            "routes[2].name",
+            "routes[2].upstream",
+            "routes[2].conflict_status",
+        ];
+        want.sort_unstable();
+        assert_eq!(got, want, "{err}");
+        let text = err.to_string();
+        assert!(text.contains("19 errors"), "{text}");
+        assert!(text.contains("https upstreams are not supported"), "{text}");
+        assert!(text.contains("\"redis\" is not available yet"), "{text}");
+        assert!(text.contains("duplicate route name"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_key_type_is_not_also_reported_as_missing() {
+        let err = parse("[[routes]]\nname = \"a\"\nupstream = 3\n").unwrap_err();
+        assert_eq!(paths(&err), vec!["routes[0].upstream"]);
+        assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_is_one_error() {
+        let err = parse("[server\nlisten = 1").unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    }
+
+    #[test]
+    fn no_routes_is_an_error() {
+        let err = parse("").unwrap_err();
+        assert_eq!(paths(&err), vec!["routes"]);
+    }
+
+    #[test]
+    fn routes_must_be_tables() {
+        let err = parse("routes = 1").unwrap_err();
+        assert_eq!(paths(&err), vec!["routes"]);
+    }
+
+    #[test]
+    fn a_route_that_is_not_a_table_is_one_error() {
+        let err = parse("routes = [1, { name = \"b\", upstream = \"http://b:1\" }]").unwrap_err();
+        assert_eq!(paths(&err), vec!["routes[0]"]);
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert_eq!(parse_upstream("http://h:1").unwrap().as_str(), "h:1");
+        assert_eq!(parse_upstream("http://h/").unwrap().as_str(), "h");
+        for bad in [
+            "h:1",
+            "https://h",
+            "ftp://h",
+            "http://h/path",
+            "http://h?q",
+            "http://u:p@h",
+            "http://",
+            "",
+        ] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn path_prefixes_are_normalized() {
+        assert_eq!(parse_path_prefix("/").unwrap(), "/");
+        assert_eq!(parse_path_prefix("//").unwrap(), "/");
+        assert_eq!(parse_path_prefix("/api/").unwrap(), "/api");
+        assert!(parse_path_prefix("api").is_err());
+        assert!(parse_path_prefix("/a?b").is_err());
+    }
+
+    #[test]
+    fn upstream_override_replaces_routes() {
+        let overrides = Overrides {
+            upstream: Some("http://10.0.0.1:80".into()),
+            ..Overrides::default()
+        };
+        let config = Config::from_toml(
+            "[[routes]]\nname = \"x\"\nhost = \"x\"\nupstream = \"http://x:1\"\n",
+            &overrides,
+        )
+        .unwrap();
+        let routes = config.routes().unwrap();
+        assert_eq!(routes.len(), 1);
+        assert_eq!(&*routes[0].id, "default");
+        assert_eq!(routes[0].host, None);
+        assert_eq!(routes[0].path_prefix, "/");
+        assert_eq!(routes[0].upstream.as_str(), "10.0.0.1:80");
+    }
+
+    #[test]
+    fn policy_overrides_apply_to_defaults_and_every_route() {
+        let overrides = Overrides {
+            conflict_status: Some(412),
+            require_if_match: true,
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = Config::from_toml(
+            r#"
+            [[routes]]
+            name = "a"
+            upstream = "http://a:1"
+            conflict_status = 409
+            require_if_match = false
+            [[routes]]
+            name = "b"
+            upstream = "http://b:1"
+        "#,
+            &overrides,
+        )
+        .unwrap();
+        assert_eq!(config.server.listen.port(), 1);
+        assert_eq!(config.defaults.conflict_status, 412);
+        for route in config.routes().unwrap() {
+            assert_eq!(
+                route.policy.conflict_status,
+                StatusCode::PRECONDITION_FAILED
+            );
+            assert_eq!(
+                route.policy.require_precondition,
+                Policy::default_required_methods()
+            );
+        }
+    }
+
+    #[test]
+    fn overrides_alone_make_a_config() {
+        let config = Config::from_overrides(&Overrides {
+            upstream: Some("http://127.0.0.1:3000".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(config.routes().unwrap().len(), 1);
+        assert!(Config::from_overrides(&Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn bad_default_is_reported_once_not_per_route() {
+        let err = parse(
+            r#"
+            [defaults]
+            conflict_status = 418
+            [[routes]]
+            name = "a"
+            upstream = "http://a:1"
+            [[routes]]
+            name = "b"
+            upstream = "http://b:1"
+        "#,
+        )
+        .unwrap_err();
+        assert_eq!(paths(&err), vec!["defaults.conflict_status"]);
+    }
+}

@@ -1,1 +1,243 @@
-fn main() {}
+//! The `ifmatch` binary: command line, configuration, tracing, signals; the work is in the library.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures_util::FutureExt;
+use ifmatch::config::{self, Config, ConfigError, Overrides};
+use ifmatch::proxy::{Chain, Server, bind, serve_admin};
+use tracing_subscriber::EnvFilter;
+
+/// Optimistic concurrency for any HTTP API: a reverse proxy that rejects stale writes with
+/// 409 before they reach the backend.
+#[derive(Debug, Parser)]
+#[command(name = "ifmatch", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a config file: print "ok: N routes", or every error and exit 1
+    CheckConfig {
+        /// The TOML config file
+        file: PathBuf,
+    },
+    /// Run the bundled demo API (no ETags, racy updates) with the proxy in front of it
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// One catch-all route to this upstream (http://host:port)
+    #[arg(long, env = "IFMATCH_UPSTREAM", value_name = "URL", value_parser = upstream_url)]
+    upstream: Option<String>,
+    /// Data-plane listener, HTTP/1.1 and h2c [default: 127.0.0.1:8080]
+    #[arg(long, env = "IFMATCH_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Admin listener: health and readiness [default: 127.0.0.1:9901]
+    #[arg(long, env = "IFMATCH_ADMIN_LISTEN", value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Status for a failed precondition on a write [default: 409]
+    #[arg(long, value_name = "STATUS")]
+    conflict_status: Option<ConflictStatus>,
+    /// Answer unconditional writes (PUT, PATCH, DELETE) with 428 Precondition Required
+    #[arg(long)]
+    require_if_match: bool,
+    /// TOML config (routes, store, limits); flags override it
+    #[arg(long, env = "IFMATCH_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Forward everything unchecked, without the guard (a baseline for benchmarks)
+    #[arg(long)]
+    passthrough: bool,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Where the demo API listens
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    api_listen: SocketAddr,
+    /// Where the proxy in front of it listens
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the proxy's admin listener listens
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    admin_listen: SocketAddr,
+    /// Status for a failed precondition on a write [default: 409]
+    #[arg(long, value_name = "STATUS")]
+    conflict_status: Option<ConflictStatus>,
+    /// Answer unconditional writes with 428 Precondition Required
+    #[arg(long)]
+    require_if_match: bool,
+    /// Run only the demo API, without the proxy (to see the lost updates)
+    #[arg(long)]
+    api_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ConflictStatus {
+    /// 409 Conflict
+    #[value(name = "409")]
+    Conflict,
+    /// 412 Precondition Failed (RFC 9110 mode)
+    #[value(name = "412")]
+    PreconditionFailed,
+}
+
+impl ConflictStatus {
+    fn code(self) -> u16 {
+        match self {
+            Self::Conflict => 409,
+            Self::PreconditionFailed => 412,
+        }
+    }
+}
+
+fn upstream_url(url: &str) -> Result<String, String> {
+    config::parse_upstream(url).map(|_| url.to_owned())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Demo(args)) => demo(args).await,
+        None => run(cli.run).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &Path) -> Result<(), String> {
+    let config = Config::load(file, &Overrides::default()).map_err(describe)?;
+    println!("ok: {} routes", config.routes.len());
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let overrides = Overrides {
+        upstream: args.upstream,
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        conflict_status: args.conflict_status.map(ConflictStatus::code),
+        require_if_match: args.require_if_match,
+    };
+    let config = match &args.config {
+        Some(path) => Config::load(path, &overrides),
+        None if overrides.upstream.is_none() => {
+            return Err(
+                "nothing to proxy: pass --upstream URL or --config FILE (or try `ifmatch demo`)"
+                    .into(),
+            );
+        }
+        None => Config::from_overrides(&overrides),
+    }
+    .map_err(describe)?;
+    Server::new(config)
+        .map_err(describe)?
+        .passthrough(args.passthrough)
+        .run(shutdown_signal())
+        .await
+        .map_err(|e| Chain(&e).to_string())
+}
+
+async fn demo(args: DemoArgs) -> Result<(), String> {
+    let shutdown = shutdown_signal().shared();
+    let api = bind(args.api_listen)
+        .await
+        .map_err(|e| Chain(&e).to_string())?;
+    let api_url = format!("http://{}", local_addr(&api));
+    if args.api_only {
+        tracing::info!(api = %api_url, hint = %format!("curl -i {api_url}/items/1"), "demo api only");
+        ifmatch::demo::serve(api, shutdown).await;
+        return Ok(());
+    }
+    let config = Config::from_overrides(&Overrides {
+        upstream: Some(api_url.clone()),
+        listen: Some(args.listen),
+        admin_listen: Some(args.admin_listen),
+        conflict_status: args.conflict_status.map(ConflictStatus::code),
+        require_if_match: args.require_if_match,
+    })
+    .map_err(describe)?;
+    let proxy = bind(config.server.listen)
+        .await
+        .map_err(|e| Chain(&e).to_string())?;
+    let admin = bind(config.server.admin_listen)
+        .await
+        .map_err(|e| Chain(&e).to_string())?;
+    let proxy_url = format!("http://{}", local_addr(&proxy));
+    let server = Server::new(config).map_err(describe)?;
+    tracing::info!(
+        api = %api_url,
+        proxy = %proxy_url,
+        hint = %format!("curl -i {proxy_url}/items/1"),
+        "demo running"
+    );
+    let (_, served, admin) = tokio::join!(
+        ifmatch::demo::serve(api, shutdown.clone()),
+        server.serve(proxy, shutdown.clone()),
+        serve_admin(admin, shutdown),
+    );
+    served.and(admin).map_err(|e| Chain(&e).to_string())
+}
+
+fn local_addr(listener: &tokio::net::TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |addr| addr.to_string())
+}
+
+/// Config errors are shown whole: every problem, one per line.
+fn describe(error: ConfigError) -> String {
+    Chain(&error).to_string()
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for sigterm");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,1 +1,41 @@
 //! The reverse proxy: the I/O edge around the guard.
+//!
+//! A request goes through [`Rescue`] (errors become problem+json), the [`Router`] (host and
+//! longest path prefix pick the route and its policy; 404 when none matches), the
+//! [`Precondition`](crate::Precondition) guard (absent in passthrough mode), [`Forward`]
+//! (upstream URI, hop-by-hop headers, `Host`, `Via`, `X-Forwarded-*`) and the pooled
+//! [`UpstreamClient`]. [`stack`] is where that order is decided; [`Server`] serves it on a
+//! listener with graceful shutdown, and [`serve_admin`] answers health checks.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use ifmatch::config::{Config, Overrides};
+//! use ifmatch::proxy::Server;
+//!
+//! let config = Config::from_overrides(&Overrides {
+//!     upstream: Some("http://127.0.0.1:3000".into()),
+//!     ..Overrides::default()
+//! })?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! Server::new(config)?
+//!     .serve(listener, async { tokio::signal::ctrl_c().await.ok(); })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod client;
+mod forward;
+mod rescue;
+mod router;
+mod server;
+mod stack;
+
+pub use admin::serve_admin;
+pub use client::{ResponseFuture, UpstreamClient, UpstreamError, UpstreamRequest};
+pub use forward::{ClientAddr, Forward, ForwardFuture, ForwardLayer, strip_hop_by_hop};
+pub use rescue::{Chain, Rescue, RescueFuture, RescueLayer, rescue};
+pub use router::{RouteTable, Router, RouterFuture, RouterLayer, Target};
+pub use server::{ServeError, Server, bind};
+pub(crate) use server::{connection_builder, local_addr, serve_connections};
+pub use stack::{Mode, ProxyBody, stack};

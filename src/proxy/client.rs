@@ -1,0 +1,106 @@
+//! The pooled upstream client: a tower service that sends a request and waits, bounded, for the
+//! upstream's response headers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{self, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use crate::config::ServerConfig;
+use crate::guard::RequestBody;
+
+/// The request the client sends: the client's body, or none for a request the guard makes.
+pub type UpstreamRequest = Request<RequestBody<Incoming>>;
+
+/// Why the upstream gave no response. The rescue service turns each into a problem response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unreachable, connect timeout).
+    #[error("cannot connect to upstream")]
+    Connect(#[source] legacy::Error),
+    /// The response headers did not arrive in time.
+    #[error("upstream sent no response within {0:?}")]
+    Timeout(Duration),
+    /// The connection failed after it was made (reset, closed early, malformed response).
+    #[error("upstream request failed")]
+    Request(#[source] legacy::Error),
+    /// The request could not be addressed to an upstream (a bug, not a network failure).
+    #[error("cannot address the upstream request: {0}")]
+    Internal(&'static str),
+}
+
+/// A pooled HTTP/1.1 client to the upstreams, as a tower service.
+#[derive(Clone, Debug)]
+pub struct UpstreamClient {
+    client: Client<HttpConnector, RequestBody<Incoming>>,
+    response_timeout: Duration,
+}
+
+impl UpstreamClient {
+    /// A client with the connect and response timeouts and pool limits of `server`.
+    pub fn new(server: &ServerConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(server.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(server.pool_idle_timeout)
+            .pool_max_idle_per_host(server.pool_max_idle_per_host)
+            .build(connector);
+        Self {
+            client,
+            response_timeout: server.response_timeout,
+        }
+    }
+}
+
+impl Service<UpstreamRequest> for UpstreamClient {
+    type Response = Response<Incoming>;
+    type Error = UpstreamError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pool makes connections on demand: there is no back-pressure to wait for.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        ResponseFuture {
+            inner: tokio::time::timeout(self.response_timeout, self.client.request(req)),
+            timeout: self.response_timeout,
+        }
+    }
+}
+
+pin_project! {
+    /// The upstream's response, or why there is none.
+    pub struct ResponseFuture {
+        #[pin]
+        inner: tokio::time::Timeout<legacy::ResponseFuture>,
+        timeout: Duration,
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Incoming>, UpstreamError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match std::task::ready!(this.inner.poll(cx)) {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(e)),
+            Ok(Err(e)) => Err(UpstreamError::Request(e)),
+            Err(_elapsed) => Err(UpstreamError::Timeout(*this.timeout)),
+        })
+    }
+}

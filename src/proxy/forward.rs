@@ -1,0 +1,311 @@
+//! Addresses a routed request to its upstream: rewrites the URI, drops hop-by-hop headers
+//! (RFC 9110 §7.6.1) in both directions, sets `Host` and adds `Via` and `X-Forwarded-*`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::client::UpstreamError;
+use super::router::Target;
+
+/// The client's address, put in each request's extensions by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Headers meaningful only for one connection (RFC 9110 §7.6.1), besides those `Connection`
+/// names. `Proxy-Connection` and `Keep-Alive` are obsolete but still sent by old clients.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TRAILER,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes the hop-by-hop headers: every header `Connection` names, then the fixed set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
+    }
+}
+
+/// Applies [`Forward`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardLayer;
+
+impl<S> Layer<S> for ForwardLayer {
+    type Service = Forward<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Forward { inner }
+    }
+}
+
+/// Rewrites a request routed by the [`Router`](super::Router) for its upstream, and the
+/// upstream's response for the client.
+#[derive(Debug, Clone)]
+pub struct Forward<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for Forward<S>
+where
+    S: Service<Request<B>, Response = Response<RB>, Error = UpstreamError>,
+{
+    type Response = Response<RB>;
+    type Error = UpstreamError;
+    type Future = ForwardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match address(&mut req) {
+            Ok(()) => ForwardFuture {
+                kind: Kind::Forwarded {
+                    inner: self.inner.call(req),
+                },
+            },
+            Err(error) => ForwardFuture {
+                kind: Kind::Failed { error: Some(error) },
+            },
+        }
+    }
+}
+
+/// Rewrites `req` in place for the upstream in its [`Target`].
+fn address<B>(req: &mut Request<B>) -> Result<(), UpstreamError> {
+    // Requests the guard makes itself carry the original request's extensions.
+    let target = req
+        .extensions()
+        .get::<Target>()
+        .cloned()
+        .ok_or(UpstreamError::Internal("the request was not routed"))?;
+    let client_addr = req.extensions().get::<ClientAddr>().copied();
+
+    // RFC 9112 §3.2.2: an absolute-form target overrides Host; h2 has only :authority.
+    let client_host = match req.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let received = req.version();
+
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(target.upstream.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|_| UpstreamError::Internal("invalid upstream uri"))?;
+    // The upstream is spoken to in HTTP/1.1 whatever the client used.
+    *req.version_mut() = Version::HTTP_11;
+
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    let upstream_host = HeaderValue::from_str(target.upstream.as_str()).ok();
+    let host = match (&client_host, target.preserve_host) {
+        (Some(client_host), true) => Some(client_host.clone()),
+        _ => upstream_host,
+    };
+    if let Some(host) = host {
+        headers.insert(header::HOST, host);
+    }
+    append_via(headers, received);
+    if let Some(ClientAddr(addr)) = client_addr {
+        append_forwarded_for(headers, addr);
+    }
+    // An earlier proxy (a TLS-terminating load balancer) knows better: keep what it set.
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if let Some(client_host) = client_host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST.clone(), client_host);
+        }
+    }
+    Ok(())
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, addr: SocketAddr) {
+    let ip = addr.ip().to_canonical().to_string();
+    let mut chain: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    chain.push(&ip);
+    if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+/// RFC 9110 §7.6.3: a gateway sends `Via` on the requests it forwards.
+fn append_via(headers: &mut HeaderMap, received: Version) {
+    let hop = match received {
+        Version::HTTP_09 => "0.9 ifmatch",
+        Version::HTTP_10 => "1.0 ifmatch",
+        Version::HTTP_2 => "2 ifmatch",
+        Version::HTTP_3 => "3 ifmatch",
+        _ => "1.1 ifmatch",
+    };
+    let mut chain: Vec<&str> = headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    chain.push(hop);
+    if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
+        headers.insert(header::VIA, value);
+    }
+}
+
+pin_project! {
+    /// The upstream's response with its hop-by-hop headers removed.
+    pub struct ForwardFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Forwarded { #[pin] inner: F },
+        Failed { error: Option<UpstreamError> },
+    }
+}
+
+impl<F, RB> Future for ForwardFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, UpstreamError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Forwarded { inner } => {
+                let mut response = std::task::ready!(inner.poll(cx))?;
+                strip_hop_by_hop(response.headers_mut());
+                Poll::Ready(Ok(response))
+            }
+            KindProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or(UpstreamError::Internal("future polled after completion")))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(builder: http::request::Builder, preserve_host: bool) -> Request<()> {
+        let mut req = builder.body(()).unwrap();
+        req.extensions_mut().insert(Target {
+            route: "r".into(),
+            upstream: "10.0.0.1:3000".parse().unwrap(),
+            preserve_host,
+        });
+        req.extensions_mut()
+            .insert(ClientAddr("192.0.2.7:5555".parse().unwrap()));
+        req
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, X-Private"),
+            ("connection", "x-other"),
+            ("x-private", "1"),
+            ("x-other", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-authenticate", "Basic"),
+            ("trailer", "x-checksum"),
+            ("x-end-to-end", "kept"),
+            ("authorization", "Bearer kept"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn origin_form_request_is_addressed_to_the_upstream() {
+        let mut req = routed(
+            Request::put("/items/1?x=1")
+                .header("host", "api.example:8080")
+                .header("x-forwarded-for", "198.51.100.1"),
+            true,
+        );
+        address(&mut req).unwrap();
+        assert_eq!(req.uri(), "http://10.0.0.1:3000/items/1?x=1");
+        assert_eq!(req.version(), Version::HTTP_11);
+        let h = req.headers();
+        assert_eq!(h["host"], "api.example:8080");
+        assert_eq!(h["x-forwarded-host"], "api.example:8080");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 192.0.2.7");
+        assert_eq!(h["via"], "1.1 ifmatch");
+    }
+
+    #[test]
+    fn h2_authority_becomes_host_unless_host_is_not_preserved() {
+        let builder = || {
+            Request::get("http://api.example/x")
+                .version(Version::HTTP_2)
+                .header("x-forwarded-proto", "https")
+        };
+        let mut req = routed(builder(), true);
+        address(&mut req).unwrap();
+        assert_eq!(req.headers()["host"], "api.example");
+        assert_eq!(req.headers()["x-forwarded-proto"], "https");
+        assert_eq!(req.headers()["via"], "2 ifmatch");
+
+        let mut req = routed(builder(), false);
+        address(&mut req).unwrap();
+        assert_eq!(req.headers()["host"], "10.0.0.1:3000");
+        assert_eq!(req.headers()["x-forwarded-host"], "api.example");
+    }
+
+    #[test]
+    fn unrouted_request_is_an_internal_error() {
+        let mut req = Request::get("/").body(()).unwrap();
+        assert!(matches!(address(&mut req), Err(UpstreamError::Internal(_))));
+    }
+}

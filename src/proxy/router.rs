@@ -1,0 +1,285 @@
+//! Picks a request's route by host and longest path prefix, and tells the layers below which
+//! route (for the guard) and which upstream (for forwarding) it belongs to.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::config::Route;
+use crate::guard::{Rejection, RejectionKind, ResponseBody, RouteContext};
+
+/// Where a routed request goes: put in its extensions next to the guard's [`RouteContext`].
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The route's id.
+    pub route: Arc<str>,
+    /// The upstream's authority (http).
+    pub upstream: Authority,
+    /// Whether the upstream sees the client's `Host`.
+    pub preserve_host: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    host: Option<String>,
+    prefix: String,
+    context: RouteContext,
+    target: Target,
+}
+
+/// The routes, ordered for matching: host-specific first, then longest prefix first.
+#[derive(Debug)]
+pub struct RouteTable {
+    entries: Vec<Entry>,
+}
+
+impl RouteTable {
+    /// A table of validated routes.
+    pub fn new(routes: Vec<Route>) -> Self {
+        let mut entries: Vec<Entry> = routes
+            .into_iter()
+            .map(|route| Entry {
+                context: RouteContext {
+                    id: route.id.clone(),
+                    policy: route.policy,
+                },
+                target: Target {
+                    route: route.id,
+                    upstream: route.upstream,
+                    preserve_host: route.preserve_host,
+                },
+                host: route.host,
+                prefix: route.path_prefix,
+            })
+            .collect();
+        // Stable: among equals, the first in the file wins.
+        entries.sort_by_key(|e| (e.host.is_none(), std::cmp::Reverse(e.prefix.len())));
+        Self { entries }
+    }
+
+    /// The best route for a request to `host` (lowercase, without port) and `path`.
+    fn find(&self, host: Option<&str>, path: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| {
+            e.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&e.prefix, path)
+        })
+    }
+
+    /// The id of the route a request to `host` and `path` would take.
+    pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&str> {
+        let host = host.map(str::to_ascii_lowercase);
+        self.find(host.as_deref(), path).map(|e| &*e.context.id)
+    }
+}
+
+/// Segment-aware: "/api" matches "/api" and "/api/x", not "/apix".
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The host a request is for, lowercase, without port: the target's authority (absolute-form or
+/// h2 `:authority`), else the `Host` header.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let authority = match req.uri().authority() {
+        Some(authority) => authority.clone(),
+        None => {
+            let host = req.headers().get(header::HOST)?;
+            Authority::try_from(host.as_bytes()).ok()?
+        }
+    };
+    Some(authority.host().to_ascii_lowercase())
+}
+
+/// Applies the [`Router`].
+#[derive(Debug, Clone)]
+pub struct RouterLayer {
+    table: Arc<RouteTable>,
+}
+
+impl RouterLayer {
+    /// Routes with `table`.
+    pub fn new(table: Arc<RouteTable>) -> Self {
+        Self { table }
+    }
+}
+
+impl<S> Layer<S> for RouterLayer {
+    type Service = Router<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Router {
+            inner,
+            table: self.table.clone(),
+        }
+    }
+}
+
+/// Matches each request to a route, or answers 404 problem+json itself.
+#[derive(Debug, Clone)]
+pub struct Router<S> {
+    inner: S,
+    table: Arc<RouteTable>,
+}
+
+impl<S, B, RB> Service<Request<B>> for Router<S>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody<RB>>>,
+    RB: Body,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RouterFuture<S::Future, RB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let rejected = |status, kind, detail: &str| RouterFuture {
+            kind: Kind::Rejected {
+                response: Some(
+                    Rejection::new(kind, status, req.uri().path(), detail).into_response(),
+                ),
+            },
+        };
+        if req.method() == Method::CONNECT {
+            return rejected(
+                StatusCode::METHOD_NOT_ALLOWED,
+                RejectionKind::BadRequest,
+                "CONNECT is not supported: ifmatch is a reverse proxy, not a tunnel",
+            );
+        }
+        let host = request_host(&req);
+        let Some(entry) = self.table.find(host.as_deref(), req.uri().path()) else {
+            tracing::debug!(host = ?host, path = req.uri().path(), "no route");
+            return rejected(
+                StatusCode::NOT_FOUND,
+                RejectionKind::NoRoute,
+                "no route of this proxy matches the request's host and path",
+            );
+        };
+        req.extensions_mut().insert(entry.context.clone());
+        req.extensions_mut().insert(entry.target.clone());
+        RouterFuture {
+            kind: Kind::Routed {
+                inner: self.inner.call(req),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The routed request's response, or the router's own rejection.
+    pub struct RouterFuture<F, RB: Body> {
+        #[pin]
+        kind: Kind<F, RB>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, RB: Body> {
+        Routed { #[pin] inner: F },
+        Rejected { response: Option<Response<ResponseBody<RB>>> },
+    }
+}
+
+impl<F, RB, E> Future for RouterFuture<F, RB>
+where
+    F: Future<Output = Result<Response<ResponseBody<RB>>, E>>,
+    RB: Body,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Routed { inner } => inner.poll(cx),
+            KindProj::Rejected { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("RouterFuture polled after completion"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::Policy;
+
+    fn route(id: &str, host: Option<&str>, prefix: &str) -> Route {
+        Route {
+            id: id.into(),
+            host: host.map(Into::into),
+            path_prefix: prefix.into(),
+            upstream: "u:1".parse().unwrap(),
+            preserve_host: true,
+            policy: Arc::new(Policy::default()),
+        }
+    }
+
+    #[test]
+    fn host_then_longest_segment_prefix_wins() {
+        let table = RouteTable::new(vec![
+            route("root", None, "/"),
+            route("api", None, "/api"),
+            route("api-v2", None, "/api/v2"),
+            route("example-root", Some("example.com"), "/"),
+            route("example-api", Some("example.com"), "/api"),
+        ]);
+        for (host, path, want) in [
+            (None, "/", Some("root")),
+            (None, "/apix", Some("root")),
+            (None, "/api", Some("api")),
+            (None, "/api/", Some("api")),
+            (None, "/api/v2/x", Some("api-v2")),
+            (None, "/api/v20", Some("api")),
+            (Some("other.com"), "/api/v2", Some("api-v2")),
+            (Some("EXAMPLE.com"), "/api/v2", Some("example-api")),
+            (Some("example.com"), "/x", Some("example-root")),
+        ] {
+            assert_eq!(table.route_for(host, path), want, "{host:?} {path}");
+        }
+    }
+
+    #[test]
+    fn nothing_matches_without_a_catch_all() {
+        let table = RouteTable::new(vec![route("a", Some("a.example"), "/api")]);
+        assert_eq!(table.route_for(Some("a.example"), "/other"), None);
+        assert_eq!(table.route_for(Some("b.example"), "/api"), None);
+        assert_eq!(table.route_for(None, "/api"), None);
+    }
+
+    #[test]
+    fn host_comes_from_the_authority_then_the_host_header() {
+        let req = Request::get("/")
+            .header("host", "A.example:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("a.example"));
+        let req = Request::get("http://b.example/")
+            .header("host", "a.example")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("b.example"));
+        let req = Request::get("/")
+            .header("host", "[::1]:80")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("[::1]"));
+        let req = Request::get("/")
+            .header("host", "bad host")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req), None);
+    }
+}

@@ -1,0 +1,286 @@
+//! Serves a tower service on a TCP listener: HTTP/1.1 and h2c, bounded header reads, the
+//! client's address in each request, and graceful shutdown.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::{Service, ServiceExt};
+
+use super::admin::serve_admin;
+use super::client::UpstreamClient;
+use super::forward::ClientAddr;
+use super::router::RouteTable;
+use super::stack::{Mode, stack};
+use crate::config::{Config, ConfigError, Route, ServerConfig};
+use crate::store::{MemoryStore, Store};
+
+/// Why the proxy could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds a listener, naming the address in the error.
+///
+/// # Errors
+/// [`ServeError::Bind`] when the address is taken or not local.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+type MakeStore<St> = Box<dyn FnOnce(&Config) -> St + Send>;
+
+/// The proxy, configured and ready to serve.
+///
+/// ```no_run
+/// # async fn run(config: ifmatch::config::Config) -> Result<(), Box<dyn std::error::Error>> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// ifmatch::proxy::Server::new(config)?
+///     .passthrough(true)
+///     .serve(listener, std::future::pending())
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Server<St = MemoryStore> {
+    config: Config,
+    routes: Vec<Route>,
+    passthrough: bool,
+    make_store: MakeStore<St>,
+}
+
+impl Server<MemoryStore> {
+    /// A proxy for `config`, guarding writes with the in-memory store.
+    ///
+    /// # Errors
+    /// The config is invalid.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let routes = config.routes()?;
+        Ok(Self {
+            config,
+            routes,
+            passthrough: false,
+            make_store: Box::new(|config| MemoryStore::new(config.store.memory())),
+        })
+    }
+}
+
+impl<St: Store> Server<St> {
+    /// Forwards everything unchecked (no guard, no store): a baseline for benchmarks.
+    #[must_use]
+    pub fn passthrough(mut self, on: bool) -> Self {
+        self.passthrough = on;
+        self
+    }
+
+    /// Guards writes with `store` instead of the configured one.
+    #[must_use]
+    pub fn store<T: Store>(self, store: T) -> Server<T> {
+        Server {
+            config: self.config,
+            routes: self.routes,
+            passthrough: self.passthrough,
+            make_store: Box::new(move |_| store),
+        }
+    }
+
+    /// The configuration served.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Serves the data plane on `listener` until `shutdown` completes, then drains in-flight
+    /// requests for at most `server.shutdown_timeout`.
+    ///
+    /// # Errors
+    /// None yet: accept errors are logged and retried. (A networked store will fail here.)
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let server = &self.config.server;
+        for route in &self.routes {
+            tracing::info!(
+                route = %route.id,
+                host = route.host.as_deref().unwrap_or("*"),
+                path_prefix = %route.path_prefix,
+                upstream = %route.upstream,
+                "route"
+            );
+        }
+        let mode = if self.passthrough {
+            Mode::Passthrough
+        } else {
+            Mode::Guard((self.make_store)(&self.config))
+        };
+        let service = stack(
+            Arc::new(RouteTable::new(self.routes)),
+            UpstreamClient::new(server),
+            mode,
+        );
+        tracing::info!(
+            addr = %local_addr(&listener),
+            passthrough = self.passthrough,
+            "proxy listening"
+        );
+        serve_connections(
+            listener,
+            connection_builder(server),
+            service,
+            shutdown,
+            server.shutdown_timeout,
+        )
+        .await;
+        tracing::info!("proxy stopped");
+        Ok(())
+    }
+
+    /// Binds `server.listen` and `server.admin_listen` and serves both until `shutdown`.
+    ///
+    /// # Errors
+    /// A listener cannot be bound.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+        let listener = bind(self.config.server.listen).await?;
+        let admin = bind(self.config.server.admin_listen).await?;
+        let shutdown = shutdown.shared();
+        tokio::try_join!(
+            self.serve(listener, shutdown.clone()),
+            serve_admin(admin, shutdown)
+        )?;
+        Ok(())
+    }
+}
+
+/// The listener's address, for logs.
+pub(crate) fn local_addr(listener: &TcpListener) -> String {
+    listener.local_addr().map_or_else(
+        |error| format!("unknown ({error})"),
+        |addr| addr.to_string(),
+    )
+}
+
+/// An HTTP/1.1 + h2c (prior knowledge) connection builder with the limits of `server`.
+pub(crate) fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .max_buf_size(server.max_header_bytes)
+        .max_headers(server.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Accepts connections and serves `service` on each until `shutdown`; then stops accepting,
+/// lets in-flight requests finish for at most `grace`, and drops what remains.
+pub(crate) async fn serve_connections<S, B>(
+    listener: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(error) = done {
+                    if error.is_panic() {
+                        tracing::error!(%error, "connection task panicked");
+                    }
+                }
+                continue;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "set_nodelay failed");
+        }
+        let service = service
+            .clone()
+            .map_request(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ClientAddr(remote));
+                req
+            });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        connections.spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%remote, %error, "connection closed with error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::debug!(connections = connections.len(), "draining");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = connections.len(),
+            ?grace,
+            "shutdown timeout, dropping connections"
+        );
+    }
+    connections.shutdown().await;
+}
+
+/// Errors about one connection are the client's business; others (out of file descriptors)
+/// would spin the loop, so they pause accepting briefly.
+async fn accept_failed(error: io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(%error, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}

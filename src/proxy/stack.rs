@@ -1,0 +1,66 @@
+//! The one place the proxy's layers are ordered.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::util::Either;
+use tower::{Service, ServiceBuilder};
+
+use super::client::UpstreamClient;
+use super::forward::ForwardLayer;
+use super::rescue::RescueLayer;
+use super::router::{RouteTable, RouterLayer};
+use crate::guard::{Policy, PreconditionLayer, RequestBody, ResponseBody};
+use crate::store::Store;
+
+/// The body of every response the proxy sends: the upstream's, streamed, or one it made.
+pub type ProxyBody = ResponseBody<Incoming>;
+
+/// Whether writes are guarded.
+#[derive(Debug, Clone)]
+pub enum Mode<St> {
+    /// Enforce preconditions with this store.
+    Guard(St),
+    /// Forward everything unchecked (a baseline for benchmarks): the same stack minus the guard.
+    Passthrough,
+}
+
+/// The proxy's request handling from a client's request to the upstream and back.
+pub fn stack<St: Store>(
+    routes: Arc<RouteTable>,
+    client: UpstreamClient,
+    mode: Mode<St>,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    let guard = match mode {
+        // The router's RouteContext selects each request's policy; this one is never used.
+        Mode::Guard(store) => Either::Left(PreconditionLayer::new(store).policy(Policy::default())),
+        Mode::Passthrough => Either::Right(
+            ServiceBuilder::new()
+                .map_request(|req: Request<Incoming>| req.map(RequestBody::new))
+                .map_response(|res: Response<Incoming>| res.map(ResponseBody::upstream))
+                .into_inner(),
+        ),
+    };
+    ServiceBuilder::new()
+        // Outermost, so that every error below, routing and guard included, becomes a response.
+        .layer(RescueLayer)
+        // Before the guard: the route selects the guard's policy and keys, and unrouted
+        // requests are refused before they cost a store lookup.
+        .layer(RouterLayer::new(routes))
+        // Below the router (needs the route) and above forwarding, so that its revalidation
+        // GETs are forwarded like any client request.
+        .layer(guard)
+        // Next to the client: rewrites exactly what goes on the wire, for client and guard alike.
+        .layer(ForwardLayer)
+        // The pooled connections, with the response timeout.
+        .service(client)
+}

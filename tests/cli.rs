@@ -1,0 +1,216 @@
+//! The `ifmatch` binary as users run it.
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn ifmatch() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ifmatch"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("IFMATCH_UPSTREAM")
+        .env_remove("IFMATCH_LISTEN")
+        .env_remove("IFMATCH_ADMIN_LISTEN")
+        .env_remove("IFMATCH_CONFIG")
+        .env("RUST_LOG", "info")
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(command: &mut Command) -> Output {
+    tokio::time::timeout(TIMEOUT, command.output())
+        .await
+        .expect("ifmatch finished in time")
+        .expect("ifmatch ran")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, contents).expect("write temp config");
+    path
+}
+
+#[tokio::test]
+async fn check_config_accepts_the_example() {
+    let out = run(ifmatch().args(["check-config", "config/ifmatch.toml"])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "ok: 2 routes");
+}
+
+#[tokio::test]
+async fn check_config_lists_every_error() {
+    let path = temp_file(
+        "cli-bad.toml",
+        r#"
+        [server]
+        listen = "nowhere"
+        colour = "blue"
+
+        [store]
+        kind = "redis"
+
+        [defaults]
+        conflict_status = 418
+
+        [[routes]]
+        name = "a"
+        upstream = "https://a.example"
+        "#,
+    );
+    let out = run(ifmatch().arg("check-config").arg(&path)).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    for expected in [
+        "5 errors",
+        "server.listen",
+        "server.colour: unknown field",
+        "store.kind",
+        "defaults.conflict_status: must be 409 or 412",
+        "routes[0].upstream",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn check_config_reports_a_missing_file() {
+    let out = run(ifmatch().args(["check-config", "no/such/file.toml"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read config file no/such/file.toml"));
+}
+
+#[tokio::test]
+async fn help_lists_the_spec_flags() {
+    let out = run(ifmatch().arg("--help")).await;
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for expected in [
+        "--upstream <URL>",
+        "IFMATCH_UPSTREAM",
+        "--listen <ADDR>",
+        "IFMATCH_LISTEN",
+        "127.0.0.1:8080",
+        "--admin-listen <ADDR>",
+        "IFMATCH_ADMIN_LISTEN",
+        "127.0.0.1:9901",
+        "--conflict-status <STATUS>",
+        "409",
+        "412",
+        "--require-if-match",
+        "--config <FILE>",
+        "IFMATCH_CONFIG",
+        "--passthrough",
+        "check-config",
+        "demo",
+    ] {
+        assert!(help.contains(expected), "missing {expected:?} in:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn bad_arguments_fail_clearly() {
+    let out = run(&mut ifmatch()).await;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("nothing to proxy"));
+
+    let out = run(ifmatch().args(["--upstream", "https://secure.example"])).await;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("https upstreams are not supported"));
+
+    let out = run(ifmatch().args(["--upstream", "http://a:1", "--conflict-status", "418"])).await;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("418"));
+}
+
+/// Starts the proxy on ephemeral ports, finds them in its log, checks health, and stops it with
+/// SIGTERM: a graceful shutdown exits 0.
+#[cfg(unix)]
+#[tokio::test]
+async fn runs_and_stops_gracefully_on_sigterm() {
+    let mut child = ifmatch()
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--passthrough",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ifmatch");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut admin = None;
+    let mut proxy = None;
+    tokio::time::timeout(TIMEOUT, async {
+        while admin.is_none() || proxy.is_none() {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read log")
+                .expect("log line");
+            let addr = || {
+                line.split_whitespace()
+                    .find_map(|field| field.strip_prefix("addr="))
+                    .map(str::to_owned)
+            };
+            if line.contains("admin listening") {
+                admin = addr();
+            } else if line.contains("proxy listening") {
+                proxy = addr();
+            }
+        }
+    })
+    .await
+    .expect("ifmatch logged its listeners");
+    let (admin, proxy) = (admin.unwrap(), proxy.unwrap());
+
+    let health = http_get(&admin, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // The upstream (discard port) is down: 502 from the proxy itself.
+    let down = http_get(&proxy, "/x").await;
+    assert!(down.starts_with("HTTP/1.1 502"), "{down}");
+
+    let pid = child.id().expect("pid").to_string();
+    let kill = run(Command::new("kill").args(["-TERM", &pid])).await;
+    assert!(kill.status.success());
+    let status = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .expect("exited in time")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+}
+
+/// A one-shot HTTP/1.1 GET over a raw socket; returns the whole response.
+async fn http_get(authority: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(TIMEOUT, async {
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .expect("connect");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("read");
+        String::from_utf8_lossy(&response).into_owned()
+    })
+    .await
+    .expect("response in time")
+}
