@@ -31,6 +31,8 @@ enum Command {
     },
     /// Run the bundled demo API (no ETags, racy updates) with the proxy in front of it
     Demo(DemoArgs),
+    /// Storm a target with concurrent read-modify-write writers and count lost updates
+    Storm(ifmatch::storm::StormArgs),
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +118,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Demo(args)) => demo(args).await,
+        Some(Command::Storm(args)) => storm(args).await,
         None => run(cli.run).await,
     };
     match result {
@@ -199,6 +202,14 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         serve_admin(admin, shutdown),
     );
     served.and(admin).map_err(|e| Chain(&e).to_string())
+}
+
+async fn storm(args: ifmatch::storm::StormArgs) -> Result<(), String> {
+    let report = ifmatch::storm::run(args, shutdown_signal())
+        .await
+        .map_err(|e| Chain(&e).to_string())?;
+    print!("{}", report.render_table());
+    Ok(())
 }
 
 fn local_addr(listener: &tokio::net::TcpListener) -> String {

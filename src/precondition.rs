@@ -29,6 +29,24 @@ pub enum Field {
     IfUnmodifiedSince,
 }
 
+impl Field {
+    /// The header name as it appears on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::IfMatch => "If-Match",
+            Self::IfNoneMatch => "If-None-Match",
+            Self::IfModifiedSince => "If-Modified-Since",
+            Self::IfUnmodifiedSince => "If-Unmodified-Since",
+        }
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The value of `If-Match` or `If-None-Match`: `*` or a non-empty list of entity-tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagCondition {
@@ -55,7 +73,7 @@ pub struct Preconditions {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PreconditionError {
     /// A member of an entity-tag list is not an entity-tag.
-    #[error("malformed {field:?}: {source}")]
+    #[error("malformed {field}: {source}")]
     Tag {
         /// Which header.
         field: Field,
@@ -64,13 +82,13 @@ pub enum PreconditionError {
         source: EtagError,
     },
     /// The field has no members (empty value, or only commas).
-    #[error("empty {0:?}")]
+    #[error("empty {0}")]
     Empty(Field),
     /// `*` appears together with entity-tags, or more than once.
-    #[error("{0:?} mixes * with entity-tags")]
+    #[error("{0} mixes * with entity-tags")]
     MixedWildcard(Field),
     /// A date field is not a valid HTTP-date, or appears more than once.
-    #[error("{0:?} is not a single valid HTTP-date")]
+    #[error("{0} is not a single valid HTTP-date")]
     Date(Field),
 }
 

@@ -198,7 +198,7 @@ fn check(
         Failure::StaleIfMatch => (
             RejectionKind::StalePrecondition,
             format!(
-                "If-Match {sent} does not match the current entity-tag {shown}: the resource \
+                "{sent} does not match the current entity-tag {shown}: the resource \
                  changed since you read it. GET it again, reapply your change, and retry with \
                  If-Match: {shown}"
             ),
@@ -226,7 +226,7 @@ fn check(
         Failure::NoneMatchMatched => (
             RejectionKind::AlreadyExists,
             format!(
-                "If-None-Match {sent} matches the current entity-tag {shown}: GET it again and \
+                "{sent} matches the current entity-tag {shown}: GET it again and \
                  retry with If-Match"
             ),
         ),

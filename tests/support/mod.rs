@@ -125,7 +125,8 @@ impl Reply {
         self
     }
 
-    fn response(&self) -> Response<TestBody> {
+    /// The response this reply stands for.
+    pub fn response(&self) -> Response<TestBody> {
         let mut response = Response::new(full(self.body.clone()));
         *response.status_mut() = self.status;
         for (name, value) in &self.headers {
