@@ -38,6 +38,8 @@ struct OriginState {
     seen: Vec<(Method, String, HeaderMap)>,
     pauses: HashMap<Method, Pause>,
     status_override: Option<StatusCode>,
+    write_status: Option<StatusCode>,
+    last_modified: Option<String>,
 }
 
 /// A scripted upstream: items in memory, versioned, optionally tagged; records every request.
@@ -108,6 +110,15 @@ impl Origin {
         self.state.lock().unwrap().status_override = status;
     }
 
+    /// Writes get `status` without applying.
+    fn fail_writes_with(&self, status: Option<StatusCode>) {
+        self.state.lock().unwrap().write_status = status;
+    }
+
+    fn last_modified(&self, date: &str) {
+        self.state.lock().unwrap().last_modified = Some(date.to_owned());
+    }
+
     fn tag(&self, version: u64) -> Option<String> {
         match self.tags {
             Tags::None => None,
@@ -132,6 +143,10 @@ impl Origin {
             if let Some(status) = state.status_override {
                 return reply(status, "", None);
             }
+            let write = !matches!(parts.method, Method::GET | Method::HEAD);
+            if let (true, Some(status)) = (write, state.write_status) {
+                return reply(status, "", None);
+            }
             state.pauses.remove(&parts.method)
         };
         // Reads see the state as it is before any pause, like a slow response on the wire.
@@ -142,7 +157,20 @@ impl Origin {
         }
         match parts.method {
             Method::GET | Method::HEAD => match current {
-                Some((bytes, version)) => reply(StatusCode::OK, bytes, self.tag(version)),
+                Some((bytes, version)) => {
+                    let mut response = reply(StatusCode::OK, bytes, self.tag(version));
+                    let date = self.state.lock().unwrap().last_modified.clone();
+                    if let Some(date) = date {
+                        let value = http::HeaderValue::from_str(&date).unwrap();
+                        response
+                            .headers_mut()
+                            .insert(http::header::LAST_MODIFIED, value);
+                    }
+                    if parts.method == Method::HEAD {
+                        *response.body_mut() = Full::new(Bytes::new());
+                    }
+                    response
+                }
                 None => reply(StatusCode::NOT_FOUND, "", None),
             },
             Method::PUT | Method::PATCH | Method::POST => {
@@ -764,4 +792,169 @@ async fn routes_and_key_headers_separate_resources() {
         "bob's key is unknown: alice's read taught nothing about it"
     );
     assert_eq!(bob.json()["type"], "urn:ifmatch:problem:unknown-state");
+}
+
+#[tokio::test]
+async fn head_carries_the_known_validator() {
+    let origin = Origin::new(Tags::None).with("/a", "x");
+    let mut svc = guard(&origin, Policy::default());
+    let unknown = send(&mut svc, Method::HEAD, "/a", &[], "").await;
+    assert!(
+        unknown.headers.get(ETAG).is_none(),
+        "nothing known yet, nothing to hash"
+    );
+    let tag = get(&mut svc, "/a").await.etag();
+    let head = send(&mut svc, Method::HEAD, "/a", &[], "").await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.etag(), tag);
+}
+
+#[tokio::test]
+async fn write_outcomes_decide_what_is_known_next() {
+    let origin = Origin::new(Tags::None).with("/a", "x");
+    let mut svc = guard(&origin, Policy::default());
+    let tag = get(&mut svc, "/a").await.etag();
+
+    // Refused by the upstream (4xx other than 409/412): nothing changed, no revalidation.
+    origin.fail_writes_with(Some(StatusCode::UNPROCESSABLE_ENTITY));
+    assert_eq!(
+        put(&mut svc, "/a", &tag, "bad").await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        put(&mut svc, "/a", &tag, "bad").await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(origin.count(Method::GET), 1);
+
+    // A 5xx or 409 may or may not have applied: the next write revalidates.
+    let mut tag = tag;
+    for status in [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::CONFLICT] {
+        origin.fail_writes_with(Some(status));
+        let gets = origin.count(Method::GET);
+        assert_eq!(put(&mut svc, "/a", &tag, "maybe").await.status, status);
+        origin.fail_writes_with(None);
+        assert!(put(&mut svc, "/a", &tag, "y").await.status.is_success());
+        assert_eq!(
+            origin.count(Method::GET),
+            gets + 1,
+            "{status} made the resource unknown"
+        );
+        tag = get(&mut svc, "/a").await.etag();
+    }
+}
+
+#[tokio::test]
+async fn if_unmodified_since_uses_the_upstreams_last_modified() {
+    let origin = Origin::new(Tags::None).with("/a", "x");
+    origin.last_modified("Wed, 21 Oct 2026 07:28:00 GMT");
+    let mut svc = guard(&origin, Policy::default());
+    let _ = get(&mut svc, "/a").await;
+    let before = [("if-unmodified-since", "Tue, 20 Oct 2026 07:28:00 GMT")];
+    let stale = send(&mut svc, Method::PUT, "/a", &before, "y").await;
+    assert_eq!(stale.status, StatusCode::CONFLICT);
+    assert_eq!(
+        stale.json()["type"],
+        "urn:ifmatch:problem:stale-precondition"
+    );
+    assert_eq!(origin.count(Method::PUT), 0);
+    let after = [("if-unmodified-since", "Wed, 21 Oct 2026 07:28:00 GMT")];
+    assert!(
+        send(&mut svc, Method::PUT, "/a", &after, "y")
+            .await
+            .status
+            .is_success()
+    );
+}
+
+#[tokio::test]
+async fn validators_are_kept_per_representation() {
+    // An origin that serves JSON or text by Accept, with no ETags.
+    let text = Arc::new(Mutex::new(("{}".to_owned(), "plain".to_owned())));
+    let seen_puts = Arc::new(Mutex::new(0usize));
+    let (state, puts) = (text.clone(), seen_puts.clone());
+    let inner = tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+        let (state, puts) = (state.clone(), puts.clone());
+        async move {
+            if req.method() == Method::PUT {
+                *puts.lock().unwrap() += 1;
+                // "refuse" is refused (state unchanged), anything else is applied.
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                let status = if body == "refuse" {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                } else {
+                    StatusCode::NO_CONTENT
+                };
+                return Ok::<_, Infallible>(reply(status, "", None));
+            }
+            let json = req
+                .headers()
+                .get("accept")
+                .is_some_and(|a| a == "application/json");
+            let (body, ct) = {
+                let state = state.lock().unwrap();
+                if json {
+                    (state.0.clone(), "application/json")
+                } else {
+                    (state.1.clone(), "text/plain")
+                }
+            };
+            let mut response = reply(StatusCode::OK, body, None);
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, http::HeaderValue::from_static(ct));
+            Ok(response)
+        }
+    });
+    let mut svc = PreconditionLayer::new(MemoryStore::default())
+        .layer(tower::util::BoxCloneService::new(inner));
+    let json = send(
+        &mut svc,
+        Method::GET,
+        "/a",
+        &[("accept", "application/json")],
+        "",
+    )
+    .await
+    .etag();
+    let plain = send(&mut svc, Method::GET, "/a", &[("accept", "text/plain")], "")
+        .await
+        .etag();
+    assert_ne!(json, plain);
+    // Both representations are current: either tag passes the check (the origin then refuses
+    // the write itself, which leaves the state as it was)...
+    for tag in [&json, &plain, &json] {
+        let refused = send(&mut svc, Method::PUT, "/a", &[("if-match", tag)], "refuse").await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{tag} is current"
+        );
+    }
+    *text.lock().unwrap() = ("{\"v\":2}".to_owned(), "v2".to_owned());
+    // ...until one is seen to change: that drops the other, which describes the old state.
+    let json2 = send(
+        &mut svc,
+        Method::GET,
+        "/a",
+        &[("accept", "application/json")],
+        "",
+    )
+    .await
+    .etag();
+    assert_ne!(json, json2);
+    let stale = send(&mut svc, Method::PUT, "/a", &[("if-match", &plain)], "x").await;
+    assert_eq!(
+        stale.status,
+        StatusCode::CONFLICT,
+        "the old text tag no longer passes"
+    );
+    assert_eq!(*seen_puts.lock().unwrap(), 3);
+    let ok = send(&mut svc, Method::PUT, "/a", &[("if-match", &json2)], "x").await;
+    assert_eq!(ok.status, StatusCode::NO_CONTENT);
 }
