@@ -422,3 +422,27 @@ async fn concurrent_writers_lose_no_updates_through_the_proxy() {
         outcome
     }
 }
+
+#[tokio::test]
+async fn revalidation_against_a_hung_upstream_times_out_with_504() {
+    bounded(async {
+        let backend = Backend::new().hang(Method::GET, "/r").spawn().await;
+        let mut config = config(backend.addr);
+        config.server.response_timeout = std::time::Duration::from_millis(200);
+        let proxy = Proxy::spawn(config).await;
+        Client::http1()
+            .send(put(
+                &proxy.url("/r"),
+                Some("\"ifm-00000000000000000000000000000000\""),
+                "x",
+            ))
+            .await
+            .assert_problem(504, "upstream-timeout");
+        assert_eq!(
+            backend.hits(Method::PUT, "/r"),
+            0,
+            "the write never went through"
+        );
+    })
+    .await;
+}
