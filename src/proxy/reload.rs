@@ -27,9 +27,18 @@ pub fn reload(path: &Path, overrides: &Overrides, routes: &Routes) -> Result<usi
         }
         Err(error) => {
             metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "refused").increment(1);
+            // One line, every problem: log pipelines split on newlines.
+            let problems = match error.issues() {
+                [] => super::Chain(&error).to_string(),
+                issues => issues
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
             tracing::error!(
                 file = %path.display(),
-                error = %super::Chain(&error),
+                error = %problems,
                 "config reload refused, the current config stays in force"
             );
             Err(error)
