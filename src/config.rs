@@ -54,6 +54,26 @@ pub struct Config {
     pub defaults: PolicyConfig,
     /// Routes, matched by host and longest path prefix.
     pub routes: Vec<RouteConfig>,
+    /// The admin API.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: access to the admin listener's API.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token required for `/metrics` and `/admin/*` (health checks stay open). Required
+    /// when `server.admin_listen` is not a loopback address. `IFMATCH_ADMIN_TOKEN` overrides it.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    // The token is a secret: never in logs or error output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// `[server]`: listeners, timeouts and limits.
@@ -336,6 +356,8 @@ pub struct Overrides {
     pub conflict_status: Option<u16>,
     /// `--require-if-match`: on for the defaults and every route (false leaves them as set).
     pub require_if_match: bool,
+    /// `IFMATCH_ADMIN_TOKEN`: the admin API's bearer token.
+    pub admin_token: Option<String>,
 }
 
 /// A validated route, ready for the router.
@@ -472,6 +494,7 @@ impl Config {
                 "server" => config.server = section(value, "server", report),
                 "store" => config.store = section(value, "store", report),
                 "defaults" => config.defaults = section(value, "defaults", report),
+                "admin" => config.admin = section(value, "admin", report),
                 "routes" => match value {
                     toml::Value::Array(items) => {
                         config.routes = items
@@ -484,7 +507,7 @@ impl Config {
                 },
                 _ => report.parse_error(
                     &key,
-                    "unknown key, expected one of `server`, `store`, `defaults`, `routes`",
+                    "unknown key, expected one of `server`, `store`, `defaults`, `routes`, `admin`",
                 ),
             }
         }
@@ -505,6 +528,9 @@ impl Config {
         }
         if let Some(admin_listen) = overrides.admin_listen {
             self.server.admin_listen = admin_listen;
+        }
+        if let Some(token) = &overrides.admin_token {
+            self.admin.token = Some(token.clone());
         }
         if let Some(status) = overrides.conflict_status {
             self.defaults.conflict_status = status;
@@ -540,6 +566,7 @@ impl Config {
 
     fn check(&self, report: &mut Report) -> Vec<Route> {
         self.server.check(report);
+        self.admin.check(&self.server, report);
         self.store.check(report);
         self.defaults.check("defaults", report);
         if self.routes.is_empty() {
@@ -606,6 +633,28 @@ impl StoreConfig {
         }
         if self.ttl.is_zero() {
             report.error("store.ttl", "must be greater than zero");
+        }
+    }
+}
+
+impl AdminConfig {
+    fn check(&self, server: &ServerConfig, report: &mut Report) {
+        match &self.token {
+            Some(token)
+                if token.trim().is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                report.error("admin.token", "must be non-empty visible ASCII (no spaces)");
+            }
+            // Anyone who can reach a non-loopback port could purge keys and read paths.
+            None if !server.admin_listen.ip().is_loopback() => report.error(
+                "admin.token",
+                &format!(
+                    "required when server.admin_listen ({}) is not a loopback address: \
+                     set [admin] token or IFMATCH_ADMIN_TOKEN",
+                    server.admin_listen
+                ),
+            ),
+            _ => {}
         }
     }
 }
@@ -1147,6 +1196,30 @@ mod tests {
         assert_eq!(parse_path_prefix("/api/").unwrap(), "/api");
         assert!(parse_path_prefix("api").is_err());
         assert!(parse_path_prefix("/a?b").is_err());
+    }
+
+    #[test]
+    fn admin_token_required_off_loopback_and_never_shown() {
+        let open = "[[routes]]\nname = \"x\"\nupstream = \"http://x:1\"\n\
+                    [server]\nadmin_listen = \"0.0.0.0:9901\"\n";
+        let error = Config::from_toml(open, &Overrides::default()).unwrap_err();
+        assert!(
+            error.to_string().contains("admin.token: required"),
+            "{error}"
+        );
+        let with_env = Overrides {
+            admin_token: Some("s3cret".into()),
+            ..Overrides::default()
+        };
+        let config = Config::from_toml(open, &with_env).unwrap();
+        assert_eq!(config.admin.token.as_deref(), Some("s3cret"));
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let blank = format!("{open}[admin]\ntoken = \" \"\n");
+        let error = Config::from_toml(&blank, &Overrides::default()).unwrap_err();
+        assert!(
+            error.to_string().contains("admin.token: must be"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -75,6 +75,35 @@ impl fmt::Display for ResourceKey {
     }
 }
 
+/// A string that is not a key's 32 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a resource key is 32 hex digits")]
+pub struct ParseKeyError;
+
+impl std::str::FromStr for ResourceKey {
+    type Err = ParseKeyError;
+
+    /// The inverse of [`fmt::Display`]: 32 hex digits, either case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.as_bytes();
+        if digits.len() != 32 {
+            return Err(ParseKeyError);
+        }
+        let mut key = [0u8; 16];
+        for (byte, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
+            let high = hex_digit(pair[0]).ok_or(ParseKeyError)?;
+            let low = hex_digit(pair[1]).ok_or(ParseKeyError)?;
+            *byte = high << 4 | low;
+        }
+        Ok(Self(key))
+    }
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    // to_digit(16) is exactly 0..=15, so the narrowing is lossless.
+    char::from(c).to_digit(16).map(|d| d as u8)
+}
+
 impl fmt::Debug for ResourceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ResourceKey({self})")
@@ -94,6 +123,22 @@ mod tests {
 
     fn key((route, path, query, headers): Input<'_>) -> ResourceKey {
         ResourceKey::new(route, path, query, headers.iter().copied())
+    }
+
+    #[test]
+    fn hex_round_trips_and_rejects_garbage() {
+        let k = key(("api", "/items/1", None, &[]));
+        assert_eq!(k.to_string().parse::<ResourceKey>(), Ok(k));
+        assert_eq!(k.to_string().to_uppercase().parse::<ResourceKey>(), Ok(k));
+        for bad in [
+            "",
+            "abc",
+            &"g".repeat(32),
+            &"a".repeat(33),
+            "é".repeat(16).as_str(),
+        ] {
+            assert_eq!(bad.parse::<ResourceKey>(), Err(ParseKeyError), "{bad:?}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::FutureExt;
 use ifmatch::config::{self, Config, ConfigError, Overrides};
-use ifmatch::proxy::{Chain, Server, bind, serve_admin};
+use ifmatch::proxy::{Chain, Routes, Server, bind};
 use tracing_subscriber::EnvFilter;
 
 /// Optimistic concurrency for any HTTP API: a reverse proxy that rejects stale writes with
@@ -18,6 +18,15 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log format on stderr; filter with RUST_LOG (e.g. `info,ifmatch=debug`)
+    #[arg(
+        long,
+        global = true,
+        env = "IFMATCH_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -33,6 +42,20 @@ enum Command {
     Demo(DemoArgs),
     /// Storm a target with concurrent read-modify-write writers and count lost updates
     Storm(ifmatch::storm::StormArgs),
+    /// Exit 0 if the admin listener answers /healthz (for container health checks)
+    Healthcheck {
+        /// The admin listener (an unspecified address such as 0.0.0.0 means this host)
+        #[arg(long, env = "IFMATCH_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+        admin_listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +81,14 @@ struct RunArgs {
     /// Forward everything unchecked, without the guard (a baseline for benchmarks)
     #[arg(long)]
     passthrough: bool,
+    /// Bearer token for /metrics and /admin/* (required off loopback)
+    #[arg(
+        long,
+        env = "IFMATCH_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -108,17 +139,12 @@ fn upstream_url(url: &str) -> Result<String, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_tracing(cli.log_format);
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Demo(args)) => demo(args).await,
         Some(Command::Storm(args)) => storm(args).await,
+        Some(Command::Healthcheck { admin_listen }) => healthcheck(admin_listen).await,
         None => run(cli.run).await,
     };
     match result {
@@ -127,6 +153,18 @@ async fn main() -> ExitCode {
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Fields at the top level, so log pipelines can index `request_id`, `route`...
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
@@ -143,6 +181,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         admin_listen: args.admin_listen,
         conflict_status: args.conflict_status.map(ConflictStatus::code),
         require_if_match: args.require_if_match,
+        admin_token: args.admin_token,
     };
     let config = match &args.config {
         Some(path) => Config::load(path, &overrides),
@@ -155,12 +194,65 @@ async fn run(args: RunArgs) -> Result<(), String> {
         None => Config::from_overrides(&overrides),
     }
     .map_err(describe)?;
-    Server::new(config)
+    let server = Server::new(config)
         .map_err(describe)?
-        .passthrough(args.passthrough)
-        .run(shutdown_signal())
-        .await
-        .map_err(|e| Chain(&e).to_string())
+        .passthrough(args.passthrough);
+    let reloader = args
+        .config
+        .map(|path| tokio::spawn(reload_on_sighup(path, overrides, server.routes())));
+    let served = server.run(shutdown_signal()).await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
+    served.map_err(|e| Chain(&e).to_string())
+}
+
+/// Reloads routes and policies from `path` on each SIGHUP; a bad file is logged and ignored.
+async fn reload_on_sighup(path: PathBuf, overrides: Overrides, routes: Routes) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for sighup: reload disabled");
+                return;
+            }
+        };
+        tracing::info!(file = %path.display(), "send SIGHUP to reload routes and policies");
+        while hangups.recv().await.is_some() {
+            // reload() logs both outcomes.
+            let _ = ifmatch::proxy::reload(&path, &overrides, &routes);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, overrides, routes);
+}
+
+/// GET /healthz on the admin listener, bounded: the container image has no curl.
+async fn healthcheck(mut addr: SocketAddr) -> Result<(), String> {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    if addr.ip().is_unspecified() {
+        let local: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        addr.set_ip(local);
+    }
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://{addr}/healthz")
+        .parse()
+        .map_err(|e| format!("bad admin address: {e}"))?;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri)).await;
+    match answer {
+        Ok(Ok(response)) if response.status().is_success() => Ok(()),
+        Ok(Ok(response)) => Err(format!("unhealthy: {}", response.status())),
+        Ok(Err(error)) => Err(format!("no answer from {addr}: {error}")),
+        Err(_) => Err(format!("no answer from {addr} within 3s")),
+    }
 }
 
 async fn demo(args: DemoArgs) -> Result<(), String> {
@@ -180,6 +272,7 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         admin_listen: Some(args.admin_listen),
         conflict_status: args.conflict_status.map(ConflictStatus::code),
         require_if_match: args.require_if_match,
+        admin_token: None,
     })
     .map_err(describe)?;
     let proxy = bind(config.server.listen)
@@ -196,12 +289,11 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         hint = %format!("curl -i {proxy_url}/items/1"),
         "demo running"
     );
-    let (_, served, admin) = tokio::join!(
+    let (_, served) = tokio::join!(
         ifmatch::demo::serve(api, shutdown.clone()),
-        server.serve(proxy, shutdown.clone()),
-        serve_admin(admin, shutdown),
+        server.serve_with_admin(proxy, admin, shutdown),
     );
-    served.and(admin).map_err(|e| Chain(&e).to_string())
+    served.map_err(|e| Chain(&e).to_string())
 }
 
 async fn storm(args: ifmatch::storm::StormArgs) -> Result<(), String> {

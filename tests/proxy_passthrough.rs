@@ -6,7 +6,7 @@ mod support;
 use bytes::Bytes;
 use http::{Method, StatusCode, Version};
 use hyper::body::Incoming;
-use ifmatch::proxy::serve_admin;
+use ifmatch::admin::{Admin, serve_admin};
 use support::{
     Backend, Client, Proxy, Reply, bounded, chunked, config, config_toml, full, request,
     unused_addr,
@@ -405,9 +405,13 @@ async fn admin_answers_health_and_readiness() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (_stop, stop_rx) = oneshot::channel::<()>();
-        tokio::spawn(serve_admin(listener, async {
-            let _ = stop_rx.await;
-        }));
+        tokio::spawn(serve_admin(
+            listener,
+            Admin::<ifmatch::MemoryStore>::default(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
         let client = Client::http1();
         for path in ["/healthz", "/readyz"] {
             let answer = client.get(format!("http://{addr}{path}")).await;

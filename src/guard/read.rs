@@ -15,6 +15,7 @@ use crate::etag::EntityTag;
 use crate::key::ResourceKey;
 use crate::precondition::TagCondition;
 use crate::store::{KeyState, Observation, Snapshot, Store, Validator};
+use crate::telemetry;
 
 pub(crate) async fn read<S, St, B, RB>(
     guarded: Guarded<S, St>,
@@ -30,6 +31,7 @@ where
         store,
         policy,
         key,
+        route,
         ..
     } = guarded;
     let is_get = req.method() == Method::GET;
@@ -99,6 +101,7 @@ where
 
     match hash_body(body, representation, policy.max_hash_bytes).await {
         Hashed::Complete { frames, tag } => {
+            metrics::counter!(telemetry::ETAGS_SYNTHESIZED, "route" => route).increment(1);
             let validator = Validator {
                 tag: tag.clone(),
                 representation,
@@ -125,6 +128,7 @@ where
             if !matches!(rest, Tail::Failed(_)) {
                 // Too large to hash: whatever was known no longer describes this resource.
                 tracing::debug!(%key, limit = policy.max_hash_bytes, "body too large to hash");
+                metrics::counter!(telemetry::ETAGS_SKIPPED, "route" => route).increment(1);
                 learn(&store, key, &snapshot, Observation::Unknown).await;
             }
             Ok(Response::from_parts(

@@ -93,6 +93,8 @@ pub struct Rejection {
     pub instance: String,
     /// The resource's current validator, when known.
     pub current_etag: Option<EntityTag>,
+    /// The precondition the client sent (e.g. `If-Match: "a"`), for logs.
+    pub sent: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -121,7 +123,29 @@ impl Rejection {
             detail: detail.into(),
             instance: instance.into(),
             current_etag: None,
+            sent: None,
         }
+    }
+
+    /// Attaches the precondition the client sent.
+    pub fn with_sent(mut self, sent: Option<String>) -> Self {
+        self.sent = sent;
+        self
+    }
+
+    /// Whether this is a conflict: a write refused because of the resource's state (stale
+    /// precondition, create-only on an existing resource, lease timeout, unknown state...).
+    pub fn is_conflict(&self) -> bool {
+        use RejectionKind::*;
+        matches!(
+            self.kind,
+            StalePrecondition
+                | ResourceAbsent
+                | AlreadyExists
+                | LeaseTimeout
+                | UnknownState
+                | TooLargeToHash
+        )
     }
 
     /// Attaches the resource's current validator.

@@ -20,6 +20,8 @@ pub struct Precondition<S, St> {
     inner: S,
     store: St,
     policy: Arc<Policy>,
+    /// The route label of requests without a route context, allocated once.
+    no_route: Arc<str>,
 }
 
 impl<S, St> Precondition<S, St> {
@@ -29,6 +31,7 @@ impl<S, St> Precondition<S, St> {
             inner,
             store,
             policy,
+            no_route: Arc::from(""),
         }
     }
 }
@@ -42,6 +45,8 @@ pub(crate) struct Guarded<S, St> {
     pub(crate) store: St,
     pub(crate) policy: Arc<Policy>,
     pub(crate) key: ResourceKey,
+    /// The route id, for metric labels.
+    pub(crate) route: Arc<str>,
     /// The request target, for problem details and revalidation.
     pub(crate) uri: Uri,
 }
@@ -82,15 +87,16 @@ where
         }
 
         let (route, policy) = match req.extensions().get::<RouteContext>() {
-            Some(route) => (&*route.id, route.policy.clone()),
-            None => ("", self.policy.clone()),
+            Some(route) => (route.id.clone(), route.policy.clone()),
+            None => (self.no_route.clone(), self.policy.clone()),
         };
-        let key = resource_key(route, &policy, &req);
+        let key = resource_key(&route, &policy, &req);
         let guarded = Guarded {
             inner,
             store: self.store.clone(),
             policy,
             key,
+            route,
             uri: req.uri().clone(),
         };
         if is_read {

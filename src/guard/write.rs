@@ -1,6 +1,9 @@
 //! The write path (RFC 9110 §13.2.2): check, lease, establish the state, evaluate, forward,
 //! record the outcome.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use bytes::Bytes;
 use http::header::{
     ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, IF_MATCH,
@@ -19,6 +22,7 @@ use super::response::{Rejection, RejectionKind};
 use super::service::Guarded;
 use crate::precondition::{Decision, Failure, Preconditions, RequestKind, ResourceState, evaluate};
 use crate::store::{KeyState, Observation, Outcome, Representation, Store, StoreError, Validator};
+use crate::telemetry;
 
 pub(crate) async fn write<S, St, B, RB>(
     guarded: Guarded<S, St>,
@@ -34,6 +38,7 @@ where
         store,
         policy,
         key,
+        route,
         uri,
     } = guarded;
     let instance = uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -63,16 +68,22 @@ where
 
     // 2. At most one write per resource in flight, including unconditional ones: a write the
     // guard did not serialize could change the resource under a conditional one.
-    let (lease, snapshot) = match store.acquire(key, policy.lease_wait).await {
+    let waiting = Instant::now();
+    let acquired = store.acquire(key, policy.lease_wait).await;
+    metrics::histogram!(telemetry::LEASE_WAIT, "route" => route.clone())
+        .record(waiting.elapsed().as_secs_f64());
+    let (lease, snapshot) = match acquired {
         Ok(acquired) => acquired,
         Err(StoreError::LeaseTimeout) => {
-            tracing::info!(%key, resource = instance, reason = "update-in-progress", "write rejected");
+            // Logged once, with the request id, by whoever serves the response (the rejection
+            // is in its extensions).
             let detail = format!(
                 "another update to this resource is in progress and did not finish within \
                  {:?}; retry shortly",
                 policy.lease_wait
             );
-            let rejection = reject(RejectionKind::LeaseTimeout, StatusCode::CONFLICT, detail);
+            let rejection = reject(RejectionKind::LeaseTimeout, StatusCode::CONFLICT, detail)
+                .with_sent(rejection_sent(&pre));
             return Ok(rejection.into_response());
         }
         Err(StoreError::Unavailable(error)) if pre.is_empty() => {
@@ -115,6 +126,7 @@ where
                         inner: inner.clone(),
                         store: &store,
                         policy: &policy,
+                        route: &route,
                         instance,
                     };
                     let get = revalidation_request(&req, &policy);
@@ -131,14 +143,7 @@ where
         };
         if let Some(state) = state {
             if let Some(rejection) = check(&state, &pre, &policy, instance) {
-                tracing::info!(
-                    %key,
-                    resource = instance,
-                    sent = ?rejection_sent(&pre),
-                    current = ?rejection.current_etag.as_ref().map(ToString::to_string),
-                    reason = rejection.kind.slug(),
-                    "write rejected"
-                );
+                // Logged once, with the request id, by whoever serves the response.
                 release(&store, lease, Outcome::Unchanged).await;
                 return Ok(rejection.into_response());
             }
@@ -232,7 +237,11 @@ fn check(
         ),
     };
     let rejection = Rejection::new(kind, policy.conflict_status, instance, detail);
-    Some(rejection.with_current_etag(current))
+    Some(
+        rejection
+            .with_current_etag(current)
+            .with_sent(rejection_sent(pre)),
+    )
 }
 
 /// The precondition as the client sent it, for details and logs.
@@ -305,6 +314,7 @@ struct Revalidation<'a, S, St> {
     inner: S,
     store: &'a St,
     policy: &'a Policy,
+    route: &'a Arc<str>,
     instance: &'a str,
 }
 
@@ -341,8 +351,13 @@ impl<S, St> Revalidation<'_, S, St> {
             inner,
             store,
             policy,
+            route,
             instance,
         } = self;
+        let outcome = |outcome: &'static str| {
+            metrics::counter!(telemetry::REVALIDATIONS, "route" => route.clone(), "outcome" => outcome)
+                .increment(1);
+        };
         let conflict = |kind, detail| {
             Rejection::new(kind, policy.conflict_status, instance, detail).into_response()
         };
@@ -358,15 +373,18 @@ impl<S, St> Revalidation<'_, S, St> {
         let (parts, body) = response.into_parts();
         let status = parts.status;
         if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+            outcome("absent");
             learn_revalidated(store, key, generation, Observation::Absent).await;
             return Ok(Ok(KeyState::Absent));
         }
         if status.is_server_error() {
+            outcome("upstream-error");
             let what = format!("the upstream answered {status} to the revalidation GET");
             return Ok(Err(unavailable(&what)));
         }
         if !status.is_success() {
             // 401, 403, redirects...: the writer learns what the upstream said.
+            outcome("relayed");
             return Ok(Err(Response::from_parts(
                 parts,
                 ResponseBody::upstream(body),
@@ -387,8 +405,12 @@ impl<S, St> Revalidation<'_, S, St> {
                     Hashed::Incomplete {
                         rest: Tail::Failed(_),
                         ..
-                    } => return Ok(Err(unavailable("its body failed midway"))),
+                    } => {
+                        outcome("upstream-error");
+                        return Ok(Err(unavailable("its body failed midway")));
+                    }
                     Hashed::Incomplete { .. } => {
+                        outcome("too-large");
                         let detail = format!(
                             "this resource's representation is larger than the route's \
                              max_hash_bytes ({} bytes), so its current state cannot be \
@@ -402,6 +424,7 @@ impl<S, St> Revalidation<'_, S, St> {
                 }
             }
             None => {
+                outcome("no-etag");
                 let detail = "the upstream sent no strong ETag for this resource, so its \
                               current state cannot be established: set the route's etag_source \
                               to \"both\" to let the proxy synthesize one"
@@ -421,6 +444,7 @@ impl<S, St> Revalidation<'_, S, St> {
             validator,
             last_modified,
         };
+        outcome("present");
         learn_revalidated(store, key, generation, observation).await;
         Ok(Ok(state))
     }

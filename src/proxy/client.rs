@@ -3,8 +3,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -14,8 +15,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::Service;
 
+use super::router::Target;
 use crate::config::ServerConfig;
 use crate::guard::RequestBody;
+use crate::telemetry;
 
 /// The request the client sends: the client's body, or none for a request the guard makes.
 pub type UpstreamRequest = Request<RequestBody<Incoming>>;
@@ -75,9 +78,12 @@ impl Service<UpstreamRequest> for UpstreamClient {
     }
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        let route = req.extensions().get::<Target>().map(|t| t.route.clone());
         ResponseFuture {
             inner: tokio::time::timeout(self.response_timeout, self.client.request(req)),
             timeout: self.response_timeout,
+            started: Instant::now(),
+            route,
         }
     }
 }
@@ -88,6 +94,8 @@ pin_project! {
         #[pin]
         inner: tokio::time::Timeout<legacy::ResponseFuture>,
         timeout: Duration,
+        started: Instant,
+        route: Option<Arc<str>>,
     }
 }
 
@@ -96,7 +104,12 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        Poll::Ready(match std::task::ready!(this.inner.poll(cx)) {
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Some(route) = this.route.take() {
+            metrics::histogram!(telemetry::UPSTREAM_DURATION, "route" => route)
+                .record(this.started.elapsed().as_secs_f64());
+        }
+        Poll::Ready(match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(e)),
             Ok(Err(e)) => Err(UpstreamError::Request(e)),

@@ -5,7 +5,8 @@
 //! [`Precondition`](crate::Precondition) guard (absent in passthrough mode), [`Forward`]
 //! (upstream URI, hop-by-hop headers, `Host`, `Via`, `X-Forwarded-*`) and the pooled
 //! [`UpstreamClient`]. [`stack`] is where that order is decided; [`Server`] serves it on a
-//! listener with graceful shutdown, and [`serve_admin`] answers health checks.
+//! listener with graceful shutdown, next to the [admin API](crate::admin), and [`reload`]
+//! swaps in a new route table without dropping connections or the store.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,19 +24,23 @@
 //! # Ok(()) }
 //! ```
 
-mod admin;
 mod client;
 mod forward;
+mod observe;
+mod reload;
+mod request_id;
 mod rescue;
 mod router;
 mod server;
 mod stack;
 
-pub use admin::serve_admin;
 pub use client::{ResponseFuture, UpstreamClient, UpstreamError, UpstreamRequest};
 pub use forward::{ClientAddr, Forward, ForwardFuture, ForwardLayer, strip_hop_by_hop};
+pub use observe::{Observe, ObserveFuture, ObserveLayer};
+pub use reload::reload;
+pub use request_id::{RequestId, RequestIdFuture, RequestIdLayer, SetRequestId, X_REQUEST_ID};
 pub use rescue::{Chain, Rescue, RescueFuture, RescueLayer, rescue};
-pub use router::{RouteTable, Router, RouterFuture, RouterLayer, Target};
+pub use router::{RouteTable, Router, RouterFuture, RouterLayer, Routes, Target};
 pub use server::{ServeError, Server, bind};
 pub(crate) use server::{connection_builder, local_addr, serve_connections};
 pub use stack::{Mode, ProxyBody, stack};

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body;
@@ -73,8 +74,70 @@ impl RouteTable {
 
     /// The id of the route a request to `host` and `path` would take.
     pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&str> {
+        self.context_for(host, path).map(|c| &*c.id)
+    }
+
+    /// The route (id and policy) a request to `host` and `path` would take.
+    pub fn context_for(&self, host: Option<&str>, path: &str) -> Option<&RouteContext> {
         let host = host.map(str::to_ascii_lowercase);
-        self.find(host.as_deref(), path).map(|e| &*e.context.id)
+        self.find(host.as_deref(), path).map(|e| &e.context)
+    }
+
+    /// The route named `id`.
+    pub fn context_by_id(&self, id: &str) -> Option<&RouteContext> {
+        self.entries
+            .iter()
+            .find(|e| &*e.context.id == id)
+            .map(|e| &e.context)
+    }
+
+    /// Every upstream, once each, for readiness checks.
+    pub fn upstreams(&self) -> Vec<Authority> {
+        let mut upstreams: Vec<Authority> = Vec::new();
+        for entry in &self.entries {
+            if !upstreams.contains(&entry.target.upstream) {
+                upstreams.push(entry.target.upstream.clone());
+            }
+        }
+        upstreams
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there is no route.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The live route table, shared by the router, the admin API and reload: a reload swaps in a
+/// new table atomically, and requests already routed keep the table they started with.
+#[derive(Debug, Clone)]
+pub struct Routes(Arc<ArcSwap<RouteTable>>);
+
+impl Routes {
+    /// Shares `table`.
+    pub fn new(table: RouteTable) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(table)))
+    }
+
+    /// The current table.
+    pub fn load(&self) -> Arc<RouteTable> {
+        self.0.load_full()
+    }
+
+    /// Replaces the table for every request routed from now on.
+    pub fn replace(&self, table: RouteTable) {
+        self.0.store(Arc::new(table));
+    }
+}
+
+impl From<Arc<RouteTable>> for Routes {
+    fn from(table: Arc<RouteTable>) -> Self {
+        Self(Arc::new(ArcSwap::new(table)))
     }
 }
 
@@ -102,13 +165,15 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 /// Applies the [`Router`].
 #[derive(Debug, Clone)]
 pub struct RouterLayer {
-    table: Arc<RouteTable>,
+    table: Routes,
 }
 
 impl RouterLayer {
-    /// Routes with `table`.
-    pub fn new(table: Arc<RouteTable>) -> Self {
-        Self { table }
+    /// Routes with `table`, or with whatever table a [`Routes`] holds at each request.
+    pub fn new(table: impl Into<Routes>) -> Self {
+        Self {
+            table: table.into(),
+        }
     }
 }
 
@@ -127,7 +192,7 @@ impl<S> Layer<S> for RouterLayer {
 #[derive(Debug, Clone)]
 pub struct Router<S> {
     inner: S,
-    table: Arc<RouteTable>,
+    table: Routes,
 }
 
 impl<S, B, RB> Service<Request<B>> for Router<S>
@@ -159,7 +224,9 @@ where
             );
         }
         let host = request_host(&req);
-        let Some(entry) = self.table.find(host.as_deref(), req.uri().path()) else {
+        // A guard, not a clone: no reference count traffic per request.
+        let table = self.table.0.load();
+        let Some(entry) = table.find(host.as_deref(), req.uri().path()) else {
             tracing::debug!(host = ?host, path = req.uri().path(), "no route");
             return rejected(
                 StatusCode::NOT_FOUND,

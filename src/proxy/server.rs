@@ -5,7 +5,6 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -20,12 +19,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 
-use super::admin::serve_admin;
 use super::client::UpstreamClient;
 use super::forward::ClientAddr;
-use super::router::RouteTable;
+use super::router::{RouteTable, Routes};
 use super::stack::{Mode, stack};
+use crate::admin::{self, Admin, Token, serve_admin};
 use crate::config::{Config, ConfigError, Route, ServerConfig};
+use crate::hotspots::Hotspots;
 use crate::store::{MemoryStore, Store};
 
 /// Why the proxy could not run.
@@ -70,6 +70,9 @@ pub struct Server<St = MemoryStore> {
     routes: Vec<Route>,
     passthrough: bool,
     make_store: MakeStore<St>,
+    /// The live table: [`reload`](super::reload) swaps it while serving.
+    table: Routes,
+    hotspots: Hotspots,
 }
 
 impl Server<MemoryStore> {
@@ -81,9 +84,11 @@ impl Server<MemoryStore> {
         let routes = config.routes()?;
         Ok(Self {
             config,
+            table: Routes::new(RouteTable::new(routes.clone())),
             routes,
             passthrough: false,
             make_store: Box::new(|config| MemoryStore::new(config.store.memory())),
+            hotspots: Hotspots::default(),
         })
     }
 }
@@ -104,12 +109,24 @@ impl<St: Store> Server<St> {
             routes: self.routes,
             passthrough: self.passthrough,
             make_store: Box::new(move |_| store),
+            table: self.table,
+            hotspots: self.hotspots,
         }
     }
 
     /// The configuration served.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The live route table, for [`reload`](super::reload).
+    pub fn routes(&self) -> Routes {
+        self.table.clone()
+    }
+
+    /// The conflict hot spots the data plane counts.
+    pub fn hotspots(&self) -> Hotspots {
+        self.hotspots.clone()
     }
 
     /// Serves the data plane on `listener` until `shutdown` completes, then drains in-flight
@@ -119,6 +136,79 @@ impl<St: Store> Server<St> {
     /// None yet: accept errors are logged and retried. (A networked store will fail here.)
     pub async fn serve(
         self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let (store, plane) = self.split();
+        plane.serve(store, listener, shutdown).await
+    }
+
+    /// Serves the data plane on `listener` and the admin API on `admin` until `shutdown`,
+    /// sharing one store, route table and hot-spot tracker.
+    ///
+    /// # Errors
+    /// As [`Server::serve`].
+    pub async fn serve_with_admin(
+        self,
+        listener: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let (store, plane) = self.split();
+        let mut api = Admin::default()
+            .token(plane.config.admin.token.as_deref().map(Token::new))
+            .routes(plane.table.clone())
+            .hotspots(plane.hotspots.clone())
+            .metrics(admin::prometheus::handle())
+            .probe_timeout(plane.config.server.connect_timeout);
+        if let Some(store) = &store {
+            api = api.store(store.clone());
+        }
+        let shutdown = shutdown.shared();
+        tokio::try_join!(
+            plane.serve(store, listener, shutdown.clone()),
+            serve_admin(admin, api, shutdown)
+        )?;
+        Ok(())
+    }
+
+    /// Binds `server.listen` and `server.admin_listen` and serves both until `shutdown`.
+    ///
+    /// # Errors
+    /// A listener cannot be bound.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+        let listener = bind(self.config.server.listen).await?;
+        let admin = bind(self.config.server.admin_listen).await?;
+        self.serve_with_admin(listener, admin, shutdown).await
+    }
+
+    /// The store (none in passthrough mode), and everything else the data plane needs.
+    fn split(self) -> (Option<St>, Plane) {
+        let store = (!self.passthrough).then(|| (self.make_store)(&self.config));
+        let plane = Plane {
+            config: self.config,
+            routes: self.routes,
+            passthrough: self.passthrough,
+            table: self.table,
+            hotspots: self.hotspots,
+        };
+        (store, plane)
+    }
+}
+
+/// The data plane, without its store.
+struct Plane {
+    config: Config,
+    routes: Vec<Route>,
+    passthrough: bool,
+    table: Routes,
+    hotspots: Hotspots,
+}
+
+impl Plane {
+    async fn serve<St: Store>(
+        self,
+        store: Option<St>,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
@@ -132,15 +222,15 @@ impl<St: Store> Server<St> {
                 "route"
             );
         }
-        let mode = if self.passthrough {
-            Mode::Passthrough
-        } else {
-            Mode::Guard((self.make_store)(&self.config))
+        let mode = match store {
+            Some(store) => Mode::Guard(store),
+            None => Mode::Passthrough,
         };
         let service = stack(
-            Arc::new(RouteTable::new(self.routes)),
+            self.table.clone(),
             UpstreamClient::new(server),
             mode,
+            Some(self.hotspots.clone()),
         );
         tracing::info!(
             addr = %local_addr(&listener),
@@ -156,21 +246,6 @@ impl<St: Store> Server<St> {
         )
         .await;
         tracing::info!("proxy stopped");
-        Ok(())
-    }
-
-    /// Binds `server.listen` and `server.admin_listen` and serves both until `shutdown`.
-    ///
-    /// # Errors
-    /// A listener cannot be bound.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
-        let listener = bind(self.config.server.listen).await?;
-        let admin = bind(self.config.server.admin_listen).await?;
-        let shutdown = shutdown.shared();
-        tokio::try_join!(
-            self.serve(listener, shutdown.clone()),
-            serve_admin(admin, shutdown)
-        )?;
         Ok(())
     }
 }

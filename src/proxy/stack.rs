@@ -1,7 +1,6 @@
 //! The one place the proxy's layers are ordered.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -10,9 +9,12 @@ use tower::{Service, ServiceBuilder};
 
 use super::client::UpstreamClient;
 use super::forward::ForwardLayer;
+use super::observe::ObserveLayer;
+use super::request_id::RequestIdLayer;
 use super::rescue::RescueLayer;
-use super::router::{RouteTable, RouterLayer};
+use super::router::{RouterLayer, Routes};
 use crate::guard::{Policy, PreconditionLayer, RequestBody, ResponseBody};
+use crate::hotspots::Hotspots;
 use crate::store::Store;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or one it made.
@@ -28,10 +30,14 @@ pub enum Mode<St> {
 }
 
 /// The proxy's request handling from a client's request to the upstream and back.
+///
+/// `routes` may be a fixed table (`Arc<RouteTable>`) or a reloadable [`Routes`]; conflicts are
+/// counted in `hotspots`, if given.
 pub fn stack<St: Store>(
-    routes: Arc<RouteTable>,
+    routes: impl Into<Routes>,
     client: UpstreamClient,
     mode: Mode<St>,
+    hotspots: Option<Hotspots>,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -51,11 +57,18 @@ pub fn stack<St: Store>(
         ),
     };
     ServiceBuilder::new()
-        // Outermost, so that every error below, routing and guard included, becomes a response.
+        // Outermost, so that every response, the proxy's own problems included, carries the
+        // request id, and everything below (logs, upstream) sees it.
+        .layer(RequestIdLayer)
+        // Above all that can fail, so that every error below, routing and guard included,
+        // becomes a response.
         .layer(RescueLayer)
         // Before the guard: the route selects the guard's policy and keys, and unrouted
         // requests are refused before they cost a store lookup.
         .layer(RouterLayer::new(routes))
+        // Below the router (metrics are per route), above the guard, whose rejections it
+        // reads from the responses to count, log once, and feed the hot spots.
+        .layer(ObserveLayer::new(hotspots))
         // Below the router (needs the route) and above forwarding, so that its revalidation
         // GETs are forwarded like any client request.
         .layer(guard)

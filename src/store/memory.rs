@@ -35,7 +35,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use tokio::sync::{Mutex as LeaseMutex, OwnedMutexGuard};
 
-use super::{KeyState, Observation, Outcome, Snapshot, Store, StoreError, Validator};
+use super::{KeyState, Observation, Outcome, Snapshot, Store, StoreError, StoreStats, Validator};
 use crate::key::ResourceKey;
 
 /// Most representations tracked per resource; a new one past this replaces them all.
@@ -101,6 +101,11 @@ struct Inner {
     cursor: AtomicUsize,
     /// Number of entries (kept here: `DashMap::len` locks every shard).
     len: AtomicUsize,
+    /// Lookups (load, acquire) that found a known state, and those that did not; entries
+    /// evicted for room. Plain relaxed atomics: the metrics exporter reads them on scrape.
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
     max_entries: usize,
     /// TTL in whole seconds, rounded up.
     ttl_secs: u32,
@@ -165,6 +170,9 @@ impl MemoryStore {
             rings: (0..RINGS).map(|_| Mutex::new(VecDeque::new())).collect(),
             cursor: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
             max_entries: config.max_entries,
             ttl_secs: u32::try_from(ttl_secs).unwrap_or(u32::MAX),
             time,
@@ -213,7 +221,9 @@ impl Store for MemoryStore {
     type Lease = MemoryLease;
 
     async fn load(&self, key: ResourceKey) -> Result<Snapshot, StoreError> {
-        Ok(self.inner.load(key))
+        let snapshot = self.inner.load(key);
+        self.inner.count_lookup(&snapshot);
+        Ok(snapshot)
     }
 
     async fn learn(
@@ -254,6 +264,7 @@ impl Store for MemoryStore {
             completed: false,
         };
         let snapshot = self.inner.mark_leased(key);
+        self.inner.count_lookup(&snapshot);
         Ok((lease, snapshot))
     }
 
@@ -266,6 +277,16 @@ impl Store for MemoryStore {
 
     async fn purge(&self, key: ResourceKey) -> Result<bool, StoreError> {
         Ok(self.inner.purge(key))
+    }
+
+    fn stats(&self) -> Option<StoreStats> {
+        let inner = &self.inner;
+        Some(StoreStats {
+            entries: inner.len.load(Ordering::Relaxed) as u64,
+            hits: inner.hits.load(Ordering::Relaxed),
+            misses: inner.misses.load(Ordering::Relaxed),
+            evictions: inner.evictions.load(Ordering::Relaxed),
+        })
     }
 }
 
@@ -338,6 +359,14 @@ impl Inner {
 
     fn ring_of(key: &ResourceKey) -> usize {
         usize::from(key.as_bytes()[10])
+    }
+
+    fn count_lookup(&self, snapshot: &Snapshot) {
+        let counter = match snapshot.state {
+            KeyState::Unknown => &self.misses,
+            _ => &self.hits,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn load(&self, key: ResourceKey) -> Snapshot {
@@ -568,6 +597,7 @@ impl Inner {
                 self.watermark(&key).fetch_max(stamp, Ordering::SeqCst);
                 occupied.remove();
                 self.len.fetch_sub(1, Ordering::Relaxed);
+                self.evictions.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
             entry.visited = false;

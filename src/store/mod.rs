@@ -116,6 +116,19 @@ pub enum Outcome {
     Unchanged,
 }
 
+/// Counters a store may keep for the metrics endpoint (read on scrape, never on the hot path).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Entries held now.
+    pub entries: u64,
+    /// Lookups that found a known state (present or absent).
+    pub hits: u64,
+    /// Lookups that found nothing trustworthy (the write then revalidates).
+    pub misses: u64,
+    /// Entries evicted to make room.
+    pub evictions: u64,
+}
+
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -164,4 +177,10 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Forgets `key` (it becomes unknown). Returns whether anything was held.
     fn purge(&self, key: ResourceKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Counters for the metrics endpoint, if the store keeps them (a shared store may not:
+    /// its server has its own).
+    fn stats(&self) -> Option<StoreStats> {
+        None
+    }
 }

@@ -32,7 +32,7 @@ use hyper_util::client::legacy::{self, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use ifmatch::config::{Config, Overrides};
-use ifmatch::proxy::{ServeError, Server};
+use ifmatch::proxy::{Routes, ServeError, Server};
 use ifmatch::store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -394,6 +394,33 @@ impl Proxy {
         }));
         ProxyHandle {
             addr,
+            admin: None,
+            routes: None,
+            stop: Some(stop_tx),
+            task,
+        }
+    }
+
+    /// Serves `config` with the guard and the admin API, each on `127.0.0.1:0`.
+    pub async fn with_admin(config: Config) -> ProxyHandle {
+        Self::spawn_with_admin(Server::new(config).expect("valid config")).await
+    }
+
+    /// Serves a configured server and its admin API, each on `127.0.0.1:0`.
+    pub async fn spawn_with_admin<St: Store>(server: Server<St>) -> ProxyHandle {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = listener.local_addr().expect("local addr");
+        let admin_addr = admin.local_addr().expect("local addr");
+        let routes = server.routes();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve_with_admin(listener, admin, async {
+            let _ = stop_rx.await;
+        }));
+        ProxyHandle {
+            addr,
+            admin: Some(admin_addr),
+            routes: Some(routes),
             stop: Some(stop_tx),
             task,
         }
@@ -404,6 +431,10 @@ impl Proxy {
 pub struct ProxyHandle {
     /// Where the proxy listens.
     pub addr: SocketAddr,
+    /// Where its admin API listens, if served.
+    pub admin: Option<SocketAddr>,
+    /// Its live route table, if served with the admin API (for reload tests).
+    pub routes: Option<Routes>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServeError>>,
 }
@@ -412,6 +443,12 @@ impl ProxyHandle {
     /// `http://<proxy>/<path>`.
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// `http://<admin>/<path>` (panics without an admin listener).
+    pub fn admin_url(&self, path_and_query: &str) -> String {
+        let admin = self.admin.expect("proxy served with its admin API");
+        format!("http://{admin}{path_and_query}")
     }
 
     /// Starts a graceful shutdown; returns the serve task to await.

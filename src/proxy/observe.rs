@@ -1,0 +1,176 @@
+//! Per-request metrics, the one log line of each refused write, and hot-spot counting, read
+//! from the response: the guard's [`Rejection`] in its extensions says what happened, so
+//! nothing is derived twice.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use metrics::SharedString;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::request_id::RequestId;
+use crate::guard::{Rejection, RejectionKind, RouteContext};
+use crate::hotspots::Hotspots;
+use crate::telemetry::{self, method_label, status_class};
+
+/// Applies [`Observe`].
+#[derive(Debug, Clone, Default)]
+pub struct ObserveLayer {
+    hotspots: Option<Hotspots>,
+}
+
+impl ObserveLayer {
+    /// Observes requests, counting conflicts in `hotspots` if given.
+    pub fn new(hotspots: Option<Hotspots>) -> Self {
+        Self { hotspots }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            hotspots: self.hotspots.clone(),
+        }
+    }
+}
+
+/// Records each routed request's outcome. Sits below the router (it needs the route).
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    hotspots: Option<Hotspots>,
+}
+
+impl<S, B, RB> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let seen = Seen {
+            route: req.extensions().get::<RouteContext>().map(|c| c.id.clone()),
+            method: method_label(req.method()),
+            request_id: req.extensions().get::<RequestId>().cloned(),
+            hotspots: self.hotspots.clone(),
+        };
+        ObserveFuture {
+            inner: self.inner.call(req),
+            seen: Some(seen),
+        }
+    }
+}
+
+/// What the request looked like, kept for its response.
+struct Seen {
+    route: Option<Arc<str>>,
+    method: &'static str,
+    request_id: Option<RequestId>,
+    hotspots: Option<Hotspots>,
+}
+
+impl Seen {
+    fn route_label(&self) -> SharedString {
+        match &self.route {
+            // An Arc clone: no allocation per request.
+            Some(route) => SharedString::from(route.clone()),
+            None => SharedString::const_str(""),
+        }
+    }
+
+    fn record(self, status: &'static str, rejection: Option<&Rejection>) {
+        metrics::counter!(
+            telemetry::REQUESTS,
+            "route" => self.route_label(),
+            "method" => self.method,
+            "status" => status
+        )
+        .increment(1);
+        if let Some(rejection) = rejection {
+            self.rejected(rejection);
+        }
+    }
+
+    fn rejected(&self, rejection: &Rejection) {
+        let route = self.route.as_deref().unwrap_or("");
+        tracing::info!(
+            route,
+            resource = %rejection.instance,
+            sent = rejection.sent.as_deref().unwrap_or("none"),
+            current = %rejection
+                .current_etag
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), ToString::to_string),
+            reason = rejection.kind.slug(),
+            status = rejection.status.as_u16(),
+            request_id = self.request_id.as_ref().map_or("", RequestId::as_str),
+            "write rejected"
+        );
+        let label = self.route_label();
+        match rejection.kind {
+            RejectionKind::PreconditionRequired => {
+                metrics::counter!(telemetry::PRECONDITION_REQUIRED, "route" => label).increment(1);
+            }
+            RejectionKind::MalformedPrecondition => {
+                metrics::counter!(telemetry::MALFORMED_PRECONDITION, "route" => label).increment(1);
+            }
+            _ if rejection.is_conflict() => {
+                metrics::counter!(
+                    telemetry::CONFLICTS,
+                    "route" => label,
+                    "reason" => rejection.kind.slug()
+                )
+                .increment(1);
+                if let (Some(hotspots), Some(route)) = (&self.hotspots, &self.route) {
+                    hotspots.record(route, &rejection.instance);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+pin_project! {
+    /// The inner response, observed when it completes.
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        seen: Option<Seen>,
+    }
+}
+
+impl<F, RB, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Some(seen) = this.seen.take() {
+            match &result {
+                Ok(response) => seen.record(
+                    status_class(response.status()),
+                    response.extensions().get::<Rejection>(),
+                ),
+                // The rescue layer above turns every escaped error into a 502 or 504.
+                Err(_) => seen.record("5xx", None),
+            }
+        }
+        Poll::Ready(result)
+    }
+}

@@ -1,0 +1,102 @@
+//! The names of every metric ifmatch records, in one place, with their descriptions.
+//!
+//! Recording goes through the [`metrics`] facade: without an installed recorder (an embedding
+//! app that exports nothing) every call is a no-op. The `ifmatch` binary installs a Prometheus
+//! recorder and serves it on the admin listener's `/metrics`.
+
+/// Requests by `route`, `method` and `status` class (`2xx`...).
+pub const REQUESTS: &str = "ifmatch_requests_total";
+/// Writes refused as conflicts, by `route` and `reason` (a rejection slug).
+pub const CONFLICTS: &str = "ifmatch_conflicts_total";
+/// Writes answered 428 (no precondition where the route requires one), by `route`.
+pub const PRECONDITION_REQUIRED: &str = "ifmatch_precondition_required_total";
+/// Writes answered 400 (malformed precondition header), by `route`.
+pub const MALFORMED_PRECONDITION: &str = "ifmatch_malformed_precondition_total";
+/// Revalidation GETs made for writes to unknown resources, by `route` and `outcome`.
+pub const REVALIDATIONS: &str = "ifmatch_revalidations_total";
+/// Seconds a write waited for its resource's write lease, by `route`.
+pub const LEASE_WAIT: &str = "ifmatch_lease_wait_seconds";
+/// Seconds from sending a request upstream to its response headers, by `route`.
+pub const UPSTREAM_DURATION: &str = "ifmatch_upstream_duration_seconds";
+/// Strong ETags synthesized from a body hash, by `route`.
+pub const ETAGS_SYNTHESIZED: &str = "ifmatch_etags_synthesized_total";
+/// Bodies left unhashed because they exceed `max_hash_bytes`, by `route`.
+pub const ETAGS_SKIPPED: &str = "ifmatch_etags_skipped_total";
+/// Entries held by the validator store.
+pub const STORE_ENTRIES: &str = "ifmatch_store_entries";
+/// Store lookups that found a known state.
+pub const STORE_HITS: &str = "ifmatch_store_hits_total";
+/// Store lookups that found nothing trustworthy.
+pub const STORE_MISSES: &str = "ifmatch_store_misses_total";
+/// Store entries evicted to make room.
+pub const STORE_EVICTIONS: &str = "ifmatch_store_evictions_total";
+/// Configuration reloads, by `result` (`ok`, `refused`).
+pub const CONFIG_RELOADS: &str = "ifmatch_config_reloads_total";
+
+/// Registers the descriptions (the `# HELP` lines) with the installed recorder.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(REQUESTS, "Requests by route, method and status class");
+    describe_counter!(
+        CONFLICTS,
+        "Writes refused as conflicts, by route and reason"
+    );
+    describe_counter!(
+        PRECONDITION_REQUIRED,
+        "Writes answered 428 Precondition Required"
+    );
+    describe_counter!(
+        MALFORMED_PRECONDITION,
+        "Writes answered 400 for a malformed precondition"
+    );
+    describe_counter!(REVALIDATIONS, "Revalidation GETs by route and outcome");
+    describe_histogram!(
+        LEASE_WAIT,
+        Unit::Seconds,
+        "Wait for a resource's write lease"
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Upstream time to response headers"
+    );
+    describe_counter!(
+        ETAGS_SYNTHESIZED,
+        "Strong ETags synthesized from a body hash"
+    );
+    describe_counter!(
+        ETAGS_SKIPPED,
+        "Bodies too large to hash, left without an ETag"
+    );
+    describe_gauge!(STORE_ENTRIES, "Entries held by the validator store");
+    describe_counter!(STORE_HITS, "Store lookups that found a known state");
+    describe_counter!(STORE_MISSES, "Store lookups that found nothing trustworthy");
+    describe_counter!(STORE_EVICTIONS, "Store entries evicted to make room");
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
+}
+
+/// The status class label of `status`, without allocating.
+pub fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The method label, without allocating (extension methods share one label, so a client cannot
+/// grow the label set).
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::POST => "POST",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}

@@ -1,0 +1,225 @@
+//! The binary as operators run it: the container settings of `docker/`, the `healthcheck`
+//! subcommand, JSON logs, and SIGHUP reload.
+#![cfg(unix)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn ifmatch() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ifmatch"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("IFMATCH_UPSTREAM")
+        .env_remove("IFMATCH_LISTEN")
+        .env_remove("IFMATCH_ADMIN_LISTEN")
+        .env_remove("IFMATCH_ADMIN_TOKEN")
+        .env_remove("IFMATCH_CONFIG")
+        .env_remove("IFMATCH_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// A running ifmatch whose log lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Lines read while waiting for another: startup lines come in no fixed order.
+    backlog: Vec<String>,
+}
+
+impl Running {
+    fn spawn(command: &mut Command) -> Self {
+        let mut child = command.spawn().expect("spawn ifmatch");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            backlog: Vec::new(),
+        }
+    }
+
+    /// The next log line containing `needle`.
+    async fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(i) = self.backlog.iter().position(|line| line.contains(needle)) {
+            return self.backlog.remove(i);
+        }
+        tokio::time::timeout(TIMEOUT, async {
+            loop {
+                let line = self.lines.recv().await.expect("ifmatch still logging");
+                if line.contains(needle) {
+                    return line;
+                }
+                self.backlog.push(line);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
+    }
+
+    /// The `addr` field of the next line containing `needle`, text or JSON.
+    async fn addr(&mut self, needle: &str) -> String {
+        let line = self.wait_for(needle).await;
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+            return json["addr"].as_str().expect("addr field").to_owned();
+        }
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix("addr="))
+            .expect("addr field")
+            .to_owned()
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("pid").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+/// A raw HTTP/1.1 request; returns the whole response.
+async fn http(authority: &str, method: &str, path: &str, headers: &str) -> String {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .expect("connect");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n{headers}connection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("read");
+        String::from_utf8_lossy(&response).into_owned()
+    })
+    .await
+    .expect("response in time")
+}
+
+/// `0.0.0.0:port` -> `127.0.0.1:port`.
+fn loopback(addr: &str) -> String {
+    addr.replace("0.0.0.0", "127.0.0.1")
+}
+
+/// The settings of `docker/compose.yaml`'s sidecar, on ephemeral ports: all from the
+/// environment, admin on every interface with a token, JSON logs.
+#[tokio::test]
+async fn starts_with_the_compose_settings_and_passes_its_healthcheck() {
+    let mut running = Running::spawn(
+        ifmatch()
+            .env("IFMATCH_UPSTREAM", "http://127.0.0.1:9")
+            .env("IFMATCH_LISTEN", "0.0.0.0:0")
+            .env("IFMATCH_ADMIN_LISTEN", "0.0.0.0:0")
+            .env("IFMATCH_ADMIN_TOKEN", "compose-token")
+            .env("IFMATCH_LOG_FORMAT", "json"),
+    );
+    let admin = running.addr("admin listening").await;
+    assert!(admin.starts_with("0.0.0.0:"), "{admin}");
+
+    let check = ifmatch()
+        .args(["healthcheck", "--admin-listen", &admin])
+        .status()
+        .await
+        .expect("healthcheck ran");
+    assert!(check.success());
+
+    let local = loopback(&admin);
+    let metrics = http(&local, "GET", "/metrics", "").await;
+    assert!(metrics.starts_with("HTTP/1.1 401"), "{metrics}");
+    let metrics = http(
+        &local,
+        "GET",
+        "/metrics",
+        "authorization: Bearer compose-token\r\n",
+    )
+    .await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+
+    running.signal("TERM");
+    let status = tokio::time::timeout(TIMEOUT, running.child.wait())
+        .await
+        .expect("exited in time")
+        .expect("exit status");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn healthcheck_fails_when_nothing_answers() {
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = probe.local_addr().unwrap().to_string();
+    drop(probe);
+    let status = ifmatch()
+        .args(["healthcheck", "--admin-listen", &addr])
+        .status()
+        .await
+        .expect("healthcheck ran");
+    assert!(!status.success());
+}
+
+#[tokio::test]
+async fn refuses_an_open_admin_listener_without_a_token() {
+    let output = ifmatch()
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("IFMATCH_ADMIN_LISTEN", "0.0.0.0:0")
+        .output()
+        .await
+        .expect("ran");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("admin.token: required"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_routes_and_keeps_them_when_the_file_is_bad() {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operate-sighup.toml");
+    let file = |extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
+             [[routes]]\nname = \"api\"\nupstream = \"http://127.0.0.1:9\"\n{extra}"
+        )
+    };
+    std::fs::write(&path, file("")).unwrap();
+    let mut running = Running::spawn(ifmatch().arg("--config").arg(&path));
+    let proxy = running.addr("proxy listening").await;
+    running.wait_for("send SIGHUP").await;
+    // The upstream (discard port) is down: an unconditional write reaches for it.
+    let blind = http(&proxy, "PUT", "/x", "").await;
+    assert!(blind.starts_with("HTTP/1.1 502"), "{blind}");
+
+    std::fs::write(&path, file("require_if_match = true\n")).unwrap();
+    running.signal("HUP");
+    running.wait_for("config reloaded").await;
+    let blind = http(&proxy, "PUT", "/x", "").await;
+    assert!(blind.starts_with("HTTP/1.1 428"), "{blind}");
+
+    std::fs::write(&path, "[[routes]]\nname = 1\n").unwrap();
+    running.signal("HUP");
+    let refused = running.wait_for("config reload refused").await;
+    assert!(refused.contains("routes[0]"), "{refused}");
+    let blind = http(&proxy, "PUT", "/x", "").await;
+    assert!(blind.starts_with("HTTP/1.1 428"), "{blind}");
+}
