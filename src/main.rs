@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::FutureExt;
 use ifmatch::config::{self, Config, ConfigError, Overrides};
 use ifmatch::proxy::{Chain, Server, bind, serve_admin};
+use ifmatch::store::AnyStore;
 use tracing_subscriber::EnvFilter;
 
 /// Optimistic concurrency for any HTTP API: a reverse proxy that rejects stale writes with
@@ -58,6 +59,9 @@ struct RunArgs {
     /// Forward everything unchecked, without the guard (a baseline for benchmarks)
     #[arg(long)]
     passthrough: bool,
+    /// Share validators and write leases with other replicas through this Redis/Valkey
+    #[arg(long, env = "IFMATCH_STORE", value_name = "redis://HOST:PORT")]
+    store: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +147,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         admin_listen: args.admin_listen,
         conflict_status: args.conflict_status.map(ConflictStatus::code),
         require_if_match: args.require_if_match,
+        store: args.store,
     };
     let config = match &args.config {
         Some(path) => Config::load(path, &overrides),
@@ -155,8 +160,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
         None => Config::from_overrides(&overrides),
     }
     .map_err(describe)?;
+    let store = AnyStore::from_config(&config.store).map_err(|e| Chain(&*e).to_string())?;
+    tracing::info!(kind = ?config.store.kind, key_prefix = %config.store.key_prefix, "store");
     Server::new(config)
         .map_err(describe)?
+        .store(store)
         .passthrough(args.passthrough)
         .run(shutdown_signal())
         .await
@@ -180,6 +188,7 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         admin_listen: Some(args.admin_listen),
         conflict_status: args.conflict_status.map(ConflictStatus::code),
         require_if_match: args.require_if_match,
+        store: None,
     })
     .map_err(describe)?;
     let proxy = bind(config.server.listen)

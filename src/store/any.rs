@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
-use super::{MemoryLease, MemoryStore, Observation, Outcome, Snapshot, Store, StoreError};
+use super::{
+    BoxError, MemoryLease, MemoryStore, Observation, Outcome, Snapshot, Store, StoreError,
+};
 #[cfg(feature = "redis")]
 use super::{RedisLease, RedisStore};
+use crate::config::{StoreConfig, StoreKind};
 use crate::key::ResourceKey;
 
 /// Either backend behind one type, so the binary picks one from its config.
@@ -25,6 +28,24 @@ pub enum AnyLease {
     /// From the Redis store.
     #[cfg(feature = "redis")]
     Redis(RedisLease),
+}
+
+impl AnyStore {
+    /// The store `config` (validated) describes. A Redis store connects lazily, so Redis
+    /// need not be up yet: until it is, the store is unavailable. Must be called within a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// The Redis URL is invalid, or this build has no Redis support.
+    pub fn from_config(config: &StoreConfig) -> Result<Self, BoxError> {
+        match config.kind {
+            StoreKind::Memory => Ok(Self::Memory(MemoryStore::new(config.memory()))),
+            #[cfg(feature = "redis")]
+            StoreKind::Redis => Ok(Self::Redis(RedisStore::new(config.redis())?)),
+            #[cfg(not(feature = "redis"))]
+            StoreKind::Redis => Err("this build has no redis support".into()),
+        }
+    }
 }
 
 impl From<MemoryStore> for AnyStore {

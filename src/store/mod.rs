@@ -21,10 +21,10 @@ mod redis;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-pub use any::{AnyLease, AnyStore};
-pub use memory::{MemoryLease, MemoryStore, MemoryStoreConfig};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisLease, RedisSetupError, RedisStore, RedisStoreConfig};
+pub use any::{AnyLease, AnyStore};
+pub use memory::{MemoryLease, MemoryStore, MemoryStoreConfig};
 
 use crate::etag::EntityTag;
 use crate::key::ResourceKey;

@@ -53,7 +53,7 @@ const MAX_BACKOFF: Duration = Duration::from_millis(25);
 /// Settings of the Redis store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisStoreConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://` where TLS is built in).
+    /// `redis://[user:password@]host:port[/db]`.
     pub url: String,
     /// Prepended to every key, so several deployments can share one Redis.
     pub key_prefix: String,
@@ -313,8 +313,8 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(config.timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, manager)
-            .map_err(RedisSetupError)?;
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, manager).map_err(RedisSetupError)?;
         let random = std::collections::hash_map::RandomState::new();
         let inner = Inner {
             conn,
@@ -619,7 +619,9 @@ async fn bounded<T>(
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(StoreError::Unavailable(Box::new(error))),
-        Err(_) => Err(StoreError::Unavailable("redis did not answer in time".into())),
+        Err(_) => Err(StoreError::Unavailable(
+            "redis did not answer in time".into(),
+        )),
     }
 }
 
@@ -629,7 +631,9 @@ fn malformed(script: &str) -> StoreError {
 }
 
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 fn encode_validator(validator: Option<&Validator>) -> (String, &str) {
@@ -765,7 +769,10 @@ mod tests {
         };
         store.complete(stale, late).await.unwrap();
         let during = store.load(k).await.unwrap();
-        assert!(during.leased, "the late completion released someone else's lease");
+        assert!(
+            during.leased,
+            "the late completion released someone else's lease"
+        );
         assert_eq!(during.state, KeyState::Unknown);
         // ...while the live holder's completion counts.
         let v = validator("new", 1);
