@@ -39,8 +39,10 @@ use http::{HeaderName, Method, StatusCode, Uri};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::guard::{EtagSource, OnUnknown, Policy};
+use crate::guard::{EtagSource, OnStoreUnavailable, OnUnknown, Policy};
 use crate::store::MemoryStoreConfig;
+#[cfg(feature = "redis")]
+use crate::store::RedisStoreConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -131,22 +133,57 @@ pub enum StoreKind {
     /// The embedded in-memory store (one process).
     #[default]
     Memory,
-    /// A shared Redis/Valkey store (several replicas). Not available yet.
+    /// A shared Redis/Valkey store (several replicas share validators and write leases).
     Redis,
+}
+
+/// What a conditional write gets when the store cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// 503 with `Retry-After`: no precondition is trusted unchecked.
+    #[default]
+    FailClosed,
+    /// Forward it unchecked (logged at warn): availability over the guarantee.
+    FailOpen,
+}
+
+impl From<FailurePolicy> for OnStoreUnavailable {
+    fn from(policy: FailurePolicy) -> Self {
+        match policy {
+            FailurePolicy::FailClosed => Self::Refuse,
+            FailurePolicy::FailOpen => Self::Forward,
+        }
+    }
 }
 
 /// `[store]`: where validators and write leases are kept.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Store backend: `"memory"` (only one available for now).
+    /// Store backend: `"memory"` (one process) or `"redis"` (replicas share it).
     pub kind: StoreKind,
     /// Most resources remembered; past it the least recently used are forgotten (safe: a
-    /// forgotten resource is revalidated on its next write).
+    /// forgotten resource is revalidated on its next write). Memory store only.
     pub max_entries: usize,
     /// How long a validator is trusted without seeing the resource again.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Redis/Valkey URL, `redis://[user:password@]host:port[/db]` (kind = "redis").
+    pub url: Option<String>,
+    /// Prefix of every Redis key, so deployments can share one Redis.
+    pub key_prefix: String,
+    /// How long a write lease survives a replica that crashed holding it. Must exceed a
+    /// write's longest run: a revalidation plus the write, each up to
+    /// `server.response_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// Longest wait for Redis (connect or reply) before the store counts as unavailable.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Conditional writes while the store is unavailable: `"fail_closed"` (503) or
+    /// `"fail_open"` (forwarded unchecked). Reads and unconditional writes always pass.
+    pub failure_policy: FailurePolicy,
 }
 
 impl Default for StoreConfig {
@@ -155,6 +192,11 @@ impl Default for StoreConfig {
             kind: StoreKind::Memory,
             max_entries: 1_000_000,
             ttl: Duration::from_secs(300),
+            url: None,
+            key_prefix: "ifmatch:".to_owned(),
+            lease_ttl: Duration::from_secs(75),
+            timeout: Duration::from_millis(500),
+            failure_policy: FailurePolicy::FailClosed,
         }
     }
 }
@@ -165,6 +207,18 @@ impl StoreConfig {
         MemoryStoreConfig {
             max_entries: self.max_entries,
             ttl: self.ttl,
+        }
+    }
+
+    /// The settings of the Redis store (the URL is empty when none is set).
+    #[cfg(feature = "redis")]
+    pub fn redis(&self) -> RedisStoreConfig {
+        RedisStoreConfig {
+            url: self.url.clone().unwrap_or_default(),
+            key_prefix: self.key_prefix.clone(),
+            ttl: self.ttl,
+            lease_ttl: self.lease_ttl,
+            timeout: self.timeout,
         }
     }
 }
@@ -358,6 +412,8 @@ pub struct Overrides {
     pub require_if_match: bool,
     /// `IFMATCH_ADMIN_TOKEN`: the admin API's bearer token.
     pub admin_token: Option<String>,
+    /// `--store redis://...`: use the Redis store at this URL.
+    pub store: Option<String>,
 }
 
 /// A validated route, ready for the router.
@@ -544,6 +600,10 @@ impl Config {
                 route.require_if_match = Some(true);
             }
         }
+        if let Some(url) = &overrides.store {
+            self.store.kind = StoreKind::Redis;
+            self.store.url = Some(url.clone());
+        }
     }
 
     /// Checks every value.
@@ -567,7 +627,7 @@ impl Config {
     fn check(&self, report: &mut Report) -> Vec<Route> {
         self.server.check(report);
         self.admin.check(&self.server, report);
-        self.store.check(report);
+        self.store.check(&self.server, report);
         self.defaults.check("defaults", report);
         if self.routes.is_empty() {
             report.error(
@@ -585,7 +645,10 @@ impl Config {
                     &format!("duplicate route name {:?}", route.name),
                 );
             }
-            if let Some(route) = route.check(&at, &self.defaults, report) {
+            if let Some(mut route) = route.check(&at, &self.defaults, report) {
+                // A property of the store, applied by the guard of every route.
+                Arc::make_mut(&mut route.policy).on_store_unavailable =
+                    self.store.failure_policy.into();
                 routes.push(route);
             }
         }
@@ -621,18 +684,50 @@ impl ServerConfig {
 }
 
 impl StoreConfig {
-    fn check(&self, report: &mut Report) {
+    fn check(&self, server: &ServerConfig, report: &mut Report) {
         if self.kind == StoreKind::Redis {
-            report.error(
-                "store.kind",
-                "\"redis\" is not available yet; use \"memory\"",
-            );
+            self.check_redis(server, report);
         }
         if self.max_entries == 0 {
             report.error("store.max_entries", "must be at least 1");
         }
         if self.ttl.is_zero() {
             report.error("store.ttl", "must be greater than zero");
+        }
+    }
+
+    fn check_redis(&self, server: &ServerConfig, report: &mut Report) {
+        if cfg!(not(feature = "redis")) {
+            report.error(
+                "store.kind",
+                "this build has no redis support (cargo feature \"redis\"); use \"memory\"",
+            );
+        }
+        match self.url.as_deref() {
+            None | Some("") => report.error(
+                "store.url",
+                "is required with kind = \"redis\" (or pass --store redis://host:port)",
+            ),
+            Some(url) if !url.starts_with("redis://") => {
+                report.error("store.url", &format!("{url:?} must start with redis://"));
+            }
+            Some(_) => {}
+        }
+        if self.timeout.is_zero() {
+            report.error("store.timeout", "must be greater than zero");
+        }
+        // A live writer must never lose its lease: it may revalidate and then write, each
+        // waiting up to the response timeout, and talk to the store around both.
+        let longest_write = server.response_timeout * 2 + self.timeout * 2;
+        if self.lease_ttl <= longest_write {
+            report.error(
+                "store.lease_ttl",
+                &format!(
+                    "must exceed a write's longest run, {} (twice server.response_timeout plus \
+                     twice store.timeout)",
+                    humantime::format_duration(longest_write)
+                ),
+            );
         }
     }
 }
@@ -697,6 +792,8 @@ impl PolicyConfig {
             key_headers: key_headers?,
             key_query: self.key_query,
             lease_wait: self.lease_wait,
+            // Set from `[store]` once the route is built.
+            on_store_unavailable: OnStoreUnavailable::default(),
         })
     }
 }
@@ -1071,6 +1168,65 @@ mod tests {
     }
 
     #[test]
+    fn redis_store_settings_and_their_checks() {
+        let config = parse(
+            r#"
+            [store]
+            kind = "redis"
+            url = "redis://10.0.0.5:6379/2"
+            key_prefix = "shop:"
+            failure_policy = "fail_open"
+
+            [[routes]]
+            name = "api"
+            upstream = "http://127.0.0.1:3000"
+        "#,
+        )
+        .unwrap();
+        assert_eq!(config.store.kind, StoreKind::Redis);
+        assert_eq!(config.store.lease_ttl, Duration::from_secs(75));
+        let route = &config.routes().unwrap()[0];
+        assert_eq!(
+            route.policy.on_store_unavailable,
+            OnStoreUnavailable::Forward
+        );
+        #[cfg(feature = "redis")]
+        assert_eq!(config.store.redis().key_prefix, "shop:");
+
+        // The lease must outlive a revalidation plus the write it guards.
+        let err = parse(
+            r#"
+            [server]
+            response_timeout = "10s"
+            [store]
+            kind = "redis"
+            url = "http://not-redis"
+            lease_ttl = "20s"
+            [[routes]]
+            name = "api"
+            upstream = "http://127.0.0.1:3000"
+        "#,
+        )
+        .unwrap_err();
+        assert_eq!(paths(&err), ["store.url", "store.lease_ttl"], "{err}");
+
+        // --store selects Redis over a file that says memory; fail closed by default.
+        let overrides = Overrides {
+            upstream: Some("http://127.0.0.1:3000".to_owned()),
+            store: Some("redis://127.0.0.1:6379".to_owned()),
+            ..Overrides::default()
+        };
+        let config = Config::from_overrides(&overrides).unwrap();
+        assert_eq!(config.store.kind, StoreKind::Redis);
+        assert_eq!(config.store.url.as_deref(), Some("redis://127.0.0.1:6379"));
+        let route = &config.routes().unwrap()[0];
+        assert_eq!(
+            route.policy.on_store_unavailable,
+            OnStoreUnavailable::Refuse
+        );
+    }
+
+    #[test]
     fn every_error_is_reported() {
         let err = parse(
             r#"
@@ -1083,7 +1239,7 @@ mod tests {
             max_header_bytes = 100
 
             [store]
-            kind = "redis"
+            kind = "etcd"
             ttl = "forever"
 
             [defaults]
@@ -1136,7 +1292,7 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("19 errors"), "{text}");
         assert!(text.contains("https upstreams are not supported"), "{text}");
-        assert!(text.contains("\"redis\" is not available yet"), "{text}");
+        assert!(text.contains("unknown variant `etcd`"), "{text}");
         assert!(text.contains("duplicate route name"), "{text}");
     }
 

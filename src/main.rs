@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::FutureExt;
 use ifmatch::config::{self, Config, ConfigError, Overrides};
 use ifmatch::proxy::{Chain, Routes, Server, bind};
+use ifmatch::store::AnyStore;
 use tracing_subscriber::EnvFilter;
 
 /// Optimistic concurrency for any HTTP API: a reverse proxy that rejects stale writes with
@@ -89,6 +90,9 @@ struct RunArgs {
         hide_env_values = true
     )]
     admin_token: Option<String>,
+    /// Share validators and write leases with other replicas through this Redis/Valkey
+    #[arg(long, env = "IFMATCH_STORE", value_name = "redis://HOST:PORT")]
+    store: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +186,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         conflict_status: args.conflict_status.map(ConflictStatus::code),
         require_if_match: args.require_if_match,
         admin_token: args.admin_token,
+        store: args.store,
     };
     let config = match &args.config {
         Some(path) => Config::load(path, &overrides),
@@ -194,8 +199,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
         None => Config::from_overrides(&overrides),
     }
     .map_err(describe)?;
+    let store = AnyStore::from_config(&config.store).map_err(|e| Chain(&*e).to_string())?;
+    tracing::info!(kind = ?config.store.kind, key_prefix = %config.store.key_prefix, "store");
     let server = Server::new(config)
         .map_err(describe)?
+        .store(store)
         .passthrough(args.passthrough);
     let reloader = args
         .config
@@ -273,6 +281,7 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         conflict_status: args.conflict_status.map(ConflictStatus::code),
         require_if_match: args.require_if_match,
         admin_token: None,
+        store: None,
     })
     .map_err(describe)?;
     let proxy = bind(config.server.listen)

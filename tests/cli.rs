@@ -73,7 +73,7 @@ async fn check_config_lists_every_error() {
         "5 errors",
         "server.listen",
         "server.colour: unknown field",
-        "store.kind",
+        "store.url: is required with kind = \"redis\"",
         "defaults.conflict_status: must be 409 or 412",
         "routes[0].upstream",
     ] {

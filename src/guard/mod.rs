@@ -22,6 +22,6 @@ mod write;
 
 pub use body::{RequestBody, ResponseBody, Tail};
 pub use layer::PreconditionLayer;
-pub use policy::{EtagSource, OnUnknown, Policy, RouteContext};
+pub use policy::{EtagSource, FailedOpen, OnStoreUnavailable, OnUnknown, Policy, RouteContext};
 pub use response::{Rejection, RejectionKind};
 pub use service::Precondition;

@@ -17,6 +17,22 @@ pub enum OnUnknown {
     Reject,
 }
 
+/// What to do with a conditional write when the store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStoreUnavailable {
+    /// 503 with `Retry-After` (fail closed): a precondition is never trusted unchecked.
+    #[default]
+    Refuse,
+    /// Forward it unchecked (fail open), logged at warn and marked [`FailedOpen`] on the
+    /// response for metrics.
+    Forward,
+}
+
+/// In a response's extensions: the write was forwarded without its precondition being
+/// checked, because the store was unavailable and the policy is to fail open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailedOpen;
+
 /// Where validators come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EtagSource {
@@ -48,6 +64,8 @@ pub struct Policy {
     pub key_query: bool,
     /// How long a write waits for another write to the same resource to finish.
     pub lease_wait: Duration,
+    /// What a conditional write gets when the store is unavailable.
+    pub on_store_unavailable: OnStoreUnavailable,
 }
 
 impl Policy {
@@ -68,6 +86,7 @@ impl Default for Policy {
             key_headers: Vec::new(),
             key_query: true,
             lease_wait: Duration::from_secs(5),
+            on_store_unavailable: OnStoreUnavailable::Refuse,
         }
     }
 }

@@ -17,7 +17,7 @@ use tower::{Service, ServiceExt};
 use super::body::{RequestBody, ResponseBody, Tail};
 use super::hash::{Hashed, hash_body};
 use super::headers;
-use super::policy::{EtagSource, OnUnknown, Policy};
+use super::policy::{EtagSource, FailedOpen, OnStoreUnavailable, OnUnknown, Policy};
 use super::response::{Rejection, RejectionKind};
 use super::service::Guarded;
 use crate::precondition::{Decision, Failure, Preconditions, RequestKind, ResourceState, evaluate};
@@ -90,6 +90,20 @@ where
             // Nothing to check: the write goes through, as it would without the guard.
             tracing::warn!(%key, %error, "store unavailable, unconditional write forwarded");
             let response = inner.call(req.map(RequestBody::new)).await?;
+            return Ok(response.map(ResponseBody::upstream));
+        }
+        Err(StoreError::Unavailable(error))
+            if policy.on_store_unavailable == OnStoreUnavailable::Forward =>
+        {
+            tracing::warn!(
+                %key,
+                %error,
+                resource = instance,
+                policy = "fail_open",
+                "store unavailable, conditional write forwarded unchecked"
+            );
+            let mut response = inner.call(req.map(RequestBody::new)).await?;
+            response.extensions_mut().insert(FailedOpen);
             return Ok(response.map(ResponseBody::upstream));
         }
         Err(StoreError::Unavailable(error)) => {

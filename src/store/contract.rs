@@ -51,7 +51,7 @@ fn replaced(validator: &Validator) -> Outcome {
 }
 
 /// Loads, then learns with the generation just seen; asserts it was recorded.
-async fn learn_now<S: Store>(store: &S, key: ResourceKey, observation: Observation) {
+pub(crate) async fn learn_now<S: Store>(store: &S, key: ResourceKey, observation: Observation) {
     let g = store.load(key).await.expect("load").generation;
     assert!(store.learn(key, g, observation).await.expect("learn"));
 }

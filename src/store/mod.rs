@@ -11,14 +11,20 @@
 //! The trait is async so that a networked store (Redis) satisfies the same contract as the
 //! embedded [`MemoryStore`].
 
+mod any;
 #[cfg(test)]
 pub(crate) mod contract;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-pub use memory::{MemoryStore, MemoryStoreConfig};
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisLease, RedisSetupError, RedisStore, RedisStoreConfig};
+pub use any::{AnyLease, AnyStore};
+pub use memory::{MemoryLease, MemoryStore, MemoryStoreConfig};
 
 use crate::etag::EntityTag;
 use crate::key::ResourceKey;

@@ -1,0 +1,130 @@
+//! A store chosen at runtime (from the config): the embedded one or the shared one.
+
+use std::time::Duration;
+
+use super::{
+    BoxError, MemoryLease, MemoryStore, Observation, Outcome, Snapshot, Store, StoreError,
+};
+#[cfg(feature = "redis")]
+use super::{RedisLease, RedisStore};
+use crate::config::{StoreConfig, StoreKind};
+use crate::key::ResourceKey;
+
+/// Either backend behind one type, so the binary picks one from its config.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// The in-memory store (one process).
+    Memory(MemoryStore),
+    /// The Redis/Valkey store (replicas share it).
+    #[cfg(feature = "redis")]
+    Redis(RedisStore),
+}
+
+/// The lease of an [`AnyStore`].
+#[derive(Debug)]
+pub enum AnyLease {
+    /// From the in-memory store.
+    Memory(MemoryLease),
+    /// From the Redis store.
+    #[cfg(feature = "redis")]
+    Redis(RedisLease),
+}
+
+impl AnyStore {
+    /// The store `config` (validated) describes. A Redis store connects lazily, so Redis
+    /// need not be up yet: until it is, the store is unavailable. Must be called within a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// The Redis URL is invalid, or this build has no Redis support.
+    pub fn from_config(config: &StoreConfig) -> Result<Self, BoxError> {
+        match config.kind {
+            StoreKind::Memory => Ok(Self::Memory(MemoryStore::new(config.memory()))),
+            #[cfg(feature = "redis")]
+            StoreKind::Redis => Ok(Self::Redis(RedisStore::new(config.redis())?)),
+            #[cfg(not(feature = "redis"))]
+            StoreKind::Redis => Err("this build has no redis support".into()),
+        }
+    }
+}
+
+impl From<MemoryStore> for AnyStore {
+    fn from(store: MemoryStore) -> Self {
+        Self::Memory(store)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl From<RedisStore> for AnyStore {
+    fn from(store: RedisStore) -> Self {
+        Self::Redis(store)
+    }
+}
+
+impl Store for AnyStore {
+    type Lease = AnyLease;
+
+    async fn load(&self, key: ResourceKey) -> Result<Snapshot, StoreError> {
+        match self {
+            Self::Memory(store) => store.load(key).await,
+            #[cfg(feature = "redis")]
+            Self::Redis(store) => store.load(key).await,
+        }
+    }
+
+    async fn learn(
+        &self,
+        key: ResourceKey,
+        generation: u64,
+        observation: Observation,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Self::Memory(store) => store.learn(key, generation, observation).await,
+            #[cfg(feature = "redis")]
+            Self::Redis(store) => store.learn(key, generation, observation).await,
+        }
+    }
+
+    async fn acquire(
+        &self,
+        key: ResourceKey,
+        wait: Duration,
+    ) -> Result<(AnyLease, Snapshot), StoreError> {
+        match self {
+            Self::Memory(store) => {
+                let (lease, snapshot) = store.acquire(key, wait).await?;
+                Ok((AnyLease::Memory(lease), snapshot))
+            }
+            #[cfg(feature = "redis")]
+            Self::Redis(store) => {
+                let (lease, snapshot) = store.acquire(key, wait).await?;
+                Ok((AnyLease::Redis(lease), snapshot))
+            }
+        }
+    }
+
+    async fn complete(&self, lease: AnyLease, outcome: Outcome) -> Result<(), StoreError> {
+        // A lease completes where it was taken; the mixed arms cannot happen through one
+        // store, and dropping the lease there still releases it as unknown.
+        match (self, lease) {
+            (Self::Memory(store), AnyLease::Memory(lease)) => store.complete(lease, outcome).await,
+            #[cfg(feature = "redis")]
+            (Self::Redis(store), AnyLease::Redis(lease)) => store.complete(lease, outcome).await,
+            #[cfg(feature = "redis")]
+            (_, lease) => {
+                drop(lease);
+                Err(StoreError::Unavailable(
+                    "lease completed on another kind of store".into(),
+                ))
+            }
+        }
+    }
+
+    async fn purge(&self, key: ResourceKey) -> Result<bool, StoreError> {
+        match self {
+            Self::Memory(store) => store.purge(key).await,
+            #[cfg(feature = "redis")]
+            Self::Redis(store) => store.purge(key).await,
+        }
+    }
+}

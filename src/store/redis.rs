@@ -1,0 +1,855 @@
+//! The shared store: Redis or Valkey, so that replicas see the same validators and leases.
+//!
+//! Each resource is **one hash** (`<prefix><hex key>`), so every operation is one Lua script on
+//! one key: atomic, one round trip, and Redis Cluster could route it without hash tags. Fields:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `g` | generation: `HINCRBY`, started from the server clock in µs when the hash is created, so it never repeats even after the hash expired and came back |
+//! | `s`, `v`, `m` | state (`u`nknown, `a`bsent, `p`resent), validators (`<16 hex repr><opaque>\n` each), `Last-Modified` (`secs.nanos`) |
+//! | `e` | when the state stops being trusted (server ms); past it the state reads as unknown |
+//! | `l`, `x` | the write lease: holder's random id (the fencing check) and expiry (server ms) |
+//!
+//! A lease that reaches its expiry with `l` still set was never completed: its holder crashed
+//! or lost Redis, and its write may have applied. The next script to touch the key **settles**
+//! it: the state becomes unknown under a new generation, which also refuses any read that saw
+//! the old generation. A completion that comes later carries an id that no longer matches and
+//! is ignored. Time is always the server's (`TIME`), so replicas' clocks do not matter.
+//!
+//! A missing hash reads as unknown with generation 0; a learn against 0 creates the hash only
+//! if it is still missing. Removal (purge) keeps the hash as a tombstone with a new generation;
+//! the hash itself expires `ttl` after everything in it lapsed, far longer than any read takes,
+//! so a read cannot straddle a removal (with `maxmemory-policy` evicting keys, it could: use
+//! `noeviction` or `volatile-ttl` with room to spare).
+//!
+//! Waiting for a lease polls with capped exponential backoff; waiters in the same process are
+//! also woken at once when a local holder releases. Round trips: `load`, `learn`, `complete`,
+//! `purge` one each; `acquire` one when uncontended.
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, Script, ScriptInvocation};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::{
+    BoxError, KeyState, Observation, Outcome, Representation, Snapshot, Store, StoreError,
+    Validator,
+};
+use crate::etag::EntityTag;
+use crate::key::ResourceKey;
+
+/// First pause of a lease waiter; doubled up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(1);
+/// Longest pause between two attempts of a waiter for a lease held by another replica.
+const MAX_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Settings of the Redis store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStoreConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prepended to every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// How long a validator is trusted without seeing the resource.
+    pub ttl: Duration,
+    /// How long a write lease lasts if its holder never completes it (crashed replica).
+    pub lease_ttl: Duration,
+    /// Longest wait for a connection or a reply; past it the store is unavailable.
+    pub timeout: Duration,
+}
+
+impl Default for RedisStoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            key_prefix: "ifmatch:".to_owned(),
+            ttl: Duration::from_secs(300),
+            lease_ttl: Duration::from_secs(75),
+            timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The store could not be set up (the URL is invalid).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid redis store url")]
+pub struct RedisSetupError(#[source] redis::RedisError);
+
+/// The Redis validator store (cheap to clone: clones share the connection).
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+/// The write lease of the Redis store.
+///
+/// Dropping it without [`Store::complete`] spawns a release that marks the key unknown; if that
+/// never runs (the process died), the lease expires after `lease_ttl` with the same effect.
+pub struct RedisLease {
+    inner: Arc<Inner>,
+    key: ResourceKey,
+    id: String,
+    completed: bool,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    ttl_ms: u64,
+    lease_ms: u64,
+    timeout: Duration,
+    scripts: Scripts,
+    /// Local waiters per contended key, woken when a local holder releases.
+    waiters: DashMap<ResourceKey, Arc<Notify>>,
+    /// Releases of dropped leases still in flight: later operations on the key from this
+    /// process wait for them, so that a drop is seen by whatever this process does next.
+    releasing: DashMap<ResourceKey, watch::Receiver<()>>,
+    /// Lease ids: a per-process random prefix and a counter.
+    id_seed: u64,
+    id_counter: AtomicU64,
+}
+
+struct Scripts {
+    load: Script,
+    learn: Script,
+    acquire: Script,
+    complete: Script,
+    purge: Script,
+}
+
+/// Shared by every script: the server clock, settling of lapsed leases and expired states,
+/// generations, and the hash's own lifetime. `ARGV[1]` is always the state TTL in ms.
+const PRELUDE: &str = r#"
+pcall(redis.replicate_commands) -- Redis < 5: TIME before writes needs effects replication
+local k = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local function num(field) return tonumber(redis.call('HGET', k, field) or '0') end
+-- A new hash starts from the clock in µs, so a key that expired and came back never reuses
+-- a generation (nor, with it, a stale reader's).
+local function bump()
+  if redis.call('HEXISTS', k, 'g') == 0 then
+    redis.call('HINCRBY', k, 'g', t[1] .. string.format('%06d', tonumber(t[2])))
+  else
+    redis.call('HINCRBY', k, 'g', 1)
+  end
+end
+local function set(s, v, m)
+  redis.call('HSET', k, 's', s)
+  if s == 'p' then
+    redis.call('HSET', k, 'v', v)
+    if m ~= '' then redis.call('HSET', k, 'm', m) else redis.call('HDEL', k, 'm') end
+  else
+    redis.call('HDEL', k, 'v', 'm')
+  end
+end
+-- What time decided: a lapsed lease means a write of unknown outcome (new generation, so no
+-- read that started before it can record); an expired state is no longer trusted.
+local function settle()
+  local x = redis.call('HGET', k, 'x')
+  if x and tonumber(x) <= now then
+    redis.call('HDEL', k, 'l', 'x')
+    set('u')
+    bump()
+  end
+  local e = redis.call('HGET', k, 'e')
+  if not e or tonumber(e) <= now then
+    if redis.call('HGET', k, 's') ~= 'u' then set('u') end
+  end
+end
+local function view()
+  local e = redis.call('HGET', k, 'e')
+  if not e or tonumber(e) <= now then return 'u', '', '' end
+  return redis.call('HGET', k, 's') or 'u', redis.call('HGET', k, 'v') or '',
+    redis.call('HGET', k, 'm') or ''
+end
+local function trust() redis.call('HSET', k, 'e', string.format('%d', now + ttl)) end
+-- The hash outlives what it holds by a TTL: long enough that no read straddles its removal.
+local function keep()
+  local last = math.max(num('e'), num('x'), now)
+  redis.call('PEXPIRE', k, string.format('%d', last + ttl - now))
+end
+"#;
+
+/// -> {generation, state, validators, last_modified, leased}
+const LOAD: &str = r#"
+if redis.call('EXISTS', k) == 0 then return {'0', 'u', '', '', '0'} end
+settle()
+local s, v, m = view()
+local leased = redis.call('HEXISTS', k, 'l') == 1 and '1' or '0'
+return {redis.call('HGET', k, 'g'), s, v, m, leased}
+"#;
+
+/// ARGV: ttl, generation, kind (v|a|u), representation, opaque, last_modified -> 1 recorded
+const LEARN: &str = r#"
+local gen, kind, rep, tag, lm = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local s, v, m = 'u', '', ''
+if redis.call('EXISTS', k) == 0 then
+  if gen ~= '0' then return 0 end
+  if kind == 'u' then return 1 end
+else
+  settle()
+  if redis.call('HGET', k, 'g') ~= gen then return 0 end
+  s, v, m = view()
+end
+local ns, nv
+if kind == 'u' then
+  if s ~= 'u' then ns = 'u' end
+elseif kind == 'a' then
+  if s ~= 'a' then ns = 'a' end
+else
+  local rec = rep .. tag .. '\n'
+  ns, nv = 'p', rec
+  if s == 'p' then
+    local found, count = nil, 0
+    for r in string.gmatch(v, '[^\n]*\n') do
+      count = count + 1
+      if string.sub(r, 1, 16) == rep then found = r end
+    end
+    if found == rec then
+      -- The same validator: a change only if Last-Modified moved.
+      if m == lm then ns = nil else nv = v end
+    elseif not found and count < 4 then
+      nv = v .. rec
+    end
+  end
+end
+if ns then
+  set(ns, nv, lm)
+  bump()
+end
+trust()
+keep()
+return 1
+"#;
+
+/// ARGV: ttl, lease ms, lease id -> {'0'} held, or {'1', generation, state, validators, lm}
+const ACQUIRE: &str = r#"
+if redis.call('EXISTS', k) == 1 then
+  settle()
+  if redis.call('HEXISTS', k, 'l') == 1 then return {'0'} end
+end
+redis.call('HSET', k, 'l', ARGV[3], 'x', string.format('%d', now + tonumber(ARGV[2])))
+bump()
+local s, v, m = view()
+keep()
+return {'1', redis.call('HGET', k, 'g'), s, v, m}
+"#;
+
+/// ARGV: ttl, lease id, kind (r|d|u|n), representation, opaque, last_modified
+/// -> 1 recorded, 0 ignored (not the holder, or the lease lapsed)
+const COMPLETE: &str = r#"
+if redis.call('HGET', k, 'l') ~= ARGV[2] then return 0 end
+if num('x') <= now then
+  settle()
+  keep()
+  return 0
+end
+settle()
+redis.call('HDEL', k, 'l', 'x')
+local kind = ARGV[3]
+if kind == 'r' then
+  set('p', ARGV[4] .. ARGV[5] .. '\n', ARGV[6])
+  trust()
+elseif kind == 'd' then
+  set('a')
+  trust()
+elseif kind == 'u' then
+  set('u')
+  trust()
+end
+bump()
+keep()
+return 1
+"#;
+
+/// ARGV: ttl -> 1 if something was known
+const PURGE: &str = r#"
+if redis.call('EXISTS', k) == 0 then return 0 end
+settle()
+local s = view()
+set('u')
+bump()
+keep()
+if s ~= 'u' then return 1 end
+return 0
+"#;
+
+impl Scripts {
+    fn new() -> Self {
+        let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        Self {
+            load: script(LOAD),
+            learn: script(LEARN),
+            acquire: script(ACQUIRE),
+            complete: script(COMPLETE),
+            purge: script(PURGE),
+        }
+    }
+}
+
+impl RedisStore {
+    /// A store on `config.url`. Connects lazily, on first use, and reconnects by itself: a
+    /// Redis that is down at startup or goes away later only makes operations fail until it
+    /// is back. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// The URL is invalid.
+    pub fn new(config: RedisStoreConfig) -> Result<Self, RedisSetupError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(RedisSetupError)?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            // Each operation is bounded by `timeout` anyway; retrying inside it only delays
+            // the failure. The next operation triggers the next attempt.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(config.timeout);
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, manager).map_err(RedisSetupError)?;
+        let random = std::collections::hash_map::RandomState::new();
+        let inner = Inner {
+            conn,
+            prefix: config.key_prefix,
+            ttl_ms: millis(config.ttl),
+            lease_ms: millis(config.lease_ttl),
+            timeout: config.timeout,
+            scripts: Scripts::new(),
+            waiters: DashMap::new(),
+            releasing: DashMap::new(),
+            id_seed: random.hash_one(std::process::id()),
+            id_counter: AtomicU64::new(0),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Round trip to Redis: whether it answers within the timeout (for readiness checks).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when it does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let ping = redis::cmd("PING");
+        bounded(self.inner.timeout, ping.query_async::<String>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    /// Waits (bounded) for this process's release of a dropped lease on `key`, if one is in
+    /// flight, so that the drop is visible to what follows.
+    async fn settled(&self, key: ResourceKey) {
+        let pending = self.inner.releasing.get(&key).map(|rx| rx.clone());
+        if let Some(mut rx) = pending {
+            // Completes when the release task drops its sender; nothing is ever sent.
+            let _ = tokio::time::timeout(self.inner.timeout, rx.changed()).await;
+        }
+    }
+
+    async fn try_acquire(
+        &self,
+        key: ResourceKey,
+        id: &str,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let inner = &self.inner;
+        let mut call = inner.scripts.acquire.key(inner.key(key));
+        call.arg(inner.ttl_ms).arg(inner.lease_ms).arg(id);
+        let reply: Vec<String> = inner.run(&call).await?;
+        match reply.as_slice() {
+            [held] if held == "0" => Ok(None),
+            [_, generation, s, v, m] => Ok(Some(Snapshot {
+                state: decode_state(s, v, m)?,
+                generation: decode_generation(generation)?,
+                leased: true,
+            })),
+            _ => Err(malformed("acquire")),
+        }
+    }
+}
+
+impl Inner {
+    fn key(&self, key: ResourceKey) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn lease_id(&self) -> String {
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{n:x}", self.id_seed)
+    }
+
+    async fn run<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        bounded(self.timeout, call.invoke_async(&mut conn)).await
+    }
+
+    /// Records `outcome` if lease `id` still holds `key`; wakes local waiters either way.
+    async fn complete(
+        &self,
+        key: ResourceKey,
+        id: &str,
+        outcome: Outcome,
+    ) -> Result<(), StoreError> {
+        let (kind, validator, last_modified) = match outcome {
+            Outcome::Replaced {
+                validator,
+                last_modified,
+            } => ("r", Some(validator), last_modified),
+            Outcome::Deleted => ("d", None, None),
+            Outcome::Unknown => ("u", None, None),
+            Outcome::Unchanged => ("n", None, None),
+        };
+        let (rep, tag) = encode_validator(validator.as_ref());
+        let mut call = self.scripts.complete.key(self.key(key));
+        call.arg(self.ttl_ms)
+            .arg(id)
+            .arg(kind)
+            .arg(rep)
+            .arg(tag)
+            .arg(encode_time(last_modified));
+        let result = self.run::<i64>(&call).await;
+        if let Some(waiters) = self.waiters.get(&key) {
+            waiters.notify_waiters();
+        }
+        if result? == 0 {
+            // Our lease lapsed (we were too slow, or Redis lost it): whoever comes next sees
+            // the key unknown, which is what a write of unrecorded outcome needs.
+            tracing::warn!(%key, "lease lapsed before completion, outcome not recorded");
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("ttl_ms", &self.inner.ttl_ms)
+            .field("lease_ms", &self.inner.lease_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for RedisLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLease")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store for RedisStore {
+    type Lease = RedisLease;
+
+    async fn load(&self, key: ResourceKey) -> Result<Snapshot, StoreError> {
+        self.settled(key).await;
+        let inner = &self.inner;
+        let mut call = inner.scripts.load.key(inner.key(key));
+        call.arg(inner.ttl_ms);
+        let reply: Vec<String> = inner.run(&call).await?;
+        let [generation, s, v, m, leased] = reply.as_slice() else {
+            return Err(malformed("load"));
+        };
+        Ok(Snapshot {
+            state: decode_state(s, v, m)?,
+            generation: decode_generation(generation)?,
+            leased: leased == "1",
+        })
+    }
+
+    async fn learn(
+        &self,
+        key: ResourceKey,
+        generation: u64,
+        observation: Observation,
+    ) -> Result<bool, StoreError> {
+        self.settled(key).await;
+        let (kind, validator, last_modified) = match observation {
+            Observation::Validator {
+                validator,
+                last_modified,
+            } => ("v", Some(validator), last_modified),
+            Observation::Absent => ("a", None, None),
+            Observation::Unknown => ("u", None, None),
+        };
+        let (rep, tag) = encode_validator(validator.as_ref());
+        let inner = &self.inner;
+        let mut call = inner.scripts.learn.key(inner.key(key));
+        call.arg(inner.ttl_ms)
+            .arg(generation)
+            .arg(kind)
+            .arg(rep)
+            .arg(tag)
+            .arg(encode_time(last_modified));
+        Ok(inner.run::<i64>(&call).await? == 1)
+    }
+
+    async fn acquire(
+        &self,
+        key: ResourceKey,
+        wait: Duration,
+    ) -> Result<(RedisLease, Snapshot), StoreError> {
+        self.settled(key).await;
+        let deadline = Instant::now() + wait;
+        let id = self.inner.lease_id();
+        let slot = WaitSlot::new(&self.inner, key);
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            // Registered before the attempt, so a local release between the attempt and the
+            // pause is not missed.
+            let notified = slot.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_acquire(key, &id).await {
+                Ok(Some(snapshot)) => {
+                    let lease = RedisLease {
+                        inner: Arc::clone(&self.inner),
+                        key,
+                        id,
+                        completed: false,
+                    };
+                    return Ok((lease, snapshot));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    // A timed-out script may have taken the lease all the same: give it back
+                    // (a no-op unless it is ours) rather than block the key until it lapses.
+                    drop(RedisLease {
+                        inner: Arc::clone(&self.inner),
+                        key,
+                        id,
+                        completed: false,
+                    });
+                    return Err(error);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StoreError::LeaseTimeout);
+            }
+            let pause = backoff.min(deadline - now);
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn complete(&self, mut lease: RedisLease, outcome: Outcome) -> Result<(), StoreError> {
+        // Whatever happens now, dropping the lease must not release it a second time.
+        lease.completed = true;
+        lease.inner.complete(lease.key, &lease.id, outcome).await
+    }
+
+    async fn purge(&self, key: ResourceKey) -> Result<bool, StoreError> {
+        self.settled(key).await;
+        let inner = &self.inner;
+        let mut call = inner.scripts.purge.key(inner.key(key));
+        call.arg(inner.ttl_ms);
+        Ok(inner.run::<i64>(&call).await? == 1)
+    }
+}
+
+impl Drop for RedisLease {
+    fn drop(&mut self) {
+        if self.completed {
+            return;
+        }
+        // Outside a runtime nothing can be sent; the lease then lapses after `lease_ttl`,
+        // which marks the key unknown just the same.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (done, pending) = watch::channel(());
+        self.inner.releasing.insert(self.key, pending.clone());
+        let (inner, key, id) = (
+            Arc::clone(&self.inner),
+            self.key,
+            std::mem::take(&mut self.id),
+        );
+        runtime.spawn(async move {
+            if let Err(error) = inner.complete(key, &id, Outcome::Unknown).await {
+                tracing::warn!(%key, %error, "release of a dropped lease failed; it will lapse");
+            }
+            inner
+                .releasing
+                .remove_if(&key, |_, rx| rx.same_channel(&pending));
+            drop(done);
+        });
+    }
+}
+
+/// A waiter's registration for local wake-ups; removed when the last waiter on the key leaves.
+struct WaitSlot<'a> {
+    inner: &'a Inner,
+    key: ResourceKey,
+    notify: Arc<Notify>,
+}
+
+impl<'a> WaitSlot<'a> {
+    fn new(inner: &'a Inner, key: ResourceKey) -> Self {
+        let notify = Arc::clone(&inner.waiters.entry(key).or_default());
+        Self { inner, key, notify }
+    }
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        // Our clone plus the map's: nobody else is waiting.
+        self.inner
+            .waiters
+            .remove_if(&self.key, |_, notify| Arc::strong_count(notify) <= 2);
+    }
+}
+
+/// Runs a Redis call within `timeout`; every failure means the store is unavailable.
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(StoreError::Unavailable(Box::new(error))),
+        Err(_) => Err(StoreError::Unavailable(
+            "redis did not answer in time".into(),
+        )),
+    }
+}
+
+fn malformed(script: &str) -> StoreError {
+    let error: BoxError = format!("unexpected reply from the {script} script").into();
+    StoreError::Unavailable(error)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+fn encode_validator(validator: Option<&Validator>) -> (String, &str) {
+    match validator {
+        Some(v) => (format!("{:016x}", v.representation.0), v.tag.opaque()),
+        None => (String::new(), ""),
+    }
+}
+
+/// `secs.nanos` since the epoch; a time before it is dropped (no HTTP-date can say it).
+fn encode_time(time: Option<SystemTime>) -> String {
+    time.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or_else(String::new, |d| {
+            format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+        })
+}
+
+fn decode_time(text: &str) -> Option<SystemTime> {
+    let (secs, nanos) = text.split_once('.')?;
+    let duration = Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
+    UNIX_EPOCH.checked_add(duration)
+}
+
+fn decode_generation(text: &str) -> Result<u64, StoreError> {
+    text.parse().map_err(|_| malformed("generation"))
+}
+
+fn decode_state(s: &str, validators: &str, last_modified: &str) -> Result<KeyState, StoreError> {
+    match s {
+        "a" => Ok(KeyState::Absent),
+        "p" => {
+            let validators = validators
+                .split_terminator('\n')
+                .map(decode_validator)
+                .collect::<Option<Vec<_>>>()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| malformed("validators"))?;
+            Ok(KeyState::Present {
+                validators,
+                last_modified: decode_time(last_modified),
+            })
+        }
+        _ => Ok(KeyState::Unknown),
+    }
+}
+
+fn decode_validator(record: &str) -> Option<Validator> {
+    let representation = u64::from_str_radix(record.get(..16)?, 16).ok()?;
+    let tag = EntityTag::strong(record.get(16..)?).ok()?;
+    Some(Validator {
+        tag,
+        representation: Representation(representation),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::store::contract::{self, contract_tests, key, observed, validator};
+
+    #[allow(dead_code)]
+    mod redis_server {
+        include!("../../tests/support/redis_server.rs");
+    }
+    use redis_server::RedisServer;
+
+    /// One server for the whole test binary; every store gets its own key prefix.
+    fn server() -> &'static RedisServer {
+        static SERVER: OnceLock<RedisServer> = OnceLock::new();
+        SERVER.get_or_init(RedisServer::start)
+    }
+
+    fn store_with(lease_ttl: Duration) -> RedisStore {
+        static STORES: AtomicU64 = AtomicU64::new(0);
+        let n = STORES.fetch_add(1, Ordering::Relaxed);
+        RedisStore::new(RedisStoreConfig {
+            url: server().url(),
+            key_prefix: format!("test{}-{n}:", std::process::id()),
+            lease_ttl,
+            timeout: Duration::from_secs(2),
+            ..RedisStoreConfig::default()
+        })
+        .expect("valid url")
+    }
+
+    fn store() -> RedisStore {
+        store_with(Duration::from_secs(30))
+    }
+
+    contract_tests!(store());
+
+    #[tokio::test]
+    async fn lapsed_lease_leaves_the_key_unknown_and_ignores_the_late_completion() {
+        let store = store_with(Duration::from_millis(300));
+        let k = key(1);
+        contract::learn_now(&store, k, observed(&validator("a", 1))).await;
+        let reader = store.load(k).await.unwrap();
+        let (lease, under) = store.acquire(k, Duration::ZERO).await.unwrap();
+        // A crashed replica: the lease is neither completed nor released.
+        let stale = RedisLease {
+            inner: Arc::clone(&lease.inner),
+            key: k,
+            id: lease.id.clone(),
+            completed: false,
+        };
+        std::mem::forget(lease);
+        assert!(store.load(k).await.unwrap().leased);
+        // Held until it lapses, then free, and the key is unknown: the write may have applied.
+        let err = store.acquire(k, Duration::from_millis(50)).await;
+        assert!(matches!(err, Err(StoreError::LeaseTimeout)));
+        let (next, snapshot) = store.acquire(k, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(snapshot.state, KeyState::Unknown);
+        assert!(snapshot.generation > under.generation);
+        // A read that began under the dead lease cannot record what it saw.
+        assert!(
+            !store
+                .learn(k, under.generation, observed(&validator("old", 1)))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .learn(k, reader.generation, observed(&validator("old", 1)))
+                .await
+                .unwrap()
+        );
+        // The dead replica's late completion (stale fencing id) changes nothing...
+        let late = Outcome::Replaced {
+            validator: validator("late", 1),
+            last_modified: None,
+        };
+        store.complete(stale, late).await.unwrap();
+        let during = store.load(k).await.unwrap();
+        assert!(
+            during.leased,
+            "the late completion released someone else's lease"
+        );
+        assert_eq!(during.state, KeyState::Unknown);
+        // ...while the live holder's completion counts.
+        let v = validator("new", 1);
+        let outcome = Outcome::Replaced {
+            validator: v.clone(),
+            last_modified: None,
+        };
+        store.complete(next, outcome).await.unwrap();
+        assert_eq!(store.load(k).await.unwrap().state, contract::present(&[v]));
+    }
+
+    #[tokio::test]
+    async fn late_completion_after_lapse_is_ignored_even_without_a_new_holder() {
+        let store = store_with(Duration::from_millis(100));
+        let k = key(2);
+        let (lease, _) = store.acquire(k, Duration::ZERO).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let outcome = Outcome::Replaced {
+            validator: validator("late", 1),
+            last_modified: None,
+        };
+        store.complete(lease, outcome).await.unwrap();
+        let snap = store.load(k).await.unwrap();
+        assert_eq!(snap.state, KeyState::Unknown);
+        assert!(!snap.leased);
+    }
+
+    #[tokio::test]
+    async fn last_modified_round_trips_with_nanoseconds() {
+        let store = store();
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        let obs = Observation::Validator {
+            validator: validator("a", 7),
+            last_modified: Some(t),
+        };
+        contract::learn_now(&store, key(3), obs).await;
+        let KeyState::Present { last_modified, .. } = store.load(key(3)).await.unwrap().state
+        else {
+            panic!("not present");
+        };
+        assert_eq!(last_modified, Some(t));
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_is_unavailable_within_the_timeout() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let store = RedisStore::new(RedisStoreConfig {
+            url: format!("redis://127.0.0.1:{port}"),
+            timeout: Duration::from_millis(200),
+            ..RedisStoreConfig::default()
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            store.load(key(1)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            store.acquire(key(1), Duration::from_secs(5)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(store.ping().await.is_err());
+    }
+
+    #[test]
+    fn encodings_round_trip() {
+        assert_eq!(decode_time(&encode_time(None)), None);
+        let t = UNIX_EPOCH + Duration::new(5, 7);
+        assert_eq!(decode_time(&encode_time(Some(t))), Some(t));
+        let v = validator("ifm-abc", u64::MAX);
+        let (rep, tag) = encode_validator(Some(&v));
+        assert_eq!(decode_validator(&format!("{rep}{tag}")), Some(v));
+        assert_eq!(decode_validator("zz"), None);
+        assert!(decode_state("p", "", "").is_err());
+    }
+}

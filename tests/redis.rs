@@ -1,0 +1,259 @@
+//! Replicas sharing one Redis: no lost updates across them, and what happens when Redis goes
+//! away and comes back. Every test starts its own `redis-server` on a free loopback port.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use ifmatch::config::Config;
+use ifmatch::proxy::Server;
+use ifmatch::store::AnyStore;
+use redis_server::RedisServer;
+use serde_json::json;
+use support::{Client, DemoHandle, Proxy, ProxyHandle, config_toml, full, request};
+use tokio::sync::Barrier;
+
+/// A proxy config in front of `demo`, on the Redis at `url`.
+fn redis_config(demo: &DemoHandle, url: &str, failure_policy: &str) -> Config {
+    config_toml(&format!(
+        r#"
+        [store]
+        kind = "redis"
+        url = "{url}"
+        timeout = "300ms"
+        failure_policy = "{failure_policy}"
+
+        [[routes]]
+        name = "api"
+        upstream = "http://{}"
+        "#,
+        demo.addr
+    ))
+}
+
+/// A replica: its own server and its own store (its own connection to Redis), as the binary
+/// builds them.
+async fn replica(config: Config) -> ProxyHandle {
+    let store = AnyStore::from_config(&config.store).expect("store");
+    let server = Server::new(config).expect("valid config").store(store);
+    Proxy::spawn_server(server).await
+}
+
+/// Reads a counter through the proxy: its value and ETag.
+async fn counter(client: &Client, url: &str) -> (u64, String) {
+    let read = client.get(url).await;
+    assert_eq!(read.status, StatusCode::OK, "{read:?}");
+    let n = read.json()["n"].as_u64().expect("counter");
+    (n, read.header("etag").to_owned())
+}
+
+/// Reads a counter straight from the API (which sends no ETag).
+async fn upstream_value(client: &Client, url: &str) -> u64 {
+    let read = client.get(url).await;
+    assert_eq!(read.status, StatusCode::OK, "{read:?}");
+    read.json()["n"].as_u64().expect("counter")
+}
+
+async fn put(client: &Client, url: &str, n: u64, if_match: Option<&str>) -> support::Answer {
+    let mut req = request(Method::PUT, url).header("content-type", "application/json");
+    if let Some(tag) = if_match {
+        req = req.header("if-match", tag);
+    }
+    let body = json!({ "n": n }).to_string();
+    client.send(req.body(full(body)).expect("request")).await
+}
+
+const WRITERS: usize = 16;
+const KEYS: usize = 4;
+const INCREMENTS: usize = 6;
+
+#[derive(Debug)]
+struct Tally {
+    commits: HashMap<usize, usize>,
+    finals: HashMap<usize, usize>,
+    first_round_commits: usize,
+}
+
+impl Tally {
+    fn lost(&self) -> usize {
+        self.commits.iter().map(|(k, c)| c - self.finals[k]).sum()
+    }
+}
+
+/// `WRITERS` read-modify-write writers over `KEYS` counters, writer `w` going through replica
+/// `w % replicas`, so every key has writers on every replica. In the first round every writer
+/// of a key reads before any of them writes (a barrier), so they all hold the same ETag.
+async fn storm(replicas: &[String], name: &str) -> Tally {
+    let client = Client::http1();
+    let path = |k: usize| format!("/items/{name}-{k}");
+    for k in 0..KEYS {
+        let created = put(&client, &format!("{}{}", replicas[0], path(k)), 0, None).await;
+        assert!(created.status.is_success(), "{created:?}");
+    }
+    let barriers: Vec<_> = (0..KEYS)
+        .map(|_| Arc::new(Barrier::new(WRITERS / KEYS)))
+        .collect();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let k = w % KEYS;
+        let url = format!("{}{}", replicas[(w / KEYS) % replicas.len()], path(k));
+        let (client, barrier) = (client.clone(), Arc::clone(&barriers[k]));
+        tasks.push(tokio::spawn(async move {
+            let (mut commits, mut first_round) = (0, 0);
+            let mut round = 0;
+            while commits < INCREMENTS {
+                let (n, etag) = counter(&client, &url).await;
+                if round == 0 {
+                    barrier.wait().await;
+                }
+                let wrote = put(&client, &url, n + 1, Some(&etag)).await;
+                match wrote.status {
+                    s if s.is_success() => {
+                        commits += 1;
+                        first_round += usize::from(round == 0);
+                    }
+                    StatusCode::CONFLICT => {}
+                    other => panic!("unexpected {other}: {wrote:?}"),
+                }
+                round += 1;
+            }
+            (k, commits, first_round)
+        }));
+    }
+    let mut tally = Tally {
+        commits: HashMap::new(),
+        finals: HashMap::new(),
+        first_round_commits: 0,
+    };
+    for task in tasks {
+        let (k, commits, first_round) = task.await.expect("writer");
+        *tally.commits.entry(k).or_default() += commits;
+        tally.first_round_commits += first_round;
+    }
+    for k in 0..KEYS {
+        let (n, _) = counter(&client, &format!("{}{}", replicas[0], path(k))).await;
+        tally.finals.insert(k, usize::try_from(n).expect("small"));
+    }
+    tally
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sharing_redis_lose_no_updates_and_unshared_stores_do() {
+    let redis = RedisServer::start();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let demo = DemoHandle::spawn().await;
+
+        // Teeth: each replica on its own memory store. Writers holding the same ETag on
+        // different replicas both get through, so updates are lost.
+        let a = Proxy::spawn(support::config(demo.addr)).await;
+        let b = Proxy::spawn(support::config(demo.addr)).await;
+        let unshared = storm(&[a.url(""), b.url("")], "unshared").await;
+        assert!(
+            unshared.lost() >= KEYS,
+            "replicas that do not share a store must lose updates: {unshared:?}"
+        );
+
+        let a = replica(redis_config(&demo, &redis.url(), "fail_closed")).await;
+        let b = replica(redis_config(&demo, &redis.url(), "fail_closed")).await;
+        let shared = storm(&[a.url(""), b.url("")], "shared").await;
+        assert_eq!(shared.lost(), 0, "{shared:?}");
+        assert_eq!(shared.commits.values().sum::<usize>(), WRITERS * INCREMENTS);
+        assert_eq!(
+            shared.first_round_commits, KEYS,
+            "of the writers holding the same ETag, across both replicas, exactly one per key \
+             got through"
+        );
+    })
+    .await
+    .expect("workload finished in time");
+    // Both replicas kept their state in the one Redis.
+    assert!(redis.cli(&["DBSIZE"]).trim().parse::<u64>().expect("count") >= KEYS as u64);
+}
+
+#[tokio::test]
+async fn redis_down_fails_closed_and_service_recovers_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let demo = DemoHandle::spawn().await;
+    let proxy = replica(redis_config(&demo, &redis.url(), "fail_closed")).await;
+    let client = Client::http1();
+    let url = proxy.url("/items/outage");
+    let direct = demo.url("/items/outage");
+
+    assert!(put(&client, &url, 0, None).await.status.is_success());
+    let (_, v0) = counter(&client, &url).await;
+    assert!(put(&client, &url, 1, Some(&v0)).await.status.is_success());
+    let (n, v1) = counter(&client, &url).await;
+    assert_eq!(n, 1);
+
+    redis.stop();
+    // A conditional write, current or stale, cannot be checked: 503, and never forwarded.
+    for tag in [&v1, &v0] {
+        let refused = put(&client, &url, 99, Some(tag)).await;
+        refused.assert_problem(503, "store-unavailable");
+        assert_eq!(refused.header("retry-after"), "1");
+    }
+    assert_eq!(
+        upstream_value(&client, &direct).await,
+        1,
+        "a refused write reached the API"
+    );
+    // Reads and unconditional writes pass.
+    assert_eq!(counter(&client, &url).await.0, 1);
+    assert!(put(&client, &url, 2, None).await.status.is_success());
+    let (n, v2) = counter(&client, &url).await;
+    assert_eq!(n, 2);
+
+    // Same port, empty Redis: the proxy reconnects by itself. Until it has, writes keep
+    // getting 503; then the write goes through (the key is unknown, so it is revalidated).
+    let redis = RedisServer::start_on(redis.port());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let recovered = loop {
+        let answer = put(&client, &url, 3, Some(&v2)).await;
+        if answer.status != StatusCode::SERVICE_UNAVAILABLE {
+            break answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(recovered.status.is_success(), "{recovered:?}");
+    assert_eq!(upstream_value(&client, &direct).await, 3);
+    // And the guard is back: a stale tag gets 409 without reaching the API.
+    put(&client, &url, 42, Some(&v2))
+        .await
+        .assert_problem(409, "stale-precondition");
+    assert_eq!(upstream_value(&client, &direct).await, 3);
+    drop(redis);
+}
+
+#[tokio::test]
+async fn fail_open_forwards_conditional_writes_while_redis_is_down() {
+    // Nothing listens here: the store is unavailable from the start.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let demo = DemoHandle::spawn().await;
+    let url = format!("redis://{nowhere}");
+    let proxy = replica(redis_config(&demo, &url, "fail_open")).await;
+    let client = Client::http1();
+    let target = proxy.url("/items/open");
+    assert!(put(&client, &target, 0, None).await.status.is_success());
+    let (_, v0) = counter(&client, &target).await;
+    assert!(
+        put(&client, &target, 1, Some(&v0))
+            .await
+            .status
+            .is_success()
+    );
+    // Stale, yet forwarded: availability over the guarantee, by configuration.
+    let forwarded = put(&client, &target, 7, Some(&v0)).await;
+    assert!(forwarded.status.is_success(), "{forwarded:?}");
+    assert_eq!(upstream_value(&client, &demo.url("/items/open")).await, 7);
+}
