@@ -30,6 +30,8 @@ pub const STORE_HITS: &str = "ifmatch_store_hits_total";
 pub const STORE_MISSES: &str = "ifmatch_store_misses_total";
 /// Store entries evicted to make room.
 pub const STORE_EVICTIONS: &str = "ifmatch_store_evictions_total";
+/// Conditional writes forwarded unchecked because the store was unreachable (`fail_open`).
+pub const STORE_FAILED_OPEN: &str = "ifmatch_store_failed_open_total";
 /// Configuration reloads, by `result` (`ok`, `refused`).
 pub const CONFIG_RELOADS: &str = "ifmatch_config_reloads_total";
 
@@ -37,6 +39,10 @@ pub const CONFIG_RELOADS: &str = "ifmatch_config_reloads_total";
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(REQUESTS, "Requests by route, method and status class");
+    describe_counter!(
+        STORE_FAILED_OPEN,
+        "Conditional writes forwarded unchecked while the store was unreachable (fail_open)"
+    );
     describe_counter!(
         CONFLICTS,
         "Writes refused as conflicts, by route and reason"

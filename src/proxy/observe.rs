@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::request_id::RequestId;
-use crate::guard::{Rejection, RejectionKind, RouteContext};
+use crate::guard::{FailedOpen, Rejection, RejectionKind, RouteContext};
 use crate::hotspots::Hotspots;
 use crate::telemetry::{self, method_label, status_class};
 
@@ -163,10 +163,17 @@ where
         let result = std::task::ready!(this.inner.poll(cx));
         if let Some(seen) = this.seen.take() {
             match &result {
-                Ok(response) => seen.record(
-                    status_class(response.status()),
-                    response.extensions().get::<Rejection>(),
-                ),
+                Ok(response) => {
+                    if response.extensions().get::<FailedOpen>().is_some() {
+                        let route = seen.route_label();
+                        metrics::counter!(telemetry::STORE_FAILED_OPEN, "route" => route)
+                            .increment(1);
+                    }
+                    seen.record(
+                        status_class(response.status()),
+                        response.extensions().get::<Rejection>(),
+                    )
+                }
                 // The rescue layer above turns every escaped error into a 502 or 504.
                 Err(_) => seen.record("5xx", None),
             }
