@@ -40,7 +40,9 @@ async fn main() -> std::io::Result<()> {
 }
 
 async fn read(State(notes): State<Notes>, Path(id): Path<String>) -> Result<String, StatusCode> {
-    let notes = notes.lock().map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let notes = notes
+        .lock()
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     notes.get(&id).cloned().ok_or(StatusCode::NOT_FOUND)
 }
 
