@@ -27,6 +27,9 @@ fn etag(c: &mut Criterion) {
     g.finish();
 }
 
+/// Precondition header lines, as the guard hands them to `Preconditions::parse`.
+type Fields = &'static [(Field, &'static [u8])];
+
 fn precondition(c: &mut Criterion) {
     let mut g = c.benchmark_group("precondition");
     let current = [EntityTag::strong("v2").unwrap()];
@@ -34,7 +37,7 @@ fn precondition(c: &mut Criterion) {
         validators: &current,
         last_modified: None,
     };
-    let cases: [(&str, &[(Field, &[u8])]); 4] = [
+    let cases: [(&str, Fields); 4] = [
         ("if_match_one", &[(Field::IfMatch, b"\"v2\"")]),
         ("if_match_star", &[(Field::IfMatch, b"*")]),
         (
