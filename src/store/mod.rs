@@ -40,9 +40,9 @@ impl Representation {
     /// The representation described by these `Content-Type` and `Content-Encoding` values
     /// (empty when the header is absent). Parameters and case are kept as sent.
     pub fn new(content_type: &[u8], content_encoding: &[u8]) -> Self {
-        let mut h = blake3::Hasher::new();
-        h.update(&(content_type.len() as u64).to_le_bytes());
-        h.update(content_type);
+        // Computed for every response: the one-shot hasher keeps it cheap (see `SmallHasher`).
+        let mut h = crate::key::SmallHasher::new();
+        h.field(content_type);
         h.update(content_encoding);
         let mut out = [0u8; 8];
         out.copy_from_slice(&h.finalize().as_bytes()[..8]);
