@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -10,12 +9,12 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ifmatch::config::{Config, Overrides};
-use serde_json::json;
+use support::workload::read_modify_write;
 use support::{
     Answer, Backend, BackendHandle, Client, DemoHandle, Proxy, Reply, TestBody, bounded, config,
     full, request, unused_addr,
 };
-use tokio::sync::{Barrier, oneshot};
+use tokio::sync::oneshot;
 
 /// A stateful upstream without ETags: `GET /r` returns the current text, `PUT /r` replaces it.
 /// The next GET can be paused after it read the state, to play a slow response.
@@ -320,13 +319,15 @@ async fn concurrent_writers_lose_no_updates_through_the_proxy() {
 
         // Straight to the API: every writer of a key reads before any writes (a barrier makes
         // the collision certain, not likely), then writes unconditionally.
-        let direct = run_workload(&|path| demo.url(path), "direct", WRITERS, KEYS, false).await;
+        let direct =
+            read_modify_write(&[demo.url("")], "direct", WRITERS, KEYS, INCREMENTS, false).await;
         assert!(
             direct.lost() >= (WRITERS / KEYS - 1) * KEYS,
             "the racy API must lose updates without the proxy: {direct:?}"
         );
 
-        let through = run_workload(&|path| proxy.url(path), "proxied", WRITERS, KEYS, true).await;
+        let through =
+            read_modify_write(&[proxy.url("")], "proxied", WRITERS, KEYS, INCREMENTS, true).await;
         assert_eq!(through.lost(), 0, "{through:?}");
         assert_eq!(
             through.commits.values().sum::<usize>(),
@@ -339,88 +340,6 @@ async fn concurrent_writers_lose_no_updates_through_the_proxy() {
     })
     .await
     .expect("workload finished in time");
-
-    #[derive(Debug)]
-    struct Outcome {
-        commits: HashMap<usize, usize>,
-        finals: HashMap<usize, usize>,
-        first_round_commits: usize,
-    }
-    impl Outcome {
-        fn lost(&self) -> usize {
-            self.commits.iter().map(|(k, c)| c - self.finals[k]).sum()
-        }
-    }
-
-    async fn run_workload(
-        url: &(dyn Fn(&str) -> String + Sync),
-        name: &str,
-        writers: usize,
-        keys: usize,
-        if_match: bool,
-    ) -> Outcome {
-        let client = Client::http1();
-        let path = |k: usize| format!("/items/{name}-{k}");
-        for k in 0..keys {
-            let created = client
-                .json(Method::PUT, url(&path(k)), &json!({"id": k, "n": 0}))
-                .await;
-            assert!(created.status.is_success(), "{created:?}");
-        }
-        let barriers: Vec<_> = (0..keys)
-            .map(|_| Arc::new(Barrier::new(writers / keys)))
-            .collect();
-        let mut tasks = Vec::new();
-        for w in 0..writers {
-            let (client, k) = (client.clone(), w % keys);
-            let (url, barrier) = (url(&path(k)), barriers[k].clone());
-            tasks.push(tokio::spawn(async move {
-                let (mut commits, mut first_round) = (0, 0);
-                let mut round = 0;
-                while commits < INCREMENTS {
-                    let read = client.get(&url).await;
-                    let n = read.json()["n"].as_u64().expect("counter");
-                    let mut req =
-                        request(Method::PUT, &url).header("content-type", "application/json");
-                    if if_match {
-                        req = req.header("if-match", read.header("etag"));
-                    }
-                    if round == 0 {
-                        barrier.wait().await;
-                    }
-                    let body = json!({"id": k, "n": n + 1}).to_string();
-                    let wrote = client.send(req.body(full(body)).expect("request")).await;
-                    match wrote.status {
-                        s if s.is_success() => {
-                            commits += 1;
-                            first_round += usize::from(round == 0);
-                        }
-                        StatusCode::CONFLICT => {}
-                        other => panic!("unexpected {other}: {wrote:?}"),
-                    }
-                    round += 1;
-                }
-                (k, commits, first_round)
-            }));
-        }
-        let mut outcome = Outcome {
-            commits: HashMap::new(),
-            finals: HashMap::new(),
-            first_round_commits: 0,
-        };
-        for task in tasks {
-            let (k, commits, first_round) = task.await.expect("writer");
-            *outcome.commits.entry(k).or_default() += commits;
-            outcome.first_round_commits += first_round;
-        }
-        for k in 0..keys {
-            let n = client.get(url(&path(k))).await.json()["n"]
-                .as_u64()
-                .expect("counter");
-            outcome.finals.insert(k, n as usize);
-        }
-        outcome
-    }
 }
 
 #[tokio::test]

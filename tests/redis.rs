@@ -5,8 +5,6 @@
 mod redis_server;
 mod support;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -15,8 +13,8 @@ use ifmatch::proxy::Server;
 use ifmatch::store::AnyStore;
 use redis_server::RedisServer;
 use serde_json::json;
+use support::workload::{Tally, read_modify_write};
 use support::{Client, DemoHandle, Proxy, ProxyHandle, config_toml, full, request};
-use tokio::sync::Barrier;
 
 /// A proxy config in front of `demo`, on the Redis at `url`.
 fn redis_config(demo: &DemoHandle, url: &str, failure_policy: &str) -> Config {
@@ -72,74 +70,10 @@ const WRITERS: usize = 16;
 const KEYS: usize = 4;
 const INCREMENTS: usize = 6;
 
-#[derive(Debug)]
-struct Tally {
-    commits: HashMap<usize, usize>,
-    finals: HashMap<usize, usize>,
-    first_round_commits: usize,
-}
-
-impl Tally {
-    fn lost(&self) -> usize {
-        self.commits.iter().map(|(k, c)| c - self.finals[k]).sum()
-    }
-}
-
-/// `WRITERS` read-modify-write writers over `KEYS` counters, writer `w` going through replica
-/// `w % replicas`, so every key has writers on every replica. In the first round every writer
-/// of a key reads before any of them writes (a barrier), so they all hold the same ETag.
+/// `WRITERS` conditional read-modify-write writers over `KEYS` counters, spread over the
+/// replicas so that every key has writers on each, colliding for certain in their first round.
 async fn storm(replicas: &[String], name: &str) -> Tally {
-    let client = Client::http1();
-    let path = |k: usize| format!("/items/{name}-{k}");
-    for k in 0..KEYS {
-        let created = put(&client, &format!("{}{}", replicas[0], path(k)), 0, None).await;
-        assert!(created.status.is_success(), "{created:?}");
-    }
-    let barriers: Vec<_> = (0..KEYS)
-        .map(|_| Arc::new(Barrier::new(WRITERS / KEYS)))
-        .collect();
-    let mut tasks = Vec::new();
-    for w in 0..WRITERS {
-        let k = w % KEYS;
-        let url = format!("{}{}", replicas[(w / KEYS) % replicas.len()], path(k));
-        let (client, barrier) = (client.clone(), Arc::clone(&barriers[k]));
-        tasks.push(tokio::spawn(async move {
-            let (mut commits, mut first_round) = (0, 0);
-            let mut round = 0;
-            while commits < INCREMENTS {
-                let (n, etag) = counter(&client, &url).await;
-                if round == 0 {
-                    barrier.wait().await;
-                }
-                let wrote = put(&client, &url, n + 1, Some(&etag)).await;
-                match wrote.status {
-                    s if s.is_success() => {
-                        commits += 1;
-                        first_round += usize::from(round == 0);
-                    }
-                    StatusCode::CONFLICT => {}
-                    other => panic!("unexpected {other}: {wrote:?}"),
-                }
-                round += 1;
-            }
-            (k, commits, first_round)
-        }));
-    }
-    let mut tally = Tally {
-        commits: HashMap::new(),
-        finals: HashMap::new(),
-        first_round_commits: 0,
-    };
-    for task in tasks {
-        let (k, commits, first_round) = task.await.expect("writer");
-        *tally.commits.entry(k).or_default() += commits;
-        tally.first_round_commits += first_round;
-    }
-    for k in 0..KEYS {
-        let (n, _) = counter(&client, &format!("{}{}", replicas[0], path(k))).await;
-        tally.finals.insert(k, usize::try_from(n).expect("small"));
-    }
-    tally
+    read_modify_write(replicas, name, WRITERS, KEYS, INCREMENTS, true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

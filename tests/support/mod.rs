@@ -38,6 +38,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub mod workload;
+
 /// Every test step is bounded by this.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
