@@ -517,9 +517,7 @@ fn config_from_mutated_example_never_panics() {
     );
     runner(512)
         .run(&input, |(base, mutations)| {
-            let text = mutations
-                .iter()
-                .fold(bases[base].clone(), |text, m| mutate(text, m));
+            let text = mutations.iter().fold(bases[base].clone(), mutate);
             let _ = Config::from_toml(&text, &Overrides::default());
             Ok(())
         })
@@ -632,7 +630,7 @@ fn method() -> impl Strategy<Value = Method> {
 fn target() -> impl Strategy<Value = Uri> {
     prop_oneof![
         4 => prop::sample::select(&["/a", "/a?x=1", "/b", "/", "/a/../a", "/%ff"][..])
-            .prop_map(|t| Uri::from_static(t)),
+            .prop_map(Uri::from_static),
         1 => prop::collection::vec(any::<u8>(), 1..24).prop_map(|mut bytes| {
             bytes.insert(0, b'/');
             Uri::try_from(bytes).unwrap_or_else(|_| Uri::from_static("/"))
