@@ -23,7 +23,7 @@ use ifmatch::precondition::{
 };
 use ifmatch::{EntityTag, MemoryStore, Policy, PreconditionLayer, RequestBody, ResponseBody};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence, TestRunner};
 use tower::{Layer, Service, ServiceExt};
 
 /// Cases per property: `default`, or `IFMATCH_FUZZ_CASES` for a longer run.
@@ -39,6 +39,12 @@ fn runner(default_cases: u32) -> TestRunner {
         cases: cases(default_cases),
         // Shrinking a failure should not turn a CI run into a long one.
         max_shrink_iters: 2048,
+        // Failures are saved beside this file (tests/fuzz.proptest-regressions) and replayed
+        // first on the next run.
+        source_file: Some(file!()),
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
         ..ProptestConfig::default()
     })
 }
