@@ -18,6 +18,7 @@
 //! | more than `max_headers` headers              | 431, empty body (hyper)                   |
 //! | h2c: `connection`, `transfer-encoding`, `te` | RST_STREAM PROTOCOL_ERROR (hyper/h2)      |
 //! | h2c: uppercase field name                    | GOAWAY PROTOCOL_ERROR (hyper/h2)          |
+//! | h2c: body shorter than its `content-length`  | RST_STREAM; never complete upstream       |
 //!
 //! hyper answers parse errors itself, before any service runs: a bare status line with an empty
 //! body, not problem+json.
@@ -356,15 +357,27 @@ fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
 /// Opens an h2c connection, sends one GET on stream 1 with `extra` headers, and reports how
 /// the proxy answered it.
 async fn h2_exchange(addr: SocketAddr, extra: &[(&str, &str)]) -> H2Outcome {
+    h2_send(addr, "GET", extra, None).await
+}
+
+/// Like [`h2_exchange`], with a method and, if given, a body in one DATA frame.
+async fn h2_send(
+    addr: SocketAddr,
+    method: &str,
+    extra: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> H2Outcome {
     const SETTINGS: u8 = 0x4;
     const HEADERS: u8 = 0x1;
     const RST_STREAM: u8 = 0x3;
     const GOAWAY: u8 = 0x7;
-    const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
+    const DATA: u8 = 0x0;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
 
     let mut stream = bounded(TcpStream::connect(addr)).await.expect("connect");
     let mut fields = vec![
-        (":method", "GET"),
+        (":method", method),
         (":scheme", "http"),
         (":path", "/items/1"),
         (":authority", "a"),
@@ -372,12 +385,11 @@ async fn h2_exchange(addr: SocketAddr, extra: &[(&str, &str)]) -> H2Outcome {
     fields.extend_from_slice(extra);
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
-    out.extend(frame(
-        HEADERS,
-        END_STREAM_AND_HEADERS,
-        1,
-        &header_block(&fields),
-    ));
+    let flags = END_HEADERS | if body.is_none() { END_STREAM } else { 0 };
+    out.extend(frame(HEADERS, flags, 1, &header_block(&fields)));
+    if let Some(body) = body {
+        out.extend(frame(DATA, END_STREAM, 1, body));
+    }
     bounded(stream.write_all(&out)).await.expect("write");
     bounded(async {
         loop {
@@ -462,4 +474,39 @@ async fn h2c_uppercase_header_name_is_refused() {
 #[tokio::test]
 async fn h2c_te_other_than_trailers_is_refused() {
     h2_refused(&[("te", "gzip")]).await;
+}
+
+#[tokio::test]
+async fn h2c_body_shorter_than_its_content_length_never_completes_upstream() {
+    // h2 checks the DATA frames against content-length only as they arrive, after the request
+    // has been dispatched; the upstream may see the head, but never a complete request.
+    let complete = Arc::new(AtomicUsize::new(0));
+    let counter = complete.clone();
+    let backend = Backend::new()
+        .route_fn(Method::PUT, "/items/1", move |req| {
+            let counter = counter.clone();
+            async move {
+                if req.into_body().collect().await.is_ok() {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                Reply::ok("ok").response()
+            }
+        })
+        .fallback(Reply::ok("ok"))
+        .spawn()
+        .await;
+    let proxy = Proxy::spawn(config(backend.addr)).await;
+    let outcome = h2_send(proxy.addr, "PUT", &[("content-length", "10")], Some(b"abc")).await;
+    assert_eq!(outcome, H2Outcome::Reset(PROTOCOL_ERROR));
+    let canary = exchange(
+        proxy.addr,
+        b"GET /canary HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(canary.status, 200);
+    assert_eq!(
+        complete.load(Ordering::SeqCst),
+        0,
+        "the upstream got a complete request"
+    );
 }
