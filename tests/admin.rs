@@ -384,3 +384,37 @@ async fn reload_swaps_routes_and_refuses_a_bad_file() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_data_port_serves_no_admin_route() {
+    bounded(async {
+        // The upstream answers everything, so any answer that is not its own came from ifmatch.
+        let backend = Backend::new()
+            .fallback(Reply::ok("from upstream"))
+            .spawn()
+            .await;
+        let config = routed("dataport", backend.addr, "[admin]\ntoken = \"s3cret\"\n");
+        let proxy = Proxy::with_admin(config).await;
+        let client = Client::http1();
+        let paths = [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/admin/hotspots",
+            "/admin/resources?path=/a",
+        ];
+        for path in paths {
+            let answer = client.get(proxy.url(path)).await;
+            assert_eq!(answer.status, StatusCode::OK, "{path}");
+            assert_eq!(answer.body, "from upstream", "{path}");
+        }
+        let purge = with_token(
+            Method::DELETE,
+            &proxy.url("/admin/resources?path=/a"),
+            Some("s3cret"),
+        );
+        assert_eq!(client.send(purge).await.body, "from upstream");
+        assert_eq!(backend.seen().len(), paths.len() + 1, "all forwarded");
+    })
+    .await;
+}

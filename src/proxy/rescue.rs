@@ -129,6 +129,15 @@ pub fn rescue<RB: Body>(
     uri: &Uri,
 ) -> Response<ResponseBody<RB>> {
     let (kind, status, detail) = match error {
+        UpstreamError::Request(_) if client_body_failed(error) => {
+            tracing::debug!(%method, %uri, error = %Chain(error), "client request body failed");
+            (
+                RejectionKind::BadRequest,
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read (malformed chunked encoding, or the client \
+                 stopped sending); the upstream did not receive a complete request",
+            )
+        }
         UpstreamError::Connect(_) => {
             tracing::warn!(%method, %uri, error = %Chain(error), "upstream unavailable");
             (
@@ -163,6 +172,28 @@ pub fn rescue<RB: Body>(
         }
     };
     Rejection::new(kind, status, uri.path(), detail).into_response()
+}
+
+/// Whether the upstream request failed because the client's own request body did.
+///
+/// hyper reports an error of the body it sends as a user error whose source is that body's
+/// error. The only body the proxy sends upstream is the client's, streamed from hyper's
+/// `Incoming`, whose errors are `hyper::Error`s: so a `hyper::Error` caused by another one is
+/// the client's fault (a bad chunk size, a truncated upload), not the upstream's.
+fn client_body_failed(error: &UpstreamError) -> bool {
+    let mut source = error.source();
+    while let Some(error) = source {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>()
+            && hyper.is_user()
+            && hyper
+                .source()
+                .is_some_and(|cause| cause.is::<hyper::Error>())
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Displays an error with its sources: "a: b: c".
