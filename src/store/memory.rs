@@ -416,7 +416,7 @@ impl Inner {
         let now = self.now();
         match self.entries.get(&key) {
             Some(entry) => Snapshot {
-                state: self.known(&key, &entry, now).to_state(),
+                state: self.known(&key, &entry, now).into_state(),
                 generation: entry.generation,
                 leased: entry.leased,
             },
@@ -499,7 +499,7 @@ impl Inner {
             entry.leased = true;
             entry.visited = true;
             Snapshot {
-                state: self.known(&key, entry, now).to_state(),
+                state: self.known(&key, entry, now).into_state(),
                 generation,
                 leased: true,
             }
@@ -798,7 +798,7 @@ fn hex_value(digit: u8) -> u8 {
 }
 
 impl Known {
-    fn to_state(self) -> KeyState {
+    fn into_state(self) -> KeyState {
         match self {
             Known::Unknown => KeyState::Unknown,
             Known::Absent => KeyState::Absent,
@@ -978,7 +978,7 @@ mod tests {
             EntityTag::synthesized(&digest),
             EntityTag::strong("").unwrap(),
             EntityTag::strong("0123456789abcdef").unwrap(),
-            // Looks synthesized but is not (uppercase hex): kept as text if short enough.
+            // Starts like a synthesized tag but is not one: kept as text.
             EntityTag::strong("ifm-0123").unwrap(),
         ];
         for tag in tags {
