@@ -1,26 +1,17 @@
 //! The `ifmatch` binary as users run it.
 
+#[path = "support/binary.rs"]
+mod binary;
+
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use binary::ifmatch;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn ifmatch() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ifmatch"));
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("IFMATCH_UPSTREAM")
-        .env_remove("IFMATCH_LISTEN")
-        .env_remove("IFMATCH_ADMIN_LISTEN")
-        .env_remove("IFMATCH_CONFIG")
-        .env("RUST_LOG", "info")
-        .kill_on_drop(true);
-    command
-}
 
 async fn run(command: &mut Command) -> Output {
     tokio::time::timeout(TIMEOUT, command.output())

@@ -2,6 +2,9 @@
 //! subcommand, JSON logs, and SIGHUP reload.
 #![cfg(unix)]
 
+#[path = "support/binary.rs"]
+mod binary;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,19 +16,8 @@ use tokio::sync::mpsc;
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn ifmatch() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ifmatch"));
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("IFMATCH_UPSTREAM")
-        .env_remove("IFMATCH_LISTEN")
-        .env_remove("IFMATCH_ADMIN_LISTEN")
-        .env_remove("IFMATCH_ADMIN_TOKEN")
-        .env_remove("IFMATCH_CONFIG")
-        .env_remove("IFMATCH_LOG_FORMAT")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut command = binary::ifmatch();
+    command.stdout(Stdio::null()).stderr(Stdio::piped());
     command
 }
 
