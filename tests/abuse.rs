@@ -43,6 +43,27 @@ struct Raw {
     body: Vec<u8>,
 }
 
+/// A backend that answers everything, counting the requests to `method /items/1` whose body
+/// it read to the end: a request that never completes upstream is never counted.
+async fn counting_complete_bodies(method: Method) -> (BackendHandle, Arc<AtomicUsize>) {
+    let complete = Arc::new(AtomicUsize::new(0));
+    let counter = complete.clone();
+    let backend = Backend::new()
+        .route_fn(method, "/items/1", move |req| {
+            let counter = counter.clone();
+            async move {
+                if req.into_body().collect().await.is_ok() {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                Reply::ok("ok").response()
+            }
+        })
+        .fallback(Reply::ok("ok"))
+        .spawn()
+        .await;
+    (backend, complete)
+}
+
 /// Writes `request` on a fresh connection and reads until the proxy closes it. The write and the
 /// read run concurrently, so a proxy that answers (and closes) before reading everything
 /// cannot leave the test blocked on a full socket buffer.
@@ -261,21 +282,7 @@ async fn invalid_chunk_size_is_refused_and_never_completes_upstream() {
     // hyper parses the head, so the request is routed and its forwarding begins before the
     // body is read; the bad chunk size then fails the body. The upstream may see the head, but
     // never a complete request: count the bodies it read to the end.
-    let complete = Arc::new(AtomicUsize::new(0));
-    let counter = complete.clone();
-    let backend = Backend::new()
-        .route_fn(Method::POST, "/items/1", move |req| {
-            let counter = counter.clone();
-            async move {
-                if req.into_body().collect().await.is_ok() {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-                Reply::ok("ok").response()
-            }
-        })
-        .fallback(Reply::ok("ok"))
-        .spawn()
-        .await;
+    let (backend, complete) = counting_complete_bodies(Method::POST).await;
     let proxy = Proxy::spawn(config(backend.addr)).await;
     let raw = exchange(
         proxy.addr,
@@ -480,21 +487,7 @@ async fn h2c_te_other_than_trailers_is_refused() {
 async fn h2c_body_shorter_than_its_content_length_never_completes_upstream() {
     // h2 checks the DATA frames against content-length only as they arrive, after the request
     // has been dispatched; the upstream may see the head, but never a complete request.
-    let complete = Arc::new(AtomicUsize::new(0));
-    let counter = complete.clone();
-    let backend = Backend::new()
-        .route_fn(Method::PUT, "/items/1", move |req| {
-            let counter = counter.clone();
-            async move {
-                if req.into_body().collect().await.is_ok() {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-                Reply::ok("ok").response()
-            }
-        })
-        .fallback(Reply::ok("ok"))
-        .spawn()
-        .await;
+    let (backend, complete) = counting_complete_bodies(Method::PUT).await;
     let proxy = Proxy::spawn(config(backend.addr)).await;
     let outcome = h2_send(proxy.addr, "PUT", &[("content-length", "10")], Some(b"abc")).await;
     assert_eq!(outcome, H2Outcome::Reset(PROTOCOL_ERROR));
