@@ -1,7 +1,8 @@
 //! End-to-end fixtures on loopback sockets (ephemeral ports only):
 //!
 //! - [`Backend`]: a hyper upstream that records every request it sees (method, URI, version,
-//!   headers) and answers from a table of routes, so tests can prove what reached it.
+//!   headers) and answers from a table of routes, so tests can prove what reached it. A route
+//!   may upgrade its connection (`hyper::upgrade::on`).
 //! - [`Proxy`]: the ifmatch proxy served in-process on `127.0.0.1:0`.
 //! - [`Client`]: an HTTP/1.1 or h2c client that collects responses.
 //!
@@ -38,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub mod raw;
 pub mod workload;
 
 /// Every test step is bounded by this.
@@ -288,7 +290,7 @@ impl Backend {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         let connection = builder
-                            .serve_connection(TokioIo::new(stream), service.clone())
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
                             .into_owned();
                         connections.spawn(connection);
                     }

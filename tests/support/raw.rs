@@ -1,0 +1,67 @@
+//! Raw HTTP/1.1 over TCP: bytes written exactly as given (malformed, partial, trickled), and
+//! the response read off the wire until the proxy closes the connection.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::bounded;
+
+/// A response read off the wire.
+#[derive(Debug)]
+pub struct Raw {
+    /// Status code.
+    pub status: u16,
+    /// Status line and headers.
+    pub head: String,
+    /// Whatever followed the head.
+    pub body: Vec<u8>,
+}
+
+/// Writes `request` on a fresh connection and reads until the proxy closes it. The write and the
+/// read run concurrently, so a proxy that answers (and closes) before reading everything
+/// cannot leave the test blocked on a full socket buffer.
+pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Raw {
+    let stream = bounded(TcpStream::connect(addr)).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let request = request.to_vec();
+    let write = async move {
+        // The proxy may close (or reset) before taking every byte of an abusive request.
+        let _ = writer.write_all(&request).await;
+        writer
+    };
+    let (_writer, out) = bounded(async { tokio::join!(write, read_to_close(&mut reader)) }).await;
+    parse(&out)
+}
+
+/// Reads everything until the peer closes the connection (or resets it).
+pub async fn read_to_close(reader: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Parses a response read off the wire (panics without a head).
+pub fn parse(out: &[u8]) -> Raw {
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(out)));
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    Raw {
+        status,
+        head,
+        body: out[split + 4..].to_vec(),
+    }
+}
