@@ -29,19 +29,13 @@ use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ifmatch::config::Config;
 use support::raw::{exchange, read_to_close};
-use support::{Backend, BackendHandle, Client, Proxy, Reply, TestBody, bounded, full};
+use support::{
+    Backend, BackendHandle, Client, Proxy, ProxyHandle, Reply, TestBody, bounded, config_with, full,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-/// A config with one route to `upstream` and these `[server]` settings.
-fn limits(upstream: SocketAddr, server: &str) -> Config {
-    support::config_toml(&format!(
-        "[server]\n{server}\n[[routes]]\nname = \"api\"\nupstream = \"http://{upstream}\"\n"
-    ))
-}
 
 fn get(path: &str) -> Request<TestBody> {
     Request::get(path)
@@ -73,7 +67,11 @@ async fn served_http1(
 #[tokio::test]
 async fn slowloris_headers_are_cut_off_after_header_read_timeout() {
     let backend = Backend::new().fallback(Reply::ok("ok")).spawn().await;
-    let proxy = Proxy::passthrough(limits(backend.addr, r#"header_read_timeout = "300ms""#)).await;
+    let proxy = Proxy::passthrough(config_with(
+        backend.addr,
+        "[server]\nheader_read_timeout = \"300ms\"",
+    ))
+    .await;
     let stream = bounded(TcpStream::connect(proxy.addr))
         .await
         .expect("connect");
@@ -121,7 +119,8 @@ async fn slowloris_headers_are_cut_off_after_header_read_timeout() {
 #[tokio::test]
 async fn past_max_connections_new_connections_get_503_until_one_closes() {
     let backend = Backend::new().fallback(Reply::ok("ok")).spawn().await;
-    let proxy = Proxy::passthrough(limits(backend.addr, "max_connections = 2")).await;
+    let proxy =
+        Proxy::passthrough(config_with(backend.addr, "[server]\nmax_connections = 2")).await;
     let (first, first_task) = served_http1(proxy.addr).await;
     let (_second, _second_task) = served_http1(proxy.addr).await;
 
@@ -164,9 +163,10 @@ async fn idle_connections_are_closed_after_idle_timeout() {
     let backend = Backend::new().fallback(Reply::ok("ok")).spawn().await;
     // The header timeout (which also closes idle HTTP/1.1 keep-alive connections) is far off:
     // what closes these connections is the idle timeout.
-    let proxy = Proxy::passthrough(limits(
+    let proxy = Proxy::passthrough(config_with(
         backend.addr,
-        "idle_timeout = \"300ms\"\nheader_read_timeout = \"30s\"",
+        "[server]
+idle_timeout = \"300ms\"\nheader_read_timeout = \"30s\"",
     ))
     .await;
     let idle = Duration::from_millis(300);
@@ -229,9 +229,11 @@ async fn idle_connections_are_closed_after_idle_timeout() {
 }
 
 /// An upstream holding one document at version "v1", whose writes read the whole body first,
-/// as most do; a complete write answers "v2".
-async fn document() -> BackendHandle {
-    Backend::new()
+/// as most do (a complete write answers "v2"); the guarded proxy in front of it, with writers
+/// waiting 100 ms for a lease, and with this `body_read_timeout`; and a read that taught the
+/// proxy "v1".
+async fn document(body_read_timeout: &str) -> (BackendHandle, ProxyHandle) {
+    let backend = Backend::new()
         .route(
             Method::GET,
             "/doc",
@@ -248,58 +250,50 @@ async fn document() -> BackendHandle {
             },
         )
         .spawn()
-        .await
+        .await;
+    let proxy = Proxy::spawn(config_with(
+        backend.addr,
+        &format!(
+            "[server]\nbody_read_timeout = \"{body_read_timeout}\"\n[defaults]\nlease_wait = \"100ms\""
+        ),
+    ))
+    .await;
+    let read = Client::http1().get(proxy.url("/doc")).await;
+    assert_eq!(read.header("etag"), "\"v1\"");
+    (backend, proxy)
 }
 
+/// A write of "v1" whose body stops after 10 of its 100 bytes.
 const TRICKLED_PUT: &[u8] =
     b"PUT /doc HTTP/1.1\r\nhost: a\r\nif-match: \"v1\"\r\ncontent-length: 100\r\n\r\n0123456789";
 
-fn put_v1() -> Request<TestBody> {
-    support::request(Method::PUT, "/doc")
-        .header("if-match", "\"v1\"")
-        .body(full(Bytes::from_static(b"two")))
-        .expect("request")
+/// A complete write of "v1" through `proxy`.
+async fn put_v1(proxy: &ProxyHandle) -> support::Answer {
+    Client::http1()
+        .send(
+            support::request(Method::PUT, &proxy.url("/doc"))
+                .header("if-match", "\"v1\"")
+                .body(full(Bytes::from_static(b"two")))
+                .expect("request"),
+        )
+        .await
 }
 
 #[tokio::test]
 async fn a_trickled_write_body_gets_408_and_frees_the_resource() {
-    let settings = |body_read_timeout: &str| {
-        format!(
-            "[server]\nbody_read_timeout = \"{body_read_timeout}\"\n[defaults]\nlease_wait = \"100ms\"\n"
-        )
-    };
-    let route = |upstream: SocketAddr| {
-        format!("[[routes]]\nname = \"api\"\nupstream = \"http://{upstream}\"\n")
-    };
-
     // Control: with a generous body timeout, a writer that stops sending its body holds the
     // resource's lease, and every other writer of it gets 409 update-in-progress.
-    let backend = document().await;
-    let config = support::config_toml(&(settings("20s") + &route(backend.addr)));
-    let proxy = Proxy::spawn(config).await;
-    assert_eq!(
-        Client::http1().get(proxy.url("/doc")).await.status,
-        StatusCode::OK
-    );
+    let (backend, proxy) = document("20s").await;
     let stalled = tokio::spawn(exchange(proxy.addr, TRICKLED_PUT));
     backend.wait_for_requests(2).await;
-    let mut put = put_v1();
-    *put.uri_mut() = proxy.url("/doc").parse().expect("uri");
-    Client::http1()
-        .send(put)
+    put_v1(&proxy)
         .await
         .assert_problem(409, "update-in-progress");
     stalled.abort();
 
     // With the limit: 408, the lease is released, and the resource is unknown (the upstream
     // saw part of the body), so the next writer revalidates and gets through.
-    let backend = document().await;
-    let config = support::config_toml(&(settings("300ms") + &route(backend.addr)));
-    let proxy = Proxy::spawn(config).await;
-    assert_eq!(
-        Client::http1().get(proxy.url("/doc")).await.status,
-        StatusCode::OK
-    );
+    let (backend, proxy) = document("300ms").await;
     let started = Instant::now();
     let answer = exchange(proxy.addr, TRICKLED_PUT).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
@@ -311,9 +305,7 @@ async fn a_trickled_write_body_gets_408_and_frees_the_resource() {
     let problem: serde_json::Value = serde_json::from_slice(&answer.body).expect("problem json");
     assert_eq!(problem["type"], "urn:ifmatch:problem:request-timeout");
 
-    let mut put = put_v1();
-    *put.uri_mut() = proxy.url("/doc").parse().expect("uri");
-    let next = Client::http1().send(put).await;
+    let next = put_v1(&proxy).await;
     assert_eq!(next.status, StatusCode::OK, "{next:?}");
     assert_eq!(next.header("etag"), "\"v2\"");
     // One GET to learn v1, one to revalidate after the abandoned write.

@@ -16,7 +16,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use support::raw::read_to_close;
 use support::{
-    Backend, BackendHandle, Client, Proxy, Reply, TestBody, bounded, config, config_toml, full,
+    Backend, BackendHandle, Client, Proxy, Reply, TestBody, bounded, config, config_with, full,
     request,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,15 +50,18 @@ async fn echo_upstream() -> BackendHandle {
         .await
 }
 
-fn handshake(method: Method, path: &str) -> http::request::Builder {
+/// A WebSocket handshake (RFC 6455 §4.1) as `method`, with `body`.
+fn handshake(method: Method, uri: &str, body: &'static str) -> Request<TestBody> {
     Request::builder()
         .method(method)
-        .uri(path)
+        .uri(uri)
         .header("host", "api.example")
         .header("connection", "Upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
         .header("sec-websocket-version", "13")
+        .body(full(body))
+        .expect("request")
 }
 
 /// Opens a WebSocket tunnel to `/ws` through the proxy at `addr`.
@@ -68,10 +71,9 @@ async fn open_tunnel(addr: SocketAddr) -> TokioIo<Upgraded> {
         .await
         .expect("handshake");
     tokio::spawn(connection.with_upgrades());
-    let mut response =
-        bounded(send.send_request(handshake(Method::GET, "/ws").body(full("")).unwrap()))
-            .await
-            .expect("response");
+    let mut response = bounded(send.send_request(handshake(Method::GET, "/ws", "")))
+        .await
+        .expect("response");
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(response.headers()["upgrade"], "websocket");
     assert_eq!(response.headers()["connection"], "upgrade");
@@ -128,11 +130,7 @@ async fn an_upstream_that_refuses_the_upgrade_is_relayed() {
             .await;
         let proxy = Proxy::spawn(config(backend.addr)).await;
         let answer = Client::http1()
-            .send(
-                handshake(Method::GET, &proxy.url("/ws"))
-                    .body(full(""))
-                    .unwrap(),
-            )
+            .send(handshake(Method::GET, &proxy.url("/ws"), ""))
             .await;
         let expected = reply.response();
         assert_eq!(answer.status, expected.status());
@@ -149,11 +147,7 @@ async fn writes_and_other_protocols_are_not_upgraded() {
 
     // A write carrying a handshake: the guard's semantics apply, the upgrade headers do not.
     let answer = Client::http1()
-        .send(
-            handshake(Method::PUT, &proxy.url("/ws"))
-                .body(full("data"))
-                .unwrap(),
-        )
+        .send(handshake(Method::PUT, &proxy.url("/ws"), "data"))
         .await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body, "written");
@@ -182,10 +176,10 @@ async fn writes_and_other_protocols_are_not_upgraded() {
 #[tokio::test]
 async fn a_quiet_tunnel_is_closed_after_idle_timeout() {
     let backend = echo_upstream().await;
-    let proxy = Proxy::spawn(config_toml(&format!(
-        "[server]\nidle_timeout = \"300ms\"\n[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\n",
-        backend.addr
-    )))
+    let proxy = Proxy::spawn(config_with(
+        backend.addr,
+        "[server]\nidle_timeout = \"300ms\"",
+    ))
     .await;
     let mut tunnel = open_tunnel(proxy.addr).await;
     echo(&mut tunnel, b"ping").await;
@@ -201,11 +195,7 @@ async fn a_quiet_tunnel_is_closed_after_idle_timeout() {
 #[tokio::test]
 async fn a_tunnel_holds_its_connection_slot_and_ends_on_shutdown() {
     let backend = echo_upstream().await;
-    let mut proxy = Proxy::spawn(config_toml(&format!(
-        "[server]\nmax_connections = 1\n[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\n",
-        backend.addr
-    )))
-    .await;
+    let mut proxy = Proxy::spawn(config_with(backend.addr, "[server]\nmax_connections = 1")).await;
     let mut tunnel = open_tunnel(proxy.addr).await;
     echo(&mut tunnel, b"ping").await;
     // The handshake's HTTP connection is gone, the tunnel still counts.

@@ -82,6 +82,14 @@ pub fn config_toml(text: &str) -> Config {
     Config::from_toml(text, &Overrides::default()).expect("valid config")
 }
 
+/// A config with one route ("api") to `upstream`, and `sections` (TOML, e.g. a `[server]`
+/// table with the limits under test) before it.
+pub fn config_with(upstream: SocketAddr, sections: &str) -> Config {
+    config_toml(&format!(
+        "{sections}\n[[routes]]\nname = \"api\"\nupstream = \"http://{upstream}\"\n"
+    ))
+}
+
 /// An address nothing listens on (bound then released): connections to it are refused.
 pub async fn unused_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
