@@ -31,17 +31,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::Method;
 use http_body_util::BodyExt;
+use support::raw::{Raw, exchange};
 use support::{Backend, BackendHandle, Proxy, ProxyHandle, Reply, bounded, config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A response read off the wire.
-#[derive(Debug)]
-struct Raw {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
 
 /// A backend that answers everything, counting the requests to `method /items/1` whose body
 /// it read to the end: a request that never completes upstream is never counted.
@@ -62,50 +55,6 @@ async fn counting_complete_bodies(method: Method) -> (BackendHandle, Arc<AtomicU
         .spawn()
         .await;
     (backend, complete)
-}
-
-/// Writes `request` on a fresh connection and reads until the proxy closes it. The write and the
-/// read run concurrently, so a proxy that answers (and closes) before reading everything
-/// cannot leave the test blocked on a full socket buffer.
-async fn exchange(addr: SocketAddr, request: &[u8]) -> Raw {
-    let stream = bounded(TcpStream::connect(addr)).await.expect("connect");
-    let (mut reader, mut writer) = stream.into_split();
-    let request = request.to_vec();
-    let write = async move {
-        // The proxy may close (or reset) before taking every byte of an abusive request.
-        let _ = writer.write_all(&request).await;
-        writer
-    };
-    let read = async {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break out,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let (_writer, out) = bounded(async { tokio::join!(write, read) }).await;
-    parse(&out)
-}
-
-fn parse(out: &[u8]) -> Raw {
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(out)));
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    Raw {
-        status,
-        head,
-        body: out[split + 4..].to_vec(),
-    }
 }
 
 /// A backend that answers everything 200, and the guarded proxy in front of it.

@@ -38,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub mod raw;
 pub mod workload;
 
 /// Every test step is bounded by this.
