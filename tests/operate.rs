@@ -6,88 +6,9 @@
 mod binary;
 
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-
-const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn ifmatch() -> Command {
-    let mut command = binary::ifmatch();
-    command.stdout(Stdio::null()).stderr(Stdio::piped());
-    command
-}
-
-/// A running ifmatch whose log lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    /// Lines read while waiting for another: startup lines come in no fixed order.
-    backlog: Vec<String>,
-}
-
-impl Running {
-    fn spawn(command: &mut Command) -> Self {
-        let mut child = command.spawn().expect("spawn ifmatch");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            backlog: Vec::new(),
-        }
-    }
-
-    /// The next log line containing `needle`.
-    async fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(i) = self.backlog.iter().position(|line| line.contains(needle)) {
-            return self.backlog.remove(i);
-        }
-        tokio::time::timeout(TIMEOUT, async {
-            loop {
-                let line = self.lines.recv().await.expect("ifmatch still logging");
-                if line.contains(needle) {
-                    return line;
-                }
-                self.backlog.push(line);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
-    }
-
-    /// The `addr` field of the next line containing `needle`, text or JSON.
-    async fn addr(&mut self, needle: &str) -> String {
-        let line = self.wait_for(needle).await;
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-            return json["addr"].as_str().expect("addr field").to_owned();
-        }
-        line.split_whitespace()
-            .find_map(|field| field.strip_prefix("addr="))
-            .expect("addr field")
-            .to_owned()
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("pid").to_string();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-}
+use binary::{Running, TIMEOUT, ifmatch};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A raw HTTP/1.1 request; returns the whole response.
 async fn http(authority: &str, method: &str, path: &str, headers: &str) -> String {

@@ -184,7 +184,15 @@ where
                         }
                         hint
                     }
-                    _ => SizeHint::with_exact(buffered),
+                    // Not exact: hyper would announce the bytes read so far as the whole body
+                    // (`Content-Length`) and the client could not tell it was cut short. With no
+                    // length, the error aborts the message where the client can see it.
+                    Tail::Failed(Some(_)) => {
+                        let mut hint = SizeHint::new();
+                        hint.set_lower(buffered);
+                        hint
+                    }
+                    Tail::Failed(None) | Tail::Done => SizeHint::with_exact(buffered),
                 }
             }
         }

@@ -10,6 +10,7 @@ use super::body::{RequestBody, ResponseBody, Tail};
 use super::hash::{Hashed, hash_body};
 use super::headers;
 use super::policy::EtagSource;
+use super::response::{Rejection, RejectionKind};
 use super::service::Guarded;
 use crate::etag::EntityTag;
 use crate::key::ResourceKey;
@@ -32,7 +33,7 @@ where
         policy,
         key,
         route,
-        ..
+        uri,
     } = guarded;
     let is_get = req.method() == Method::GET;
     let hash = is_get && policy.etag_source != EtagSource::Upstream;
@@ -123,6 +124,25 @@ where
                 parts,
                 ResponseBody::buffered(frames, Tail::Done),
             ))
+        }
+        Hashed::Incomplete {
+            rest: Tail::Failed(_),
+            ..
+        } => {
+            // Nothing was sent to the client yet: answer 502 rather than pass on a body that
+            // ends short (the client might not notice), and learn nothing from it.
+            tracing::warn!(%key, "upstream body failed while it was hashed");
+            let detail = "the upstream's response body failed midway; retry later";
+            let mut response = Rejection::new(
+                RejectionKind::UpstreamUnavailable,
+                StatusCode::BAD_GATEWAY,
+                uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                detail.to_owned(),
+            )
+            .into_response();
+            // A failed read, not a refused write: logged above, not as a rejection.
+            response.extensions_mut().remove::<Rejection>();
+            Ok(response)
         }
         Hashed::Incomplete { frames, rest } => {
             if !matches!(rest, Tail::Failed(_)) {
