@@ -72,34 +72,12 @@ async fn slowloris_headers_are_cut_off_after_header_read_timeout() {
         "[server]\nheader_read_timeout = \"300ms\"",
     ))
     .await;
-    let stream = bounded(TcpStream::connect(proxy.addr))
-        .await
-        .expect("connect");
-    let (mut reader, mut writer) = stream.into_split();
-    let started = Instant::now();
-    let trickle = async move {
-        let _ = writer.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n").await;
-        // A header line every 50 ms: never complete, never idle. The pace is the attack, not a
-        // synchronization: the test ends on the proxy closing the connection.
-        for i in 0.. {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if writer
-                .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    };
-    let answer = bounded(async {
-        tokio::select! {
-            answer = read_to_close(&mut reader) => answer,
-            () = trickle => Vec::new(),
-        }
-    })
-    .await;
-    let elapsed = started.elapsed();
+    // A header line every 50 ms: never complete, never idle.
+    let (elapsed, answer) =
+        keep_writing_until_closed(proxy.addr, b"GET /x HTTP/1.1\r\nhost: a\r\n", |i| {
+            format!("x-slow-{i}: 1\r\n").into_bytes()
+        })
+        .await;
     assert!(
         elapsed >= Duration::from_millis(300),
         "closed after {elapsed:?}"
@@ -114,6 +92,72 @@ async fn slowloris_headers_are_cut_off_after_header_read_timeout() {
         backend.seen().is_empty(),
         "the backend saw the partial request"
     );
+}
+
+/// Writes `first`, then `each` every 50 ms (never idle), until the proxy closes the
+/// connection; returns how long that took and what the proxy sent.
+async fn keep_writing_until_closed(
+    addr: SocketAddr,
+    first: &[u8],
+    each: impl Fn(usize) -> Vec<u8>,
+) -> (Duration, Vec<u8>) {
+    let stream = bounded(TcpStream::connect(addr)).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    let trickle = async move {
+        let _ = writer.write_all(first).await;
+        // The pace is the attack, not a synchronization: the test ends on the proxy closing.
+        for i in 0.. {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if writer.write_all(&each(i)).await.is_err() {
+                break;
+            }
+        }
+    };
+    let answer = bounded(async {
+        tokio::select! {
+            answer = read_to_close(&mut reader) => answer,
+            () = trickle => Vec::new(),
+        }
+    })
+    .await;
+    (started.elapsed(), answer)
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[tokio::test]
+async fn a_connection_without_a_request_head_is_closed_after_header_read_timeout() {
+    let backend = Backend::new().fallback(Reply::ok("ok")).spawn().await;
+    let proxy = Proxy::passthrough(config_with(
+        backend.addr,
+        "[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"30s\"",
+    ))
+    .await;
+    let timeout = Duration::from_millis(300);
+
+    // The h2c preface, a byte at a time: hyper does not know the protocol yet, and runs none
+    // of its own timers.
+    let (elapsed, _) =
+        keep_writing_until_closed(proxy.addr, b"P", |i| vec![H2_PREFACE[(i + 1) % 24]]).await;
+    assert!(elapsed >= timeout, "closed after {elapsed:?}");
+
+    // h2c, preface and SETTINGS sent, then only PINGs: busy, but never a request (hyper's h2
+    // has no header timeout).
+    let mut opening = H2_PREFACE.to_vec();
+    opening.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let ping = |i: usize| {
+        let mut frame = vec![0, 0, 8, 6, 0, 0, 0, 0, 0];
+        frame.extend_from_slice(&(i as u64).to_be_bytes());
+        frame
+    };
+    let (elapsed, answer) = keep_writing_until_closed(proxy.addr, &opening, ping).await;
+    assert!(elapsed >= timeout, "closed after {elapsed:?}");
+    assert!(
+        !answer.is_empty(),
+        "the proxy spoke h2 (SETTINGS, PING acks) before closing"
+    );
+    assert!(backend.seen().is_empty());
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,9 +19,18 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::telemetry;
 
-/// Counts the bytes moved on a connection; cloned into whoever needs to know it is idle.
+/// What a connection has done: cloned into whoever needs to know it is idle, or has never sent
+/// a request.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Activity(Arc<AtomicU64>);
+pub(crate) struct Activity(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    /// Reads and writes that moved bytes.
+    moves: AtomicU64,
+    /// Whether a complete request head has arrived.
+    requested: AtomicBool,
+}
 
 /// How many quiet checks make an idle connection: it is closed between 1 and 1.25 idle
 /// timeouts after its last byte, with one cheap timer tick per quarter timeout.
@@ -29,7 +38,23 @@ const QUIET_CHECKS: u32 = 4;
 
 impl Activity {
     fn bump(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records that a request head arrived.
+    pub(crate) fn requested(&self) {
+        // A load first: most requests find it set, and then write nothing to a shared line.
+        if !self.0.requested.load(Ordering::Relaxed) {
+            self.0.requested.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Completes if no request head has arrived within `timeout`; else never.
+    async fn no_request_within(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+        if self.0.requested.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Completes once no byte has moved for `timeout`.
@@ -37,11 +62,11 @@ impl Activity {
         let tick = (timeout / QUIET_CHECKS).max(Duration::from_millis(1));
         let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = self.0.load(Ordering::Relaxed);
+        let mut last = self.0.moves.load(Ordering::Relaxed);
         let mut quiet = 0;
         loop {
             checks.tick().await;
-            let now = self.0.load(Ordering::Relaxed);
+            let now = self.0.moves.load(Ordering::Relaxed);
             if now == last {
                 quiet += 1;
                 if quiet >= QUIET_CHECKS {
@@ -141,13 +166,24 @@ impl Drop for Slot {
     }
 }
 
+/// When a connection is closed for doing nothing useful.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadlines {
+    /// No byte either way for this long.
+    pub(crate) idle: Duration,
+    /// No complete request head this long after it opened. hyper bounds each HTTP/1.1 head
+    /// itself; this also bounds the bytes before hyper knows the protocol, and h2c's first
+    /// request, which nothing else does.
+    pub(crate) first_request: Duration,
+}
+
 /// What a request knows of its connection (in its extensions), so that a tunnel made from it
 /// keeps the connection's slot, idles out like it, and closes on shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct Scope {
     _slot: Arc<Slot>,
     activity: Activity,
-    idle_timeout: Duration,
+    deadlines: Deadlines,
     stop: watch::Receiver<bool>,
 }
 
@@ -155,26 +191,66 @@ impl Scope {
     pub(crate) fn new(
         slot: Slot,
         activity: Activity,
-        idle_timeout: Duration,
+        deadlines: Deadlines,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
             _slot: Arc::new(slot),
             activity,
-            idle_timeout,
+            deadlines,
             stop,
         }
     }
 
-    /// Completes when the connection should close: it has been idle too long, or the server
-    /// is shutting down.
-    pub(crate) async fn closing(&self) {
+    /// Completes when the connection should close: it has been idle too long, sent no request
+    /// in time, or the server is shutting down.
+    pub(crate) async fn closing(&self) -> Close {
         let mut stop = self.stop.clone();
         tokio::select! {
-            () = self.activity.idle(self.idle_timeout) => tracing::debug!("connection idle"),
-            _ = stop.wait_for(|stopped| *stopped) => {}
+            () = self.activity.idle(self.deadlines.idle) => Close::Idle,
+            () = self.activity.no_request_within(self.deadlines.first_request) => Close::NoRequest,
+            _ = stop.wait_for(|stopped| *stopped) => Close::Shutdown,
         }
     }
+
+    /// Serves `conn` until it ends or [`closing`](Self::closing) says it should: then, with no
+    /// request ever made, drops it; else starts `graceful` and lets what is in flight finish.
+    /// A peer that never lets a graceful close finish (an h2c client that does not acknowledge
+    /// GOAWAY's ping) is dropped once idle again.
+    pub(crate) async fn serve<C, E>(
+        &self,
+        conn: C,
+        graceful: impl FnOnce(Pin<&mut C>),
+    ) -> Result<(), E>
+    where
+        C: Future<Output = Result<(), E>>,
+    {
+        let mut conn = pin!(conn);
+        let why = tokio::select! {
+            served = conn.as_mut() => return served,
+            why = self.closing() => why,
+        };
+        tracing::debug!(?why, "closing connection");
+        if why == Close::NoRequest {
+            return Ok(());
+        }
+        graceful(conn.as_mut());
+        tokio::select! {
+            served = conn => served,
+            () = self.activity.idle(self.deadlines.idle) => Ok(()),
+        }
+    }
+}
+
+/// Why a connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// No byte moved for `idle_timeout`.
+    Idle,
+    /// No request head within `header_read_timeout` of opening.
+    NoRequest,
+    /// The server is shutting down.
+    Shutdown,
 }
 
 /// Runs `conn` to its end; when `close` completes first, starts `graceful` on it and lets it

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 
 use super::client::UpstreamClient;
-use super::connection::{Activity, Scope, Slot, Tracked, until_closed};
+use super::connection::{Activity, Deadlines, Scope, Slot, Tracked, until_closed};
 use super::forward::ClientAddr;
 use super::router::{RouteTable, Routes};
 use super::stack::{Mode, stack};
@@ -271,8 +271,7 @@ pub(crate) fn local_addr(listener: &TcpListener) -> String {
 pub(crate) struct Connections {
     builder: auto::Builder<TokioExecutor>,
     max_connections: usize,
-    idle_timeout: Duration,
-    header_read_timeout: Duration,
+    deadlines: Deadlines,
 }
 
 /// How [`serve_connections`] serves each connection, with the limits of `server`.
@@ -293,8 +292,10 @@ pub(crate) fn connection_builder(server: &ServerConfig) -> Connections {
     Connections {
         builder,
         max_connections: server.max_connections,
-        idle_timeout: server.idle_timeout,
-        header_read_timeout: server.header_read_timeout,
+        deadlines: Deadlines {
+            idle: server.idle_timeout,
+            first_request: server.header_read_timeout,
+        },
     }
 }
 
@@ -306,7 +307,7 @@ const REFUSALS_ANSWERED: usize = 64;
 /// lets in-flight requests finish for at most `grace`, and drops what remains.
 ///
 /// At most `max_connections` are served at once (WebSocket tunnels included); each is closed
-/// once idle for `idle_timeout`.
+/// once idle for `idle_timeout`, or if it sends no request head within `header_read_timeout`.
 pub(crate) async fn serve_connections<S, B>(
     listener: TcpListener,
     connections: Connections,
@@ -362,13 +363,15 @@ pub(crate) async fn serve_connections<S, B>(
         let scope = Scope::new(
             Slot::new(permit),
             activity.clone(),
-            connections.idle_timeout,
+            connections.deadlines,
             stopped.clone(),
         );
         let tunnel_scope = scope.clone();
+        let requests = activity.clone();
         let service = service
             .clone()
             .map_request(move |mut req: Request<Incoming>| {
+                requests.requested();
                 req.extensions_mut().insert(ClientAddr(remote));
                 // Only a handshake can become a tunnel that needs its connection's scope.
                 if req.headers().contains_key(header::UPGRADE) {
@@ -384,9 +387,7 @@ pub(crate) async fn serve_connections<S, B>(
             )
             .into_owned();
         tasks.spawn(async move {
-            let served = until_closed(connection, scope.closing(), |connection| {
-                connection.graceful_shutdown();
-            });
+            let served = scope.serve(connection, |connection| connection.graceful_shutdown());
             if let Err(error) = served.await {
                 tracing::debug!(%remote, %error, "connection closed with error");
             }
@@ -431,7 +432,7 @@ async fn refuse(
     let served = until_closed(connection, answered.notified(), |connection| {
         connection.graceful_shutdown();
     });
-    match tokio::time::timeout(connections.header_read_timeout, served).await {
+    match tokio::time::timeout(connections.deadlines.first_request, served).await {
         Ok(Ok(())) => tracing::debug!(%remote, "too many connections, refused"),
         Ok(Err(error)) => tracing::debug!(%remote, %error, "refused connection failed"),
         Err(_) => tracing::debug!(%remote, "refused connection timed out"),

@@ -77,7 +77,7 @@ impl Handshake {
                 Ok((up, down)) => tracing::debug!(up, down, "websocket tunnel ended"),
                 Err(error) => tracing::debug!(%error, "websocket tunnel failed"),
             },
-            () = scope.closing() => tracing::debug!("websocket tunnel closed"),
+            why = scope.closing() => tracing::debug!(?why, "websocket tunnel closed"),
         }
     }
 }
