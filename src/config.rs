@@ -93,7 +93,8 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
     /// Longest wait for a client's complete request headers (HTTP/1.1), and so also for the
-    /// next request on an idle HTTP/1.1 keep-alive connection; then the connection is closed.
+    /// next request on an idle HTTP/1.1 keep-alive connection, and for any connection's first
+    /// request (h2c included); then the connection is closed.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Longest wait for a request's whole body once it is forwarded; then 408, and the
