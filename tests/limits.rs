@@ -163,8 +163,7 @@ async fn a_connection_without_a_request_head_is_closed_after_header_read_timeout
 #[tokio::test]
 async fn past_max_connections_new_connections_get_503_until_one_closes() {
     let backend = Backend::new().fallback(Reply::ok("ok")).spawn().await;
-    let proxy =
-        Proxy::passthrough(config_with(backend.addr, "[server]\nmax_connections = 2")).await;
+    let proxy = Proxy::with_admin(config_with(backend.addr, "[server]\nmax_connections = 2")).await;
     let (first, first_task) = served_http1(proxy.addr).await;
     let (_second, _second_task) = served_http1(proxy.addr).await;
 
@@ -186,6 +185,19 @@ async fn past_max_connections_new_connections_get_503_until_one_closes() {
         2,
         "a refused connection reached the backend"
     );
+    // The admin listener's own connections are not counted (its limit is its own).
+    let metrics = Client::http1().get(proxy.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    // Exact: no other test of this process refuses connections. The gauge is shared with the
+    // tests running alongside (one recorder per process), so only its presence is checked.
+    assert_eq!(value("ifmatch_connections_refused_total "), 2.0);
+    value("ifmatch_connections ");
 
     // Closing one gives its place back, as soon as the proxy has seen it close.
     drop(first);

@@ -151,18 +151,27 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
 #[derive(Debug)]
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
+    metered: bool,
 }
 
 impl Slot {
-    pub(crate) fn new(permit: OwnedSemaphorePermit) -> Self {
-        metrics::gauge!(telemetry::CONNECTIONS).increment(1.0);
-        Self { _permit: permit }
+    /// Takes up `permit`, counted in the connections gauge if `metered`.
+    pub(crate) fn new(permit: OwnedSemaphorePermit, metered: bool) -> Self {
+        if metered {
+            metrics::gauge!(telemetry::CONNECTIONS).increment(1.0);
+        }
+        Self {
+            _permit: permit,
+            metered,
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        metrics::gauge!(telemetry::CONNECTIONS).decrement(1.0);
+        if self.metered {
+            metrics::gauge!(telemetry::CONNECTIONS).decrement(1.0);
+        }
     }
 }
 

@@ -246,7 +246,7 @@ impl Plane {
         );
         serve_connections(
             listener,
-            connection_builder(server),
+            connection_builder(server).metered(),
             service,
             shutdown,
             server.shutdown_timeout,
@@ -272,6 +272,16 @@ pub(crate) struct Connections {
     builder: auto::Builder<TokioExecutor>,
     max_connections: usize,
     deadlines: Deadlines,
+    /// Whether the connection metrics count these (the data plane's, not the admin API's).
+    metered: bool,
+}
+
+impl Connections {
+    /// Counts these connections in the connection metrics.
+    pub(crate) fn metered(mut self) -> Self {
+        self.metered = true;
+        self
+    }
 }
 
 /// How [`serve_connections`] serves each connection, with the limits of `server`.
@@ -296,6 +306,7 @@ pub(crate) fn connection_builder(server: &ServerConfig) -> Connections {
             idle: server.idle_timeout,
             first_request: server.header_read_timeout,
         },
+        metered: false,
     }
 }
 
@@ -350,7 +361,9 @@ pub(crate) async fn serve_connections<S, B>(
             tracing::debug!(%error, "set_nodelay failed");
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics::counter!(telemetry::CONNECTIONS_REFUSED).increment(1);
+            if connections.metered {
+                metrics::counter!(telemetry::CONNECTIONS_REFUSED).increment(1);
+            }
             match refusals.clone().try_acquire_owned() {
                 Ok(permit) => {
                     tasks.spawn(refuse(connections.clone(), stream, remote, permit));
@@ -361,7 +374,7 @@ pub(crate) async fn serve_connections<S, B>(
         };
         let activity = Activity::default();
         let scope = Scope::new(
-            Slot::new(permit),
+            Slot::new(permit, connections.metered),
             activity.clone(),
             connections.deadlines,
             stopped.clone(),
