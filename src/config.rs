@@ -92,9 +92,22 @@ pub struct ServerConfig {
     /// Longest wait for an upstream's response headers once the request is sent.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
-    /// Longest wait for a client's complete request headers (HTTP/1.1).
+    /// Longest wait for a client's complete request headers (HTTP/1.1), and so also for the
+    /// next request on an idle HTTP/1.1 keep-alive connection, and for any connection's first
+    /// request (h2c included); then the connection is closed.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Longest wait for a request's whole body once it is forwarded; then 408, and the
+    /// resource's state becomes unknown (the upstream may have seen part of the body).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// A client connection (HTTP/1.1, h2c or an upgraded WebSocket tunnel) with no bytes in
+    /// either direction for this long is closed, gracefully: requests in flight finish.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most client connections served at once, WebSocket tunnels included; past it a new
+    /// connection gets 503 problem+json with `Retry-After` and is closed.
+    pub max_connections: usize,
     /// Largest request head accepted, in bytes (at least 8192); larger gets 431.
     pub max_header_bytes: usize,
     /// Most request headers accepted (HTTP/1.1); more gets 431.
@@ -117,6 +130,13 @@ impl Default for ServerConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
+            // Below response_timeout, so that a trickled body to an upstream that waits for
+            // all of it is answered 408 (the client's fault), not 504.
+            body_read_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            // Each client connection may hold an upstream one: keep twice this under the
+            // process's file-descriptor limit. 10k idle connections cost ~100-200 MiB of buffers.
+            max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             pool_idle_timeout: Duration::from_secs(90),
@@ -656,6 +676,15 @@ impl Config {
     }
 }
 
+/// The longest timeout accepted: longer is a typo, and would overflow deadlines.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The largest hash buffer accepted.
+const MAX_HASH_BYTES: usize = 1 << 30;
+
+/// The most connections accepted: beyond the file descriptors of any one process.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 impl ServerConfig {
     fn check(&self, report: &mut Report) {
         if self.admin_listen == self.listen && self.listen.port() != 0 {
@@ -665,10 +694,22 @@ impl ServerConfig {
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("pool_idle_timeout", self.pool_idle_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
         ] {
             if value.is_zero() {
                 report.error(&format!("server.{key}"), "must be greater than zero");
+            } else if value > MAX_TIMEOUT {
+                report.error(&format!("server.{key}"), "must be at most 1 day");
             }
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            report.error(
+                "server.max_connections",
+                &format!("must be between 1 and {MAX_CONNECTIONS}"),
+            );
         }
         // hyper's HTTP/1.1 read buffer cannot be smaller than 8 KiB.
         if self.max_header_bytes < 8192 {
@@ -718,7 +759,10 @@ impl StoreConfig {
         }
         // A live writer must never lose its lease: it may revalidate and then write, each
         // waiting up to the response timeout, and talk to the store around both.
-        let longest_write = server.response_timeout * 2 + self.timeout * 2;
+        let longest_write = server
+            .response_timeout
+            .saturating_mul(2)
+            .saturating_add(self.timeout.saturating_mul(2));
         if self.lease_ttl <= longest_write {
             report.error(
                 "store.lease_ttl",
@@ -776,6 +820,13 @@ impl PolicyConfig {
             parse_header_names(&self.key_headers),
             report,
         );
+        check_field(
+            at,
+            "max_hash_bytes",
+            parse_max_hash_bytes(self.max_hash_bytes),
+            report,
+        );
+        check_field(at, "lease_wait", parse_lease_wait(self.lease_wait), report);
         if report.len() > before {
             return None;
         }
@@ -839,6 +890,12 @@ impl RouteConfig {
         if let Some(headers) = &self.key_headers {
             check_field(at, "key_headers", parse_header_names(headers), report);
         }
+        if let Some(bytes) = self.max_hash_bytes {
+            check_field(at, "max_hash_bytes", parse_max_hash_bytes(bytes), report);
+        }
+        if let Some(wait) = self.lease_wait {
+            check_field(at, "lease_wait", parse_lease_wait(wait), report);
+        }
         let policy = self.policy(defaults).check(at, &mut Report::default());
         if report.len() > before {
             return None;
@@ -891,6 +948,24 @@ pub fn parse_upstream(url: &str) -> Result<Authority, String> {
         ));
     }
     Ok(authority.clone())
+}
+
+/// A hash buffer per request in flight: beyond 1 GiB one client could exhaust memory.
+fn parse_max_hash_bytes(bytes: usize) -> Result<usize, String> {
+    if (1..=MAX_HASH_BYTES).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(format!("must be between 1 and {MAX_HASH_BYTES} (1 GiB)"))
+    }
+}
+
+/// Zero is allowed: a write to a busy resource then gets 409 at once.
+fn parse_lease_wait(wait: Duration) -> Result<Duration, String> {
+    if wait <= MAX_TIMEOUT {
+        Ok(wait)
+    } else {
+        Err("must be at most 1 day".to_owned())
+    }
 }
 
 fn parse_conflict_status(status: u16) -> Result<StatusCode, String> {
@@ -1294,6 +1369,57 @@ mod tests {
         assert!(text.contains("https upstreams are not supported"), "{text}");
         assert!(text.contains("unknown variant `etcd`"), "{text}");
         assert!(text.contains("duplicate route name"), "{text}");
+    }
+
+    #[test]
+    fn limits_must_be_positive_and_sane() {
+        let err = parse(
+            r#"
+            [server]
+            body_read_timeout = "0s"
+            idle_timeout = "1000d"
+            max_connections = 0
+            shutdown_timeout = "0s"
+
+            [defaults]
+            max_hash_bytes = 0
+            lease_wait = "2d"
+
+            [[routes]]
+            name = "api"
+            upstream = "http://127.0.0.1:3000"
+            max_hash_bytes = 4_294_967_296
+        "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for expected in [
+            "server.body_read_timeout: must be greater than zero",
+            "server.idle_timeout: must be at most 1 day",
+            "server.max_connections: must be between 1 and 1000000",
+            "server.shutdown_timeout: must be greater than zero",
+            "defaults.max_hash_bytes: must be between 1 and 1073741824 (1 GiB)",
+            "defaults.lease_wait: must be at most 1 day",
+            "routes[0].max_hash_bytes: must be between 1",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in {text}");
+        }
+        assert!(text.contains("7 errors"), "{text}");
+        // Absurd durations are reported, never overflowed.
+        let err = parse(
+            r#"
+            [server]
+            response_timeout = "500000000000000000s"
+            [store]
+            kind = "redis"
+            url = "redis://127.0.0.1:6379"
+            [[routes]]
+            name = "api"
+            upstream = "http://127.0.0.1:3000"
+        "#,
+        )
+        .unwrap_err();
+        assert!(paths(&err).contains(&"server.response_timeout"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub const STORE_MISSES: &str = "ifmatch_store_misses_total";
 pub const STORE_EVICTIONS: &str = "ifmatch_store_evictions_total";
 /// Conditional writes forwarded unchecked because the store was unreachable (`fail_open`).
 pub const STORE_FAILED_OPEN: &str = "ifmatch_store_failed_open_total";
+/// Client connections open on the data plane, WebSocket tunnels included.
+pub const CONNECTIONS: &str = "ifmatch_connections";
+/// Client connections refused because `server.max_connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "ifmatch_connections_refused_total";
 /// Configuration reloads, by `result` (`ok`, `refused`).
 pub const CONFIG_RELOADS: &str = "ifmatch_config_reloads_total";
 
@@ -79,6 +83,14 @@ pub fn describe() {
     describe_counter!(STORE_MISSES, "Store lookups that found nothing trustworthy");
     describe_counter!(STORE_EVICTIONS, "Store entries evicted to make room");
     describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
+    describe_gauge!(
+        CONNECTIONS,
+        "Client connections open, WebSocket tunnels included"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections refused at server.max_connections"
+    );
 }
 
 /// The status class label of `status`, without allocating.

@@ -38,6 +38,10 @@ pub enum RejectionKind {
     NoRoute,
     /// The request itself is unacceptable (e.g. headers too large).
     BadRequest,
+    /// The client did not send its request body in time (408).
+    RequestTimeout,
+    /// The proxy serves as many connections as it may (503).
+    TooManyConnections,
 }
 
 impl RejectionKind {
@@ -57,6 +61,8 @@ impl RejectionKind {
             Self::UpstreamTimeout => "upstream-timeout",
             Self::NoRoute => "no-route",
             Self::BadRequest => "bad-request",
+            Self::RequestTimeout => "request-timeout",
+            Self::TooManyConnections => "too-many-connections",
         }
     }
 
@@ -76,6 +82,8 @@ impl RejectionKind {
             Self::UpstreamTimeout => "Upstream timed out",
             Self::NoRoute => "No route for this request",
             Self::BadRequest => "Bad request",
+            Self::RequestTimeout => "Request body timed out",
+            Self::TooManyConnections => "Too many connections",
         }
     }
 }

@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use super::router::Target;
+use super::timed_body::{BodyTimedOut, TimedBody};
 use crate::config::ServerConfig;
 use crate::guard::RequestBody;
 use crate::telemetry;
@@ -35,6 +36,9 @@ pub enum UpstreamError {
     /// The connection failed after it was made (reset, closed early, malformed response).
     #[error("upstream request failed")]
     Request(#[source] legacy::Error),
+    /// The client did not send its request body within `server.body_read_timeout`.
+    #[error("the client's request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
     /// The request could not be addressed to an upstream (a bug, not a network failure).
     #[error("cannot address the upstream request: {0}")]
     Internal(&'static str),
@@ -43,8 +47,9 @@ pub enum UpstreamError {
 /// A pooled HTTP/1.1 client to the upstreams, as a tower service.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, RequestBody<Incoming>>,
+    client: Client<HttpConnector, TimedBody>,
     response_timeout: Duration,
+    body_read_timeout: Duration,
 }
 
 impl UpstreamClient {
@@ -63,6 +68,7 @@ impl UpstreamClient {
         Self {
             client,
             response_timeout: server.response_timeout,
+            body_read_timeout: server.body_read_timeout,
         }
     }
 }
@@ -79,9 +85,12 @@ impl Service<UpstreamRequest> for UpstreamClient {
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
         let route = req.extensions().get::<Target>().map(|t| t.route.clone());
+        let body_read_timeout = self.body_read_timeout;
+        let req = req.map(|body| TimedBody::new(body, body_read_timeout));
         ResponseFuture {
             inner: tokio::time::timeout(self.response_timeout, self.client.request(req)),
             timeout: self.response_timeout,
+            body_read_timeout,
             started: Instant::now(),
             route,
         }
@@ -94,6 +103,7 @@ pin_project! {
         #[pin]
         inner: tokio::time::Timeout<legacy::ResponseFuture>,
         timeout: Duration,
+        body_read_timeout: Duration,
         started: Instant,
         route: Option<Arc<str>>,
     }
@@ -112,6 +122,9 @@ impl Future for ResponseFuture {
         Poll::Ready(match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(e)),
+            Ok(Err(e)) if BodyTimedOut::caused(&e) => {
+                Err(UpstreamError::BodyTimeout(*this.body_read_timeout))
+            }
             Ok(Err(e)) => Err(UpstreamError::Request(e)),
             Err(_elapsed) => Err(UpstreamError::Timeout(*this.timeout)),
         })

@@ -1,5 +1,7 @@
 //! Addresses a routed request to its upstream: rewrites the URI, drops hop-by-hop headers
-//! (RFC 9110 §7.6.1) in both directions, sets `Host` and adds `Via` and `X-Forwarded-*`.
+//! (RFC 9110 §7.6.1) in both directions, sets `Host` and adds `Via` and `X-Forwarded-*`. A
+//! WebSocket handshake keeps its upgrade headers and, if the upstream accepts it, becomes a
+//! tunnel (see [`upgrade`](super::upgrade)).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,12 +10,13 @@ use std::task::{Context, Poll};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::client::UpstreamError;
 use super::router::Target;
+use super::upgrade::Handshake;
 
 /// The client's address, put in each request's extensions by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,14 +86,22 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let handshake = Handshake::take(&mut req);
         match address(&mut req) {
-            Ok(()) => ForwardFuture {
-                kind: Kind::Forwarded {
-                    inner: self.inner.call(req),
-                },
-            },
+            Ok(()) => {
+                if handshake.is_some() {
+                    Handshake::ask(req.headers_mut());
+                }
+                ForwardFuture {
+                    kind: Kind::Forwarded {
+                        inner: self.inner.call(req),
+                    },
+                    handshake,
+                }
+            }
             Err(error) => ForwardFuture {
                 kind: Kind::Failed { error: Some(error) },
+                handshake: None,
             },
         }
     }
@@ -188,6 +199,7 @@ pin_project! {
     pub struct ForwardFuture<F> {
         #[pin]
         kind: Kind<F>,
+        handshake: Option<Handshake>,
     }
 }
 
@@ -206,10 +218,22 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let this = self.project();
+        match this.kind.project() {
             KindProj::Forwarded { inner } => {
                 let mut response = std::task::ready!(inner.poll(cx))?;
                 strip_hop_by_hop(response.headers_mut());
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    match this.handshake.take() {
+                        Some(handshake) => handshake.accept(&mut response),
+                        // The client's connection could not follow it to another protocol.
+                        None => {
+                            return Poll::Ready(Err(UpstreamError::Internal(
+                                "the upstream switched protocols unasked",
+                            )));
+                        }
+                    }
+                }
                 Poll::Ready(Ok(response))
             }
             KindProj::Failed { error } => Poll::Ready(Err(error

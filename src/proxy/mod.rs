@@ -25,6 +25,7 @@
 //! ```
 
 mod client;
+mod connection;
 mod forward;
 mod observe;
 mod reload;
@@ -33,6 +34,8 @@ mod rescue;
 mod router;
 mod server;
 mod stack;
+mod timed_body;
+mod upgrade;
 
 pub use client::{ResponseFuture, UpstreamClient, UpstreamError, UpstreamRequest};
 pub use forward::{ClientAddr, Forward, ForwardFuture, ForwardLayer, strip_hop_by_hop};

@@ -138,6 +138,15 @@ pub fn rescue<RB: Body>(
                  stopped sending); the upstream did not receive a complete request",
             )
         }
+        UpstreamError::BodyTimeout(_) => {
+            tracing::debug!(%method, %uri, error = %Chain(error), "client request body timed out");
+            (
+                RejectionKind::RequestTimeout,
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time (server.body_read_timeout); the upstream \
+                 may have received part of it: re-read the resource before retrying",
+            )
+        }
         UpstreamError::Connect(_) => {
             tracing::warn!(%method, %uri, error = %Chain(error), "upstream unavailable");
             (

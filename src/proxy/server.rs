@@ -1,32 +1,39 @@
-//! Serves a tower service on a TCP listener: HTTP/1.1 and h2c, bounded header reads, the
+//! Serves a tower service on a TCP listener: HTTP/1.1 and h2c, bounded header reads, at most
+//! `max_connections` at once (503 past it), idle connections closed, WebSocket upgrades, the
 //! client's address in each request, and graceful shutdown.
 
+use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 
 use super::client::UpstreamClient;
+use super::connection::{Activity, Deadlines, Scope, Slot, Tracked, until_closed};
 use super::forward::ClientAddr;
 use super::router::{RouteTable, Routes};
 use super::stack::{Mode, stack};
 use crate::admin::{self, Admin, Token, serve_admin};
 use crate::config::{Config, ConfigError, Route, ServerConfig};
+use crate::guard::{Rejection, RejectionKind, ResponseBody};
 use crate::hotspots::Hotspots;
 use crate::store::{MemoryStore, Store};
+use crate::telemetry;
 
 /// Why the proxy could not run.
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +246,7 @@ impl Plane {
         );
         serve_connections(
             listener,
-            connection_builder(server),
+            connection_builder(server).metered(),
             service,
             shutdown,
             server.shutdown_timeout,
@@ -258,12 +265,33 @@ pub(crate) fn local_addr(listener: &TcpListener) -> String {
     )
 }
 
-/// An HTTP/1.1 + h2c (prior knowledge) connection builder with the limits of `server`.
-pub(crate) fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+/// How client connections are served: an HTTP/1.1 + h2c (prior knowledge) builder with the
+/// header limits of `server`, and the connection limits.
+#[derive(Clone)]
+pub(crate) struct Connections {
+    builder: auto::Builder<TokioExecutor>,
+    max_connections: usize,
+    deadlines: Deadlines,
+    /// Whether the connection metrics count these (the data plane's, not the admin API's).
+    metered: bool,
+}
+
+impl Connections {
+    /// Counts these connections in the connection metrics.
+    pub(crate) fn metered(mut self) -> Self {
+        self.metered = true;
+        self
+    }
+}
+
+/// How [`serve_connections`] serves each connection, with the limits of `server`.
+pub(crate) fn connection_builder(server: &ServerConfig) -> Connections {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
+        // hyper 1.x also runs this timer while a keep-alive connection waits for its next
+        // request: an idle HTTP/1.1 connection is closed after it.
         .header_read_timeout(server.header_read_timeout)
         .max_buf_size(server.max_header_bytes)
         .max_headers(server.max_headers);
@@ -271,14 +299,29 @@ pub(crate) fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioEx
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
-    builder
+    Connections {
+        builder,
+        max_connections: server.max_connections,
+        deadlines: Deadlines {
+            idle: server.idle_timeout,
+            first_request: server.header_read_timeout,
+        },
+        metered: false,
+    }
 }
+
+/// Connections past `max_connections` answered 503 at once; past these too, they are closed
+/// unanswered, so a flood costs no more than this many small tasks.
+const REFUSALS_ANSWERED: usize = 64;
 
 /// Accepts connections and serves `service` on each until `shutdown`; then stops accepting,
 /// lets in-flight requests finish for at most `grace`, and drops what remains.
+///
+/// At most `max_connections` are served at once (WebSocket tunnels included); each is closed
+/// once idle for `idle_timeout`, or if it sends no request head within `header_read_timeout`.
 pub(crate) async fn serve_connections<S, B>(
     listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
+    connections: Connections,
     service: S,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -290,13 +333,15 @@ pub(crate) async fn serve_connections<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(connections.max_connections));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_ANSWERED));
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
             () = &mut shutdown => break,
-            Some(done) = connections.join_next(), if !connections.is_empty() => {
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(error) = done {
                     if error.is_panic() {
                         tracing::error!(%error, "connection task panicked");
@@ -315,35 +360,115 @@ pub(crate) async fn serve_connections<S, B>(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            if connections.metered {
+                metrics::counter!(telemetry::CONNECTIONS_REFUSED).increment(1);
+            }
+            match refusals.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tasks.spawn(refuse(connections.clone(), stream, remote, permit));
+                }
+                Err(_) => tracing::debug!(%remote, "too many connections, closed unanswered"),
+            }
+            continue;
+        };
+        let activity = Activity::default();
+        let scope = Scope::new(
+            Slot::new(permit, connections.metered),
+            activity.clone(),
+            connections.deadlines,
+            stopped.clone(),
+        );
+        let tunnel_scope = scope.clone();
+        let requests = activity.clone();
         let service = service
             .clone()
             .map_request(move |mut req: Request<Incoming>| {
+                requests.requested();
                 req.extensions_mut().insert(ClientAddr(remote));
+                // Only a handshake can become a tunnel that needs its connection's scope.
+                if req.headers().contains_key(header::UPGRADE) {
+                    req.extensions_mut().insert(tunnel_scope.clone());
+                }
                 req
             });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+        let connection = connections
+            .builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(Tracked::new(stream, activity)),
+                TowerToHyperService::new(service),
+            )
             .into_owned();
-        let connection = graceful.watch(connection);
-        connections.spawn(async move {
-            if let Err(error) = connection.await {
+        tasks.spawn(async move {
+            let served = scope.serve(connection, |connection| connection.graceful_shutdown());
+            if let Err(error) = served.await {
                 tracing::debug!(%remote, %error, "connection closed with error");
             }
         });
     }
     drop(listener);
-    tracing::debug!(connections = connections.len(), "draining");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    stop.send_replace(true);
+    tracing::debug!(connections = tasks.len(), "draining");
+    let all = u32::try_from(connections.max_connections).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(grace, async {
+        while tasks.join_next().await.is_some() {}
+        // Tunnels hold their connection's slot: every slot back means every tunnel ended.
+        let _ = slots.acquire_many(all).await;
+    });
+    if drained.await.is_err() {
         tracing::warn!(
-            connections = connections.len(),
+            connections = tasks.len(),
             ?grace,
             "shutdown timeout, dropping connections"
         );
     }
-    connections.shutdown().await;
+    tasks.shutdown().await;
+}
+
+/// Answers a connection past `max_connections`: 503 problem+json with `Retry-After` to its
+/// first request (HTTP/1.1 or h2c), then closes it; bounded by the header read timeout.
+async fn refuse(
+    connections: Connections,
+    stream: TcpStream,
+    remote: SocketAddr,
+    _answering: OwnedSemaphorePermit,
+) {
+    let answered = Notify::new();
+    let service = hyper::service::service_fn(|req: Request<Incoming>| {
+        answered.notify_one();
+        let response = too_many_connections(&req);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let connection = connections
+        .builder
+        .serve_connection(TokioIo::new(stream), service);
+    let served = until_closed(connection, answered.notified(), |connection| {
+        connection.graceful_shutdown();
+    });
+    match tokio::time::timeout(connections.deadlines.first_request, served).await {
+        Ok(Ok(())) => tracing::debug!(%remote, "too many connections, refused"),
+        Ok(Err(error)) => tracing::debug!(%remote, %error, "refused connection failed"),
+        Err(_) => tracing::debug!(%remote, "refused connection timed out"),
+    }
+}
+
+/// The 503 a connection past `max_connections` gets.
+fn too_many_connections(req: &Request<Incoming>) -> Response<ResponseBody<Incoming>> {
+    let mut response = Rejection::new(
+        RejectionKind::TooManyConnections,
+        StatusCode::SERVICE_UNAVAILABLE,
+        req.uri().path(),
+        "the proxy is serving as many connections as it may (server.max_connections); \
+         retry shortly",
+    )
+    .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    // HTTP/2 has no Connection header: GOAWAY closes it instead.
+    if req.version() < Version::HTTP_2 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Errors about one connection are the client's business; others (out of file descriptors)

@@ -1,7 +1,8 @@
 //! End-to-end fixtures on loopback sockets (ephemeral ports only):
 //!
 //! - [`Backend`]: a hyper upstream that records every request it sees (method, URI, version,
-//!   headers) and answers from a table of routes, so tests can prove what reached it.
+//!   headers) and answers from a table of routes, so tests can prove what reached it. A route
+//!   may upgrade its connection (`hyper::upgrade::on`).
 //! - [`Proxy`]: the ifmatch proxy served in-process on `127.0.0.1:0`.
 //! - [`Client`]: an HTTP/1.1 or h2c client that collects responses.
 //!
@@ -79,6 +80,14 @@ pub fn config(upstream: SocketAddr) -> Config {
 /// A config from TOML text.
 pub fn config_toml(text: &str) -> Config {
     Config::from_toml(text, &Overrides::default()).expect("valid config")
+}
+
+/// A config with one route ("api") to `upstream`, and `sections` (TOML, e.g. a `[server]`
+/// table with the limits under test) before it.
+pub fn config_with(upstream: SocketAddr, sections: &str) -> Config {
+    config_toml(&format!(
+        "{sections}\n[[routes]]\nname = \"api\"\nupstream = \"http://{upstream}\"\n"
+    ))
 }
 
 /// An address nothing listens on (bound then released): connections to it are refused.
@@ -289,7 +298,7 @@ impl Backend {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         let connection = builder
-                            .serve_connection(TokioIo::new(stream), service.clone())
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
                             .into_owned();
                         connections.spawn(connection);
                     }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::bounded;
@@ -46,18 +46,20 @@ pub async fn exchange_bytes(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
         let _ = writer.write_all(&request).await;
         writer
     };
-    let read = async {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break out,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let (_writer, out) = bounded(async { tokio::join!(write, read) }).await;
+    let (_writer, out) = bounded(async { tokio::join!(write, read_to_close(&mut reader)) }).await;
     out
+}
+
+/// Reads everything until the peer closes the connection (or resets it).
+pub async fn read_to_close(reader: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
 }
 
 /// Splits a response into status, head and body (panics when there is no head).

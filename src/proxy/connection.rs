@@ -1,0 +1,278 @@
+//! One client connection's life: a slot counted against `server.max_connections` (held by an
+//! upgraded WebSocket tunnel too), the activity that decides when it is idle, and the signal
+//! that closes it on shutdown.
+//!
+//! Idleness is measured on the socket itself (bytes read or written), so it covers HTTP/1.1
+//! keep-alive, h2c (where hyper has no idle timeout) and tunnels alike. Closing is graceful:
+//! HTTP/1.1 finishes the response in flight, h2c sends GOAWAY and finishes its streams.
+
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, watch};
+
+use crate::telemetry;
+
+/// What a connection has done: cloned into whoever needs to know it is idle, or has never sent
+/// a request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Activity(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    /// Reads and writes that moved bytes.
+    moves: AtomicU64,
+    /// Whether a complete request head has arrived.
+    requested: AtomicBool,
+}
+
+/// How many quiet checks make an idle connection: it is closed between 1 and 1.25 idle
+/// timeouts after its last byte, with one cheap timer tick per quarter timeout.
+const QUIET_CHECKS: u32 = 4;
+
+impl Activity {
+    fn bump(&self) {
+        self.0.moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records that a request head arrived.
+    pub(crate) fn requested(&self) {
+        // A load first: most requests find it set, and then write nothing to a shared line.
+        if !self.0.requested.load(Ordering::Relaxed) {
+            self.0.requested.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Completes if no request head has arrived within `timeout`; else never.
+    async fn no_request_within(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+        if self.0.requested.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Completes once no byte has moved for `timeout`.
+    pub(crate) async fn idle(&self, timeout: Duration) {
+        let tick = (timeout / QUIET_CHECKS).max(Duration::from_millis(1));
+        let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = self.0.moves.load(Ordering::Relaxed);
+        let mut quiet = 0;
+        loop {
+            checks.tick().await;
+            let now = self.0.moves.load(Ordering::Relaxed);
+            if now == last {
+                quiet += 1;
+                if quiet >= QUIET_CHECKS {
+                    return;
+                }
+            } else {
+                last = now;
+                quiet = 0;
+            }
+        }
+    }
+}
+
+/// A socket that records its [`Activity`].
+#[derive(Debug)]
+pub(crate) struct Tracked<IO> {
+    io: IO,
+    activity: Activity,
+}
+
+impl<IO> Tracked<IO> {
+    pub(crate) fn new(io: IO, activity: Activity) -> Self {
+        Self { io, activity }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bump();
+        }
+        result
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.bump();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.bump();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A place under `server.max_connections`, given back when the last holder (the connection,
+/// or the tunnel it became) drops it.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metered: bool,
+}
+
+impl Slot {
+    /// Takes up `permit`, counted in the connections gauge if `metered`.
+    pub(crate) fn new(permit: OwnedSemaphorePermit, metered: bool) -> Self {
+        if metered {
+            metrics::gauge!(telemetry::CONNECTIONS).increment(1.0);
+        }
+        Self {
+            _permit: permit,
+            metered,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.metered {
+            metrics::gauge!(telemetry::CONNECTIONS).decrement(1.0);
+        }
+    }
+}
+
+/// When a connection is closed for doing nothing useful.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadlines {
+    /// No byte either way for this long.
+    pub(crate) idle: Duration,
+    /// No complete request head this long after it opened. hyper bounds each HTTP/1.1 head
+    /// itself; this also bounds the bytes before hyper knows the protocol, and h2c's first
+    /// request, which nothing else does.
+    pub(crate) first_request: Duration,
+}
+
+/// What a request knows of its connection (in its extensions), so that a tunnel made from it
+/// keeps the connection's slot, idles out like it, and closes on shutdown.
+#[derive(Debug, Clone)]
+pub(crate) struct Scope {
+    _slot: Arc<Slot>,
+    activity: Activity,
+    deadlines: Deadlines,
+    stop: watch::Receiver<bool>,
+}
+
+impl Scope {
+    pub(crate) fn new(
+        slot: Slot,
+        activity: Activity,
+        deadlines: Deadlines,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            _slot: Arc::new(slot),
+            activity,
+            deadlines,
+            stop,
+        }
+    }
+
+    /// Completes when the connection should close: it has been idle too long, sent no request
+    /// in time, or the server is shutting down.
+    pub(crate) async fn closing(&self) -> Close {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            () = self.activity.idle(self.deadlines.idle) => Close::Idle,
+            () = self.activity.no_request_within(self.deadlines.first_request) => Close::NoRequest,
+            _ = stop.wait_for(|stopped| *stopped) => Close::Shutdown,
+        }
+    }
+
+    /// Serves `conn` until it ends or [`closing`](Self::closing) says it should: then, with no
+    /// request ever made, drops it; else starts `graceful` and lets what is in flight finish.
+    /// A peer that never lets a graceful close finish (an h2c client that does not acknowledge
+    /// GOAWAY's ping) is dropped once idle again.
+    pub(crate) async fn serve<C, E>(
+        &self,
+        conn: C,
+        graceful: impl FnOnce(Pin<&mut C>),
+    ) -> Result<(), E>
+    where
+        C: Future<Output = Result<(), E>>,
+    {
+        let mut conn = pin!(conn);
+        let why = tokio::select! {
+            served = conn.as_mut() => return served,
+            why = self.closing() => why,
+        };
+        tracing::debug!(?why, "closing connection");
+        if why == Close::NoRequest {
+            return Ok(());
+        }
+        graceful(conn.as_mut());
+        tokio::select! {
+            served = conn => served,
+            () = self.activity.idle(self.deadlines.idle) => Ok(()),
+        }
+    }
+}
+
+/// Why a connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// No byte moved for `idle_timeout`.
+    Idle,
+    /// No request head within `header_read_timeout` of opening.
+    NoRequest,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// Runs `conn` to its end; when `close` completes first, starts `graceful` on it and lets it
+/// finish what is in flight.
+pub(crate) async fn until_closed<C: Future>(
+    conn: C,
+    close: impl Future<Output = ()>,
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    let mut conn = pin!(conn);
+    tokio::select! {
+        output = conn.as_mut() => return output,
+        () = close => graceful(conn.as_mut()),
+    }
+    conn.await
+}
