@@ -16,14 +16,16 @@ use serde_json::json;
 use support::workload::{Tally, read_modify_write};
 use support::{Client, DemoHandle, Proxy, ProxyHandle, config_toml, full, request};
 
-/// A proxy config in front of `demo`, on the Redis at `url`.
-fn redis_config(demo: &DemoHandle, url: &str, failure_policy: &str) -> Config {
+/// A proxy config in front of `demo`, on the Redis at `url`, giving up on a Redis call after
+/// `timeout` (short where the test stops Redis, generous where a loaded machine must not turn
+/// a slow call into a 503).
+fn redis_config(demo: &DemoHandle, url: &str, failure_policy: &str, timeout: &str) -> Config {
     config_toml(&format!(
         r#"
         [store]
         kind = "redis"
         url = "{url}"
-        timeout = "300ms"
+        timeout = "{timeout}"
         failure_policy = "{failure_policy}"
 
         [[routes]]
@@ -92,8 +94,8 @@ async fn two_replicas_sharing_redis_lose_no_updates_and_unshared_stores_do() {
             "replicas that do not share a store must lose updates: {unshared:?}"
         );
 
-        let a = replica(redis_config(&demo, &redis.url(), "fail_closed")).await;
-        let b = replica(redis_config(&demo, &redis.url(), "fail_closed")).await;
+        let a = replica(redis_config(&demo, &redis.url(), "fail_closed", "5s")).await;
+        let b = replica(redis_config(&demo, &redis.url(), "fail_closed", "5s")).await;
         let shared = storm(&[a.url(""), b.url("")], "shared").await;
         assert_eq!(shared.lost(), 0, "{shared:?}");
         assert_eq!(shared.commits.values().sum::<usize>(), WRITERS * INCREMENTS);
@@ -113,7 +115,7 @@ async fn two_replicas_sharing_redis_lose_no_updates_and_unshared_stores_do() {
 async fn redis_down_fails_closed_and_service_recovers_when_it_returns() {
     let mut redis = RedisServer::start();
     let demo = DemoHandle::spawn().await;
-    let proxy = replica(redis_config(&demo, &redis.url(), "fail_closed")).await;
+    let proxy = replica(redis_config(&demo, &redis.url(), "fail_closed", "300ms")).await;
     let client = Client::http1();
     let url = proxy.url("/items/outage");
     let direct = demo.url("/items/outage");
@@ -175,7 +177,7 @@ async fn fail_open_forwards_conditional_writes_while_redis_is_down() {
         .expect("free port");
     let demo = DemoHandle::spawn().await;
     let url = format!("redis://{nowhere}");
-    let proxy = replica(redis_config(&demo, &url, "fail_open")).await;
+    let proxy = replica(redis_config(&demo, &url, "fail_open", "300ms")).await;
     let client = Client::http1();
     let target = proxy.url("/items/open");
     assert!(put(&client, &target, 0, None).await.status.is_success());
