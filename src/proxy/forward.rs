@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use pin_project_lite::pin_project;
@@ -19,8 +19,30 @@ use super::router::Target;
 use super::upgrade::Handshake;
 
 /// The client's address, put in each request's extensions by the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
+///
+/// Made once per connection: it carries the address already formatted for
+/// `X-Forwarded-For`, so that each request only clones it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddr {
+    addr: SocketAddr,
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl ClientAddr {
+    /// The client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let forwarded_for = HeaderValue::from_str(&addr.ip().to_canonical().to_string()).ok();
+        Self {
+            addr,
+            forwarded_for,
+        }
+    }
+
+    /// The client's socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
 
 /// Headers meaningful only for one connection (RFC 9110 §7.6.1), besides those `Connection`
 /// names. `Proxy-Connection` and `Keep-Alive` are obsolete but still sent by old clients.
@@ -42,6 +64,11 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Removes the hop-by-hop headers: every header `Connection` names, then the fixed set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names is cheaper than nine hashed
+    // removals. `Connection` is in the set, so names it lists are never skipped.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -110,12 +137,15 @@ where
 /// Rewrites `req` in place for the upstream in its [`Target`].
 fn address<B>(req: &mut Request<B>) -> Result<(), UpstreamError> {
     // Requests the guard makes itself carry the original request's extensions.
-    let target = req
+    let (upstream, preserve_host) = req
         .extensions()
         .get::<Target>()
-        .cloned()
+        .map(|target| (target.upstream.clone(), target.preserve_host))
         .ok_or(UpstreamError::Internal("the request was not routed"))?;
-    let client_addr = req.extensions().get::<ClientAddr>().copied();
+    let forwarded_for = req
+        .extensions()
+        .get::<ClientAddr>()
+        .and_then(|client| client.forwarded_for.clone());
 
     // RFC 9112 §3.2.2: an absolute-form target overrides Host; h2 has only :authority.
     let client_host = match req.uri().authority() {
@@ -126,7 +156,7 @@ fn address<B>(req: &mut Request<B>) -> Result<(), UpstreamError> {
 
     let mut parts = req.uri().clone().into_parts();
     parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(target.upstream.clone());
+    parts.authority = Some(upstream.clone());
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
@@ -137,17 +167,16 @@ fn address<B>(req: &mut Request<B>) -> Result<(), UpstreamError> {
 
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    let upstream_host = HeaderValue::from_str(target.upstream.as_str()).ok();
-    let host = match (&client_host, target.preserve_host) {
+    let host = match (&client_host, preserve_host) {
         (Some(client_host), true) => Some(client_host.clone()),
-        _ => upstream_host,
+        _ => HeaderValue::from_str(upstream.as_str()).ok(),
     };
     if let Some(host) = host {
         headers.insert(header::HOST, host);
     }
     append_via(headers, received);
-    if let Some(ClientAddr(addr)) = client_addr {
-        append_forwarded_for(headers, addr);
+    if let Some(client) = forwarded_for {
+        append_to_list(headers, &X_FORWARDED_FOR, client);
     }
     // An earlier proxy (a TLS-terminating load balancer) knows better: keep what it set.
     if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -161,19 +190,6 @@ fn address<B>(req: &mut Request<B>) -> Result<(), UpstreamError> {
     Ok(())
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, addr: SocketAddr) {
-    let ip = addr.ip().to_canonical().to_string();
-    let mut chain: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect();
-    chain.push(&ip);
-    if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
-}
-
 /// RFC 9110 §7.6.3: a gateway sends `Via` on the requests it forwards.
 fn append_via(headers: &mut HeaderMap, received: Version) {
     let hop = match received {
@@ -183,14 +199,23 @@ fn append_via(headers: &mut HeaderMap, received: Version) {
         Version::HTTP_3 => "3 ifmatch",
         _ => "1.1 ifmatch",
     };
-    let mut chain: Vec<&str> = headers
-        .get_all(header::VIA)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect();
-    chain.push(hop);
-    if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
-        headers.insert(header::VIA, value);
+    append_to_list(headers, &header::VIA, HeaderValue::from_static(hop));
+}
+
+/// Appends `item` to the comma-separated list in `name`, as one line.
+fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, item: HeaderValue) {
+    match headers.entry(name) {
+        // Most requests carry no such list yet: then the item is the list, with no copy.
+        Entry::Vacant(entry) => {
+            entry.insert(item);
+        }
+        Entry::Occupied(mut entry) => {
+            let mut chain: Vec<&[u8]> = entry.iter().map(HeaderValue::as_bytes).collect();
+            chain.push(item.as_bytes());
+            if let Ok(value) = HeaderValue::from_bytes(&chain.join(&b", "[..])) {
+                entry.insert(value);
+            }
+        }
     }
 }
 
@@ -255,7 +280,7 @@ mod tests {
             preserve_host,
         });
         req.extensions_mut()
-            .insert(ClientAddr("192.0.2.7:5555".parse().unwrap()));
+            .insert(ClientAddr::new("192.0.2.7:5555".parse().unwrap()));
         req
     }
 
@@ -294,7 +319,9 @@ mod tests {
         let mut req = routed(
             Request::put("/items/1?x=1")
                 .header("host", "api.example:8080")
-                .header("x-forwarded-for", "198.51.100.1"),
+                .header("x-forwarded-for", "198.51.100.1")
+                .header("via", "1.0 edge")
+                .header("via", "1.1 lb"),
             true,
         );
         address(&mut req).unwrap();
@@ -305,7 +332,9 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "api.example:8080");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 192.0.2.7");
-        assert_eq!(h["via"], "1.1 ifmatch");
+        // Each list is sent as one line, earlier hops first.
+        assert_eq!(h.get_all("via").iter().count(), 1);
+        assert_eq!(h["via"], "1.0 edge, 1.1 lb, 1.1 ifmatch");
     }
 
     #[test]

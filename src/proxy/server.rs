@@ -381,11 +381,12 @@ pub(crate) async fn serve_connections<S, B>(
         );
         let tunnel_scope = scope.clone();
         let requests = activity.clone();
+        let client = ClientAddr::new(remote);
         let service = service
             .clone()
             .map_request(move |mut req: Request<Incoming>| {
                 requests.requested();
-                req.extensions_mut().insert(ClientAddr(remote));
+                req.extensions_mut().insert(client.clone());
                 // Only a handshake can become a tunnel that needs its connection's scope.
                 if req.headers().contains_key(header::UPGRADE) {
                     req.extensions_mut().insert(tunnel_scope.clone());
