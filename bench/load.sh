@@ -10,6 +10,9 @@
 #   bare     `ifmatch --passthrough`: the same binary and stack minus the precondition layer
 #   ifmatch  `ifmatch`
 #   nginx    nginx as a reverse proxy with upstream keepalive
+# and, for the scale workloads, a second ifmatch whose store holds SCALE_KEYS resources
+# (filled before any measurement; its RSS before and after is reported as bytes per key):
+#   ifmatch_1m  the same binary, the same workload, over SCALE_KEYS keys instead of KEYS
 # Reports requests/s, p50/p99 latency (wrk --latency) and the proxy process's CPU-seconds
 # per 100k requests (utime+stime from /proc/PID/stat, all processes of the proxy).
 # Raw rows: $OUT/raw.tsv; the median table: $OUT/summary.md.
@@ -29,6 +32,9 @@ PORT_UP=${PORT_UP:-18080}
 PORT_BARE=${PORT_BARE:-18081}
 PORT_IFM=${PORT_IFM:-18082}
 PORT_NGX=${PORT_NGX:-18083}
+PORT_IFM_1M=${PORT_IFM_1M:-18084}
+PORT_ADMIN_1M=${PORT_ADMIN_1M:-18085}
+SCALE_KEYS=${SCALE_KEYS:-1000000}
 
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -79,6 +85,10 @@ PIDS+=($!); PID_BARE=$!
   --admin-listen 127.0.0.1:0 2>"$WORK/ifmatch.log" &
 PIDS+=($!); PID_IFM=$!
 
+"$IFMATCH" --upstream "http://127.0.0.1:$PORT_UP" --listen "127.0.0.1:$PORT_IFM_1M" \
+  --admin-listen "127.0.0.1:$PORT_ADMIN_1M" 2>"$WORK/ifmatch_1m.log" &
+PIDS+=($!); PID_IFM_1M=$!
+
 mkdir -p "$WORK/nginx"
 NGINX_USER=""
 [ "$(id -u)" -ne 0 ] || NGINX_USER="user $(id -un);"
@@ -118,13 +128,15 @@ CONF
 "$NGINX" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>>"$WORK/nginx/error.log" &
 PIDS+=($!); PID_NGX=$!
 
-for port in "$PORT_UP" "$PORT_BARE" "$PORT_IFM" "$PORT_NGX"; do wait_port "$port"; done
+for port in "$PORT_UP" "$PORT_BARE" "$PORT_IFM" "$PORT_NGX" "$PORT_IFM_1M"; do wait_port "$port"; done
 log "upstream $PID_UP, bare $PID_BARE, ifmatch $PID_IFM, nginx $PID_NGX: all up"
 
 # --- measurement ---------------------------------------------------------------------------
 TICK=$(getconf CLK_TCK)
-port_of() { case $1 in direct) echo "$PORT_UP" ;; bare) echo "$PORT_BARE" ;; ifmatch) echo "$PORT_IFM" ;; nginx) echo "$PORT_NGX" ;; esac; }
-pid_of() { case $1 in direct) echo "$PID_UP" ;; bare) echo "$PID_BARE" ;; ifmatch) echo "$PID_IFM" ;; nginx) echo "$PID_NGX" ;; esac; }
+port_of() { case $1 in direct) echo "$PORT_UP" ;; bare) echo "$PORT_BARE" ;; ifmatch) echo "$PORT_IFM" ;; nginx) echo "$PORT_NGX" ;; ifmatch_1m) echo "$PORT_IFM_1M" ;; esac; }
+pid_of() { case $1 in direct) echo "$PID_UP" ;; bare) echo "$PID_BARE" ;; ifmatch) echo "$PID_IFM" ;; nginx) echo "$PID_NGX" ;; ifmatch_1m) echo "$PID_IFM_1M" ;; esac; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+store_entries() { curl -s "http://127.0.0.1:$PORT_ADMIN_1M/metrics" | awk '$1 == "ifmatch_store_entries" {print $2}'; }
 
 # utime+stime (clock ticks) of a process and its children (nginx workers).
 cpu_ticks() {
@@ -149,6 +161,8 @@ run() {
   local workload=$1 target=$2 rep=$3 conns=$4 method=$5 path=$6 keys=$7 if_match=$8
   local port pid threads out c0 c1 u0 u1 requests non2xx rps p50 p99 cpu
   port=$(port_of "$target"); pid=$(pid_of "$target")
+  # The scale workloads spread the same requests over the target's own key count.
+  if [ "$keys" = scale ]; then if [ "$target" = ifmatch_1m ]; then keys=$SCALE_KEYS; else keys=$KEYS; fi; fi
   threads=$WRK_THREADS; [ "$conns" -ge "$threads" ] || threads=$conns
   u0=$(upstream_requests); c0=$(cpu_ticks "$pid")
   out=$(WRK_METHOD=$method WRK_PATH=$path WRK_KEYS=$keys WRK_IF_MATCH=$if_match \
@@ -177,6 +191,27 @@ done
 curl -s -o /dev/null "http://127.0.0.1:$PORT_IFM/items/hot"
 curl -s -o /dev/null "http://127.0.0.1:$PORT_IFM/slow/hot"
 
+# Fill the scale instance's store with SCALE_KEYS resources, each learned from one GET.
+SCALE_NOTE=""
+if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" scale_"* ]]; then
+  r0=$(rss_kib "$PID_IFM_1M"); t0=$(date +%s)
+  log "filling ifmatch_1m with $SCALE_KEYS keys"
+  # wrk runs for its whole duration: stop it once the upstream has served the fill's GETs.
+  u0=$(upstream_requests)
+  WRK_PATH=/items/ WRK_KEYS=$SCALE_KEYS WRK_THREADS=2 wrk -t2 -c64 -d900s \
+    -s "$ROOT/bench/wrk/fill.lua" "http://127.0.0.1:$PORT_IFM_1M" >/dev/null &
+  PID_FILL=$!
+  while kill -0 "$PID_FILL" 2>/dev/null && [ $(($(upstream_requests) - u0)) -lt "$SCALE_KEYS" ]; do
+    sleep 1
+  done
+  kill "$PID_FILL" 2>/dev/null || true
+  wait "$PID_FILL" 2>/dev/null || true
+  r1=$(rss_kib "$PID_IFM_1M"); entries=$(store_entries)
+  SCALE_NOTE=$(awk -v r0="$r0" -v r1="$r1" -v n="$entries" -v s=$(($(date +%s) - t0)) 'BEGIN {
+    printf "ifmatch_1m: %d store entries after the fill (%d s); RSS %.1f -> %.1f MiB: %.1f bytes per entry", n, s, r0 / 1024, r1 / 1024, (r1 - r0) * 1024 / n }')
+  log "$SCALE_NOTE"
+fi
+
 ALL="direct bare ifmatch nginx"
 # workload  conns  method  path  keys  if-match  targets
 WORKLOADS=(
@@ -190,6 +225,8 @@ WORKLOADS=(
   "hot_serial_1ms 1     PUT /slow/hot       0     \"v1\"    direct"
   "synth_1k      $CONNS GET /plain/1024     0     -         $ALL"
   "synth_1m      $CONNS GET /plain/1048576  0     -         $ALL"
+  "scale_get     $CONNS GET /items/         scale -         ifmatch ifmatch_1m"
+  "scale_put     $CONNS PUT /items/         scale \"v1\"    ifmatch ifmatch_1m"
 )
 for spec in "${WORKLOADS[@]}"; do
   read -r workload conns method path keys if_match targets <<<"$spec"
@@ -228,6 +265,24 @@ SUMMARY="$OUT/summary.md"
       for (i = 1; i <= n; i++) {
         k = order[i]; split(k, f, SUBSEP); w = f[1]
         printf "| %s | %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", w, f[2], conns[k], R[k], median(p50[k]), median(p99[k]), C[k], ratio(R[k], R[w SUBSEP "bare"]), ratio(R[k], R[w SUBSEP "nginx"]), ratio(C[k], C[w SUBSEP "bare"]), ratio(C[k], C[w SUBSEP "nginx"]), median(bad[k]), median(up[k])
+      }
+    }' "$RAW"
+  echo
+  [ -z "$SCALE_NOTE" ] || echo "$SCALE_NOTE"
+  echo
+  echo "Scale (ifmatch over $KEYS keys vs ifmatch_1m over $SCALE_KEYS keys, medians):"
+  awk -F'\t' '
+    function median(list,   n, a, i, j, t) {
+      n = split(list, a, " ")
+      for (i = 2; i <= n; i++) { t = a[i]; j = i - 1; while (j > 0 && (a[j] + 0) > (t + 0)) { a[j + 1] = a[j]; j-- } a[j + 1] = t }
+      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    NR > 1 && $1 ~ /^scale_/ { cpu[$1, $2] = cpu[$1, $2] " " $10; p50[$1, $2] = p50[$1, $2] " " $8; w[$1] = 1 }
+    END {
+      for (k in w) {
+        a = median(cpu[k, "ifmatch"]); b = median(cpu[k, "ifmatch_1m"])
+        c = median(p50[k, "ifmatch"]); d = median(p50[k, "ifmatch_1m"])
+        if (a > 0 && c > 0) printf "- %s: CPU-s/100k %s vs %s (%.2fx); p50 %s vs %s us (%.2fx)\n", k, a, b, b / a, c, d, d / c
       }
     }' "$RAW"
 } >"$SUMMARY"
