@@ -65,9 +65,13 @@ impl HeadLimits {
     /// hyper's hard limits: twice these, but no more than 1 MiB or 100 fields above them.
     pub fn ceiling(self) -> Self {
         Self {
-            max_bytes: (self.max_bytes + self.max_bytes.min(MAX_EXTRA_BYTES))
+            max_bytes: self
+                .max_bytes
+                .saturating_add(self.max_bytes.min(MAX_EXTRA_BYTES))
                 .max(HYPER_MIN_BUF_SIZE),
-            max_headers: self.max_headers + self.max_headers.min(MAX_EXTRA_HEADERS),
+            max_headers: self
+                .max_headers
+                .saturating_add(self.max_headers.min(MAX_EXTRA_HEADERS)),
         }
     }
 
@@ -308,5 +312,7 @@ mod tests {
         );
         // Below hyper's minimum read buffer (config validation refuses it anyway).
         assert_eq!(limits(100, 5).ceiling().max_bytes, HYPER_MIN_BUF_SIZE);
+        // No upper bound in the config for the field count: no overflow either.
+        assert_eq!(limits(1, usize::MAX).ceiling().max_headers, usize::MAX);
     }
 }
