@@ -108,9 +108,11 @@ pub struct ServerConfig {
     /// Most client connections served at once, WebSocket tunnels included; past it a new
     /// connection gets 503 problem+json with `Retry-After` and is closed.
     pub max_connections: usize,
-    /// Largest request head accepted, in bytes (at least 8192); larger gets 431.
+    /// Largest request head accepted, in bytes (at least 8192); larger gets 431 problem+json
+    /// (past twice this, at most 1 MiB more, hyper's bare 431). On h2c, the header list size.
     pub max_header_bytes: usize,
-    /// Most request headers accepted (HTTP/1.1); more gets 431.
+    /// Most request header fields accepted; more gets 431 problem+json (past twice this, at
+    /// most 100 more, on HTTP/1.1, hyper's bare 431).
     pub max_headers: usize,
     /// How long an idle pooled upstream connection is kept.
     #[serde(with = "humantime_serde")]

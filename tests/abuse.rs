@@ -14,14 +14,17 @@
 //! | obs-fold, bare CR, no colon, space before `:`| 400, empty body (hyper)                   |
 //! | bare LF line ending                          | accepted as CRLF (RFC 9112 §2.2)          |
 //! | invalid chunk size                           | 400 problem+json; never complete upstream |
-//! | header block > `max_header_bytes`            | 431, empty body (hyper)                   |
-//! | more than `max_headers` headers              | 431, empty body (hyper)                   |
+//! | header block > `max_header_bytes`            | 431 problem+json (ifmatch), conn closed   |
+//! | ... and > twice `max_header_bytes`           | 431, empty body (hyper)                   |
+//! | more than `max_headers` headers              | 431 problem+json (ifmatch), conn closed   |
+//! | ... and more than twice `max_headers`        | 431, empty body (hyper)                   |
 //! | h2c: `connection`, `transfer-encoding`, `te` | RST_STREAM PROTOCOL_ERROR (hyper/h2)      |
 //! | h2c: uppercase field name                    | GOAWAY PROTOCOL_ERROR (hyper/h2)          |
 //! | h2c: body shorter than its `content-length`  | RST_STREAM; never complete upstream       |
 //!
 //! hyper answers parse errors itself, before any service runs: a bare status line with an empty
-//! body, not problem+json.
+//! body, not problem+json. It parses heads up to twice the configured limits (its hard
+//! ceiling), so that the proxy can answer those over the limits itself.
 
 mod support;
 
@@ -204,26 +207,60 @@ async fn space_before_the_colon_is_refused() {
     .await;
 }
 
+/// The proxy's own 431: problem+json naming the limit, and the connection closed.
+fn assert_problem_431(raw: &Raw, limit: &str) {
+    assert_eq!(raw.status, 431, "{raw:?}");
+    assert_eq!(raw.header("content-type"), Some("application/problem+json"));
+    assert!(raw.head.contains("connection: close"), "{raw:?}");
+    let problem: serde_json::Value = serde_json::from_slice(&raw.body).expect("problem+json");
+    assert_eq!(problem["type"], "urn:ifmatch:problem:headers-too-large");
+    assert_eq!(problem["status"], 431);
+    let detail = problem["detail"].as_str().expect("detail");
+    assert!(detail.contains(limit), "{detail}");
+}
+
+/// A GET of /items/1 whose `x-big` header carries `n` bytes.
+fn with_big_header(n: usize) -> Vec<u8> {
+    let mut request = b"GET /items/1 HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', n));
+    request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    request
+}
+
+/// A GET of /items/1 with `n` extra header fields.
+fn with_headers(n: usize) -> Vec<u8> {
+    let mut request = b"GET /items/1 HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for i in 0..n {
+        request.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"Connection: close\r\n\r\n");
+    request
+}
+
 #[tokio::test]
 async fn oversized_header_block_gets_431() {
     let (backend, proxy) = setup().await;
-    let mut request = b"GET /items/1 HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
-    request.extend(std::iter::repeat_n(b'a', 70 * 1024));
-    request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
-    let raw = exchange(proxy.addr, &request).await;
+    // Over the default 64 KiB, under hyper's 128 KiB ceiling: the proxy's answer.
+    let raw = exchange(proxy.addr, &with_big_header(70 * 1024)).await;
+    assert_problem_431(&raw, "server.max_header_bytes = 65536");
+    // Far past the ceiling (a head that arrives in one read may be parsed up to about twice
+    // it): hyper's own, bare.
+    let raw = exchange(proxy.addr, &with_big_header(512 * 1024)).await;
     assert_eq!(raw.status, 431, "{raw:?}");
     assert!(raw.body.is_empty(), "{raw:?}");
+    assert_eq!(raw.header("content-type"), None);
     assert_backend_saw_only_the_canary(&proxy, &backend).await;
 }
 
 #[tokio::test]
 async fn too_many_headers_get_431() {
-    let mut request = b"GET /items/1 HTTP/1.1\r\nHost: a\r\n".to_vec();
-    for i in 0..150 {
-        request.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
-    }
-    request.extend_from_slice(b"Connection: close\r\n\r\n");
-    refused(&request, 431).await;
+    let (backend, proxy) = setup().await;
+    // 150 + Host + Connection: over the default 100, under hyper's ceiling of 200.
+    let raw = exchange(proxy.addr, &with_headers(150)).await;
+    assert_problem_431(&raw, "server.max_headers = 100");
+    assert_backend_saw_only_the_canary(&proxy, &backend).await;
+    // Past the ceiling: hyper's own, bare.
+    refused(&with_headers(250), 431).await;
 }
 
 #[tokio::test]

@@ -2,8 +2,9 @@
 //! sees when it is reached.
 //!
 //! Limits tested elsewhere, not repeated here:
-//! - `server.max_header_bytes` and `server.max_headers` (431): tests/abuse.rs,
-//!   `oversized_header_block_gets_431` and `too_many_headers_get_431`.
+//! - `server.max_header_bytes` and `server.max_headers` at their defaults (431), among the
+//!   smuggling shapes: tests/abuse.rs, `oversized_header_block_gets_431` and
+//!   `too_many_headers_get_431`; hyper's bare 431 past its ceiling: tests/security.rs.
 //! - `defaults.max_hash_bytes` (the hash buffer): tests/guard.rs,
 //!   `bodies_too_large_to_hash_stream_through_and_fail_writes_closed`.
 //! - `defaults.lease_wait` (409 update-in-progress): tests/guard.rs,
@@ -367,4 +368,110 @@ async fn a_trickled_write_body_gets_408_and_frees_the_resource() {
     // One GET to learn v1, one to revalidate after the abandoned write.
     assert_eq!(backend.hits(Method::GET, "/doc"), 2);
     assert_eq!(backend.hits(Method::PUT, "/doc"), 2);
+}
+
+/// A raw HTTP/1.1 GET of `/x` whose head is exactly `size` bytes (as the proxy counts them:
+/// written canonically, so the same as on the wire).
+fn head_of_size(size: usize) -> Vec<u8> {
+    let bare = "GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-pad: \r\n\r\n";
+    let pad = "p".repeat(size - bare.len());
+    let head = format!("GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-pad: {pad}\r\n\r\n");
+    assert_eq!(head.len(), size);
+    head.into_bytes()
+}
+
+/// A raw HTTP/1.1 GET of `/x` with exactly `fields` header fields.
+fn head_with_fields(fields: usize) -> Vec<u8> {
+    let mut head = String::from("GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n");
+    for i in 2..fields {
+        head.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+/// The proxy's own 431: problem+json that names the limit, the connection closed.
+fn assert_own_431(raw: &support::raw::Raw, limit: &str) {
+    assert_eq!(raw.status, 431, "{raw:?}");
+    assert_eq!(raw.header("content-type"), Some("application/problem+json"));
+    assert_eq!(raw.header("connection"), Some("close"));
+    assert!(raw.header("x-request-id").is_some(), "{raw:?}");
+    let problem: serde_json::Value = serde_json::from_slice(&raw.body).expect("problem json");
+    assert_eq!(problem["type"], "urn:ifmatch:problem:headers-too-large");
+    let detail = problem["detail"].as_str().expect("detail");
+    assert!(detail.contains(limit), "{detail}");
+}
+
+/// hyper's own 431, past its ceiling: a bare status line.
+fn assert_bare_431(raw: &support::raw::Raw) {
+    assert_eq!(raw.status, 431, "{raw:?}");
+    assert_eq!(raw.header("content-length"), Some("0"), "{raw:?}");
+    assert_eq!(raw.header("content-type"), None);
+}
+
+#[tokio::test]
+async fn request_heads_over_the_limits_get_431_problem_json_and_never_reach_the_upstream() {
+    let backend = Backend::new().fallback(Reply::ok("ok")).spawn().await;
+    let proxy = Proxy::spawn(config_with(
+        backend.addr,
+        "[server]\nmax_header_bytes = 16384\nmax_headers = 20",
+    ))
+    .await;
+
+    // At the limits: forwarded.
+    let raw = exchange(proxy.addr, &head_of_size(16384)).await;
+    assert_eq!(raw.status, 200, "{raw:?}");
+    let raw = exchange(proxy.addr, &head_with_fields(20)).await;
+    assert_eq!(raw.status, 200, "{raw:?}");
+    assert_eq!(backend.hits(Method::GET, "/x"), 2);
+
+    // One byte or one field over: the proxy's 431.
+    let raw = exchange(proxy.addr, &head_of_size(16385)).await;
+    assert_own_431(&raw, "server.max_header_bytes = 16384");
+    assert!(
+        raw.body.windows(5).any(|w| w == b"16385"),
+        "the detail gives the size: {raw:?}"
+    );
+    let raw = exchange(proxy.addr, &head_with_fields(21)).await;
+    assert_own_431(&raw, "server.max_headers = 20");
+    // Up to hyper's ceiling (twice the limits), still the proxy's.
+    let raw = exchange(proxy.addr, &head_of_size(32 * 1024 - 1)).await;
+    assert_own_431(&raw, "server.max_header_bytes = 16384");
+    let raw = exchange(proxy.addr, &head_with_fields(40)).await;
+    assert_own_431(&raw, "server.max_headers = 20");
+
+    // Past the ceiling: hyper's bare 431 (hyper refuses a head once its read buffer holds the
+    // ceiling without a complete one; a head that arrives in one read may be parsed up to
+    // about twice that, so the size case is well past it).
+    assert_bare_431(&exchange(proxy.addr, &head_with_fields(41)).await);
+    assert_bare_431(&exchange(proxy.addr, &head_of_size(256 * 1024)).await);
+
+    // h2c: the field count is the proxy's; the header list size (RFC 9113 counting) is h2's
+    // own bare 431.
+    let client = Client::h2c();
+    let mut many = support::request(Method::GET, &proxy.url("/x"));
+    for i in 0..21 {
+        many = many.header(format!("x-h{i}"), "v");
+    }
+    let answer = client.send(many.body(full("")).expect("request")).await;
+    let problem = answer.assert_problem(431, "headers-too-large");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("server.max_headers = 20"))
+    );
+    let big = support::request(Method::GET, &proxy.url("/x"))
+        .header("x-pad", "p".repeat(20 * 1024))
+        .body(full(""))
+        .expect("request");
+    let answer = client.send(big).await;
+    assert_eq!(answer.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert!(answer.body.is_empty(), "{answer:?}");
+    assert!(answer.headers.get("content-type").is_none());
+
+    assert_eq!(
+        backend.seen().len(),
+        2,
+        "only the heads within the limits reached the upstream"
+    );
 }

@@ -179,7 +179,9 @@ async fn bearer_secret_never_appears_in_text_logs_or_admin_output() {
 }
 
 /// Requests hyper refuses before any service runs get its own bare answer, not problem+json.
-/// There is no hook for it in hyper 1.x (see SECURITY.md); this pins what the client sees.
+/// There is no hook for it in hyper 1.x (see SECURITY.md); this pins what the client sees: a
+/// line it cannot parse, and a head far past its ceiling (twice `server.max_header_bytes`;
+/// heads between the limit and the ceiling get the proxy's problem+json, tests/limits.rs).
 #[tokio::test]
 async fn hyper_refusals_are_a_bare_status_line() {
     bounded(async {
@@ -209,7 +211,7 @@ async fn hyper_refusals_are_a_bare_status_line() {
         }
         let huge = format!(
             "GET /me HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
-            "a".repeat(128 * 1024)
+            "a".repeat(512 * 1024)
         );
         let raw = support::raw::exchange(proxy.addr, huge.as_bytes()).await;
         assert_eq!(raw.status, 431, "{raw:?}");

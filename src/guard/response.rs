@@ -36,8 +36,10 @@ pub enum RejectionKind {
     UpstreamTimeout,
     /// No route matches the request (404).
     NoRoute,
-    /// The request itself is unacceptable (e.g. headers too large).
+    /// The request itself is unacceptable (e.g. a body that cannot be read).
     BadRequest,
+    /// The request head is over the proxy's size or field count limit (431).
+    HeadersTooLarge,
     /// The client did not send its request body in time (408).
     RequestTimeout,
     /// The proxy serves as many connections as it may (503).
@@ -61,6 +63,7 @@ impl RejectionKind {
             Self::UpstreamTimeout => "upstream-timeout",
             Self::NoRoute => "no-route",
             Self::BadRequest => "bad-request",
+            Self::HeadersTooLarge => "headers-too-large",
             Self::RequestTimeout => "request-timeout",
             Self::TooManyConnections => "too-many-connections",
         }
@@ -82,6 +85,7 @@ impl RejectionKind {
             Self::UpstreamTimeout => "Upstream timed out",
             Self::NoRoute => "No route for this request",
             Self::BadRequest => "Bad request",
+            Self::HeadersTooLarge => "Request header fields too large",
             Self::RequestTimeout => "Request body timed out",
             Self::TooManyConnections => "Too many connections",
         }

@@ -1,11 +1,12 @@
 //! The reverse proxy: the I/O edge around the guard.
 //!
-//! A request goes through [`Rescue`] (errors become problem+json), the [`Router`] (host and
-//! longest path prefix pick the route and its policy; 404 when none matches), the
-//! [`Precondition`](crate::Precondition) guard (absent in passthrough mode), [`Forward`]
-//! (upstream URI, hop-by-hop headers, `Host`, `Via`, `X-Forwarded-*`) and the pooled
-//! [`UpstreamClient`]. [`stack`] is where that order is decided; [`Server`] serves it on a
-//! listener with graceful shutdown, next to the [admin API](crate::admin), and [`reload`]
+//! A request goes through [`HeadLimit`] (431 for a head over the configured limits),
+//! [`Rescue`] (errors become problem+json), the [`Router`] (host and longest path prefix pick
+//! the route and its policy; 404 when none matches), the [`Precondition`](crate::Precondition)
+//! guard (absent in passthrough mode), [`Forward`] (upstream URI, hop-by-hop headers, `Host`,
+//! `Via`, `X-Forwarded-*`) and the pooled [`UpstreamClient`]. [`stack`] is where that order is
+//! decided; [`Server`] serves it on a listener with graceful shutdown, next to the
+//! [admin API](crate::admin), and [`reload`]
 //! swaps in a new route table without dropping connections or the store.
 //!
 //! ```no_run
@@ -27,6 +28,7 @@
 mod client;
 mod connection;
 mod forward;
+mod head_limit;
 mod observe;
 mod reload;
 mod request_id;
@@ -39,6 +41,7 @@ mod upgrade;
 
 pub use client::{ResponseFuture, UpstreamClient, UpstreamError, UpstreamRequest};
 pub use forward::{ClientAddr, Forward, ForwardFuture, ForwardLayer, strip_hop_by_hop};
+pub use head_limit::{HeadLimit, HeadLimitFuture, HeadLimitLayer, HeadLimits, head_size};
 pub use observe::{Observe, ObserveFuture, ObserveLayer};
 pub use reload::reload;
 pub use request_id::{RequestId, RequestIdFuture, RequestIdLayer, SetRequestId, X_REQUEST_ID};

@@ -26,6 +26,7 @@ use tower::{Service, ServiceExt};
 use super::client::UpstreamClient;
 use super::connection::{Activity, Deadlines, Scope, Slot, Tracked, until_closed};
 use super::forward::ClientAddr;
+use super::head_limit::HeadLimits;
 use super::router::{RouteTable, Routes};
 use super::stack::{Mode, stack};
 use crate::admin::{self, Admin, Token, serve_admin};
@@ -233,11 +234,13 @@ impl Plane {
             Some(store) => Mode::Guard(store),
             None => Mode::Passthrough,
         };
+        let limits = HeadLimits::new(server);
         let service = stack(
             self.table.clone(),
             UpstreamClient::new(server),
             mode,
             Some(self.hotspots.clone()),
+            limits,
         );
         tracing::info!(
             addr = %local_addr(&listener),
@@ -246,7 +249,9 @@ impl Plane {
         );
         serve_connections(
             listener,
-            connection_builder(server).metered(),
+            connection_builder(server)
+                .head_ceiling(limits.ceiling())
+                .metered(),
             service,
             shutdown,
             server.shutdown_timeout,
@@ -277,6 +282,17 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
+    /// Lets hyper parse HTTP/1.1 heads up to `ceiling` instead of the configured limits, for a
+    /// service that refuses those over the limits itself ([`HeadLimit`](super::HeadLimit));
+    /// past the ceiling, hyper answers its bare 431.
+    pub(crate) fn head_ceiling(mut self, ceiling: HeadLimits) -> Self {
+        self.builder
+            .http1()
+            .max_buf_size(ceiling.max_bytes)
+            .max_headers(ceiling.max_headers);
+        self
+    }
+
     /// Counts these connections in the connection metrics.
     pub(crate) fn metered(mut self) -> Self {
         self.metered = true;
@@ -284,7 +300,9 @@ impl Connections {
     }
 }
 
-/// How [`serve_connections`] serves each connection, with the limits of `server`.
+/// How [`serve_connections`] serves each connection, with the limits of `server` (hyper
+/// enforces the header limits itself, with its bare 431, unless [`Connections::head_ceiling`]
+/// raises them).
 pub(crate) fn connection_builder(server: &ServerConfig) -> Connections {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -9,6 +9,7 @@ use tower::{Service, ServiceBuilder};
 
 use super::client::UpstreamClient;
 use super::forward::ForwardLayer;
+use super::head_limit::{HeadLimitLayer, HeadLimits};
 use super::observe::ObserveLayer;
 use super::request_id::RequestIdLayer;
 use super::rescue::RescueLayer;
@@ -32,12 +33,13 @@ pub enum Mode<St> {
 /// The proxy's request handling from a client's request to the upstream and back.
 ///
 /// `routes` may be a fixed table (`Arc<RouteTable>`) or a reloadable [`Routes`]; conflicts are
-/// counted in `hotspots`, if given.
+/// counted in `hotspots`, if given; request heads over `limits` get 431.
 pub fn stack<St: Store>(
     routes: impl Into<Routes>,
     client: UpstreamClient,
     mode: Mode<St>,
     hotspots: Option<Hotspots>,
+    limits: HeadLimits,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -57,7 +59,11 @@ pub fn stack<St: Store>(
         ),
     };
     ServiceBuilder::new()
-        // Outermost, so that every response, the proxy's own problems included, carries the
+        // Outermost: it counts the head as the client sent it, before the request id is added,
+        // and a head over the limits costs no routing, store lookup or upstream request (hyper
+        // itself only refuses heads past its ceiling). Its 431 echoes the request id itself.
+        .layer(HeadLimitLayer::new(limits))
+        // Next, so that every other response, the proxy's own problems included, carries the
         // request id, and everything below (logs, upstream) sees it.
         .layer(RequestIdLayer)
         // Above all that can fail, so that every error below, routing and guard included,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::{
     BoxError, MemoryLease, MemoryStore, Observation, Outcome, Snapshot, Store, StoreError,
+    StoreStats,
 };
 #[cfg(feature = "redis")]
 use super::{RedisLease, RedisStore};
@@ -126,5 +127,32 @@ impl Store for AnyStore {
             #[cfg(feature = "redis")]
             Self::Redis(store) => store.purge(key).await,
         }
+    }
+
+    fn stats(&self) -> Option<StoreStats> {
+        match self {
+            Self::Memory(store) => store.stats(),
+            #[cfg(feature = "redis")]
+            Self::Redis(store) => store.stats(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_memory_store_counters_reach_the_metrics() {
+        // The binary serves an AnyStore: without this, /metrics had no ifmatch_store_* series.
+        let store = AnyStore::Memory(MemoryStore::default());
+        let key = ResourceKey::new("", "/a", None, []);
+        let generation = store.load(key).await.expect("load").generation;
+        store
+            .learn(key, generation, Observation::Absent)
+            .await
+            .expect("learn");
+        let stats = store.stats().expect("memory store stats");
+        assert_eq!((stats.entries, stats.misses), (1, 1));
     }
 }
