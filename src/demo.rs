@@ -38,7 +38,7 @@ use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
-use crate::proxy::{connection_builder, local_addr, serve_connections};
+use crate::proxy::{HeadLimits, connection_builder, local_addr, serve_connections};
 
 /// Largest request body the demo accepts.
 const MAX_BODY: usize = 1024 * 1024;
@@ -51,9 +51,10 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + S
         let items = items.clone();
         async move { Ok::<_, Infallible>(handle(&items, req).await) }
     });
+    let server = ServerConfig::default();
     serve_connections(
         listener,
-        connection_builder(&ServerConfig::default()),
+        connection_builder(&server, HeadLimits::new(&server)),
         service,
         shutdown,
         Duration::from_secs(5),

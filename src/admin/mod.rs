@@ -33,7 +33,9 @@ pub use reply::AdminBody;
 
 use crate::config::ServerConfig;
 use crate::hotspots::Hotspots;
-use crate::proxy::{Routes, ServeError, connection_builder, local_addr, serve_connections};
+use crate::proxy::{
+    HeadLimits, Routes, ServeError, connection_builder, local_addr, serve_connections,
+};
 use crate::store::{MemoryStore, Store};
 
 /// What the admin API serves: each part is optional, so a bare health endpoint is
@@ -220,9 +222,10 @@ pub async fn serve_admin<St: Store>(
         let admin = admin.clone();
         async move { Ok::<_, Infallible>(admin.respond(req).await) }
     });
+    let server = ServerConfig::default();
     serve_connections(
         listener,
-        connection_builder(&ServerConfig::default()),
+        connection_builder(&server, HeadLimits::new(&server)),
         service,
         shutdown,
         Duration::from_secs(1),

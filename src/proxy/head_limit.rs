@@ -43,6 +43,9 @@ const HYPER_MIN_BUF_SIZE: usize = 8192;
 /// make the proxy parse before it is refused.
 const MAX_EXTRA_BYTES: usize = 1 << 20;
 const MAX_EXTRA_HEADERS: usize = 100;
+/// hyper's own field limit, which it parses into a stack array; a higher one costs a heap
+/// allocation per request.
+pub(crate) const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// The largest request head accepted: its size in bytes and its number of fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +65,25 @@ impl HeadLimits {
         }
     }
 
-    /// hyper's hard limits: twice these, but no more than 1 MiB or 100 fields above them.
+    /// hyper's hard limits: twice the bytes (at most 1 MiB more); for fields, hyper's own
+    /// limit of 100, or, for a configured limit above it, twice that (at most 100 more).
+    ///
+    /// The field ceiling stays at hyper's default whenever it can: a higher one costs every
+    /// request a heap allocation, so past 100 fields (never a browser's or an SDK's request)
+    /// the answer is hyper's bare 431.
     pub fn ceiling(self) -> Self {
+        let max_headers = if self.max_headers <= HYPER_DEFAULT_MAX_HEADERS {
+            HYPER_DEFAULT_MAX_HEADERS
+        } else {
+            self.max_headers
+                .saturating_add(self.max_headers.min(MAX_EXTRA_HEADERS))
+        };
         Self {
             max_bytes: self
                 .max_bytes
                 .saturating_add(self.max_bytes.min(MAX_EXTRA_BYTES))
                 .max(HYPER_MIN_BUF_SIZE),
-            max_headers: self
-                .max_headers
-                .saturating_add(self.max_headers.min(MAX_EXTRA_HEADERS)),
+            max_headers,
         }
     }
 
@@ -304,8 +316,10 @@ mod tests {
 
     #[test]
     fn the_ceiling_is_twice_the_limits_capped() {
-        assert_eq!(limits(65536, 100).ceiling(), limits(131_072, 200));
-        assert_eq!(limits(8192, 1).ceiling(), limits(16384, 2));
+        // Fields: hyper's own 100 up to it, so that no request pays for a larger array.
+        assert_eq!(limits(65536, 100).ceiling(), limits(131_072, 100));
+        assert_eq!(limits(8192, 1).ceiling(), limits(16384, 100));
+        assert_eq!(limits(8192, 101).ceiling(), limits(16384, 201));
         assert_eq!(
             limits(16 << 20, 10_000).ceiling(),
             limits((16 << 20) + (1 << 20), 10_100)

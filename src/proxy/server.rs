@@ -26,7 +26,7 @@ use tower::{Service, ServiceExt};
 use super::client::UpstreamClient;
 use super::connection::{Activity, Deadlines, Scope, Slot, Tracked, until_closed};
 use super::forward::ClientAddr;
-use super::head_limit::HeadLimits;
+use super::head_limit::{HYPER_DEFAULT_MAX_HEADERS, HeadLimits};
 use super::router::{RouteTable, Routes};
 use super::stack::{Mode, stack};
 use crate::admin::{self, Admin, Token, serve_admin};
@@ -249,9 +249,7 @@ impl Plane {
         );
         serve_connections(
             listener,
-            connection_builder(server)
-                .head_ceiling(limits.ceiling())
-                .metered(),
+            connection_builder(server, limits.ceiling()).metered(),
             service,
             shutdown,
             server.shutdown_timeout,
@@ -282,17 +280,6 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    /// Lets hyper parse HTTP/1.1 heads up to `ceiling` instead of the configured limits, for a
-    /// service that refuses those over the limits itself ([`HeadLimit`](super::HeadLimit));
-    /// past the ceiling, hyper answers its bare 431.
-    pub(crate) fn head_ceiling(mut self, ceiling: HeadLimits) -> Self {
-        self.builder
-            .http1()
-            .max_buf_size(ceiling.max_bytes)
-            .max_headers(ceiling.max_headers);
-        self
-    }
-
     /// Counts these connections in the connection metrics.
     pub(crate) fn metered(mut self) -> Self {
         self.metered = true;
@@ -300,19 +287,23 @@ impl Connections {
     }
 }
 
-/// How [`serve_connections`] serves each connection, with the limits of `server` (hyper
-/// enforces the header limits itself, with its bare 431, unless [`Connections::head_ceiling`]
-/// raises them).
-pub(crate) fn connection_builder(server: &ServerConfig) -> Connections {
+/// How [`serve_connections`] serves each connection, with the limits of `server`; hyper
+/// refuses request heads over `heads` itself, with its bare 431 (the data plane passes a
+/// ceiling above the configured limits, which [`HeadLimit`](super::HeadLimit) enforces).
+pub(crate) fn connection_builder(server: &ServerConfig, heads: HeadLimits) -> Connections {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         // hyper 1.x also runs this timer while a keep-alive connection waits for its next
         // request: an idle HTTP/1.1 connection is closed after it.
         .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(server.max_header_bytes)
-        .max_headers(server.max_headers);
+        .max_buf_size(heads.max_bytes);
+    // At its default, hyper parses into an array on the stack; any explicit count, even the
+    // same, makes it build one per request (about 1k instructions), more than 100 a heap one.
+    if heads.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        http1.max_headers(heads.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
