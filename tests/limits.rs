@@ -10,9 +10,9 @@
 //! - `defaults.lease_wait` (409 update-in-progress): tests/guard.rs,
 //!   `one_write_per_resource_in_flight`; and the control case of
 //!   `a_trickled_write_body_gets_408_and_frees_the_resource` below.
-//! - `server.connect_timeout`: a refused connection is 502 in tests/proxy_passthrough.rs,
-//!   `upstream_down_is_502_and_the_proxy_recovers_when_it_returns`. The timeout itself needs an
-//!   address that drops SYNs, which loopback cannot offer: not tested.
+//! - A refused upstream connection (502): tests/proxy_passthrough.rs,
+//!   `upstream_down_is_502_and_the_proxy_recovers_when_it_returns`. `server.connect_timeout`
+//!   itself is tested here, against a loopback listener whose full accept queue drops SYNs.
 //! - `server.response_timeout` (504): tests/proxy_passthrough.rs, `slow_upstream_is_504`, and
 //!   tests/e2e.rs, `revalidation_against_a_hung_upstream_times_out_with_504`.
 //! - Validation of every limit by check-config: `limits_must_be_positive_and_sane` in
@@ -474,4 +474,49 @@ async fn request_heads_over_the_limits_get_431_problem_json_and_never_reach_the_
         2,
         "only the heads within the limits reached the upstream"
     );
+}
+
+/// An upstream that never completes a TCP handshake: a listener that accepts nothing, its
+/// accept queue filled, so that the kernel drops further SYNs (Linux drops a SYN while the
+/// queue is full). A connection attempt to it neither succeeds nor fails until the client gives
+/// up. Returns the address with the listener and the connections that filled it, kept alive.
+async fn unanswering_upstream() -> (SocketAddr, tokio::net::TcpListener, Vec<TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    // A backlog of 1: the queue is full once it holds two handshakes nobody accepted.
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("local addr");
+    let mut filling = Vec::new();
+    loop {
+        // A handshake on loopback completes in the kernel, at once, while the queue has room;
+        // one that has not within 2 s had its SYN dropped.
+        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+            Ok(stream) => filling.push(stream.expect("connect to the filling listener")),
+            Err(_) => break,
+        }
+        assert!(filling.len() <= 8, "the accept queue never filled");
+    }
+    (addr, listener, filling)
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_completes_the_handshake_gets_502_after_connect_timeout() {
+    let (upstream, _listener, _filling) = unanswering_upstream().await;
+    let proxy = Proxy::spawn(config_with(
+        upstream,
+        "[server]\nconnect_timeout = \"300ms\"\nresponse_timeout = \"30s\"",
+    ))
+    .await;
+
+    let started = Instant::now();
+    let answer = Client::http1().send(get(&proxy.url("/x"))).await;
+    let waited = started.elapsed();
+    let problem = answer.assert_problem(502, "upstream-unavailable");
+    assert!(problem["detail"].is_string(), "{problem}");
+    // The connect timeout ended it: not at once (as a refused connection would be), and long
+    // before the response timeout.
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
 }
