@@ -194,6 +194,10 @@ curl -s -o /dev/null "http://127.0.0.1:$PORT_IFM/slow/hot"
 # Fill the scale instance's store with SCALE_KEYS resources, each learned from one GET.
 SCALE_NOTE=""
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" scale_"* ]]; then
+  # The baseline includes the fill's 64 connections and their pooled upstream ones (buffers),
+  # so that the growth is the store's: warm them up on one key first.
+  WRK_METHOD=GET WRK_PATH=/items/1 WRK_KEYS=0 wrk -t2 -c64 -d2s -s "$ROOT/bench/wrk/req.lua" \
+    "http://127.0.0.1:$PORT_IFM_1M" >/dev/null
   r0=$(rss_kib "$PID_IFM_1M"); t0=$(date +%s)
   log "filling ifmatch_1m with $SCALE_KEYS keys"
   # wrk runs for its whole duration: stop it once the upstream has served the fill's GETs.
