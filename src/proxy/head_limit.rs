@@ -23,17 +23,15 @@
 //! stream, and one over four times the limit closes the connection. The field count limit is
 //! enforced here on h2c too.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::request_id::{self, X_REQUEST_ID};
+use super::short_circuit::ShortCircuit;
 use crate::config::ServerConfig;
 use crate::guard::{Rejection, RejectionKind, ResponseBody};
 
@@ -173,15 +171,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let kind = match self.limits.exceeded(&req) {
-            None => Kind::Passed {
-                inner: self.inner.call(req),
-            },
-            Some(exceeded) => Kind::Refused {
-                response: Some(too_large(&req, exceeded, self.limits)),
-            },
-        };
-        HeadLimitFuture { kind }
+        match self.limits.exceeded(&req) {
+            None => ShortCircuit::called(self.inner.call(req)),
+            Some(exceeded) => ShortCircuit::answered(too_large(&req, exceeded, self.limits)),
+        }
     }
 }
 
@@ -235,39 +228,8 @@ fn too_large<B, RB: Body>(
     response
 }
 
-pin_project! {
-    /// The inner response, or the 431.
-    pub struct HeadLimitFuture<F, RB: Body> {
-        #[pin]
-        kind: Kind<F, RB>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, RB: Body> {
-        Passed { #[pin] inner: F },
-        Refused { response: Option<Response<ResponseBody<RB>>> },
-    }
-}
-
-impl<F, RB, E> Future for HeadLimitFuture<F, RB>
-where
-    F: Future<Output = Result<Response<ResponseBody<RB>>, E>>,
-    RB: Body,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Passed { inner } => inner.poll(cx),
-            KindProj::Refused { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => panic!("HeadLimitFuture polled after completion"),
-            },
-        }
-    }
-}
+/// The inner service's response, or the 431.
+pub type HeadLimitFuture<F, RB> = ShortCircuit<F, Response<ResponseBody<RB>>>;
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,6 @@
 //! Picks a request's route by host and longest path prefix, and tells the layers below which
 //! route (for the guard) and which upstream (for forwarding) it belongs to.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -10,9 +8,9 @@ use arc_swap::ArcSwap;
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body;
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use super::short_circuit::ShortCircuit;
 use crate::config::Route;
 use crate::guard::{Rejection, RejectionKind, ResponseBody, RouteContext};
 
@@ -209,12 +207,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let rejected = |status, kind, detail: &str| RouterFuture {
-            kind: Kind::Rejected {
-                response: Some(
-                    Rejection::new(kind, status, req.uri().path(), detail).into_response(),
-                ),
-            },
+        let rejected = |status, kind, detail: &str| {
+            ShortCircuit::answered(
+                Rejection::new(kind, status, req.uri().path(), detail).into_response(),
+            )
         };
         if req.method() == Method::CONNECT {
             return rejected(
@@ -236,47 +232,12 @@ where
         };
         req.extensions_mut().insert(entry.context.clone());
         req.extensions_mut().insert(entry.target.clone());
-        RouterFuture {
-            kind: Kind::Routed {
-                inner: self.inner.call(req),
-            },
-        }
+        ShortCircuit::called(self.inner.call(req))
     }
 }
 
-pin_project! {
-    /// The routed request's response, or the router's own rejection.
-    pub struct RouterFuture<F, RB: Body> {
-        #[pin]
-        kind: Kind<F, RB>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, RB: Body> {
-        Routed { #[pin] inner: F },
-        Rejected { response: Option<Response<ResponseBody<RB>>> },
-    }
-}
-
-impl<F, RB, E> Future for RouterFuture<F, RB>
-where
-    F: Future<Output = Result<Response<ResponseBody<RB>>, E>>,
-    RB: Body,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Routed { inner } => inner.poll(cx),
-            KindProj::Rejected { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => panic!("RouterFuture polled after completion"),
-            },
-        }
-    }
-}
+/// The routed request's response, or the router's own rejection.
+pub type RouterFuture<F, RB> = ShortCircuit<F, Response<ResponseBody<RB>>>;
 
 #[cfg(test)]
 mod tests {
