@@ -216,11 +216,7 @@ fn too_large<B, RB: Body>(
     let headers = response.headers_mut();
     // This layer sits above the request id one (the id it adds is not the client's to
     // count), so it echoes the id itself, by the same rule.
-    let id = match req.headers().get(&X_REQUEST_ID) {
-        Some(value) if request_id::is_valid(value) => value.clone(),
-        _ => request_id::generate().0,
-    };
-    headers.insert(&X_REQUEST_ID, id);
+    headers.insert(&X_REQUEST_ID, request_id::of(req.headers()).0);
     // HTTP/2 has no Connection header, and the stream's end is enough there.
     if req.version() < Version::HTTP_2 {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));

@@ -35,6 +35,18 @@ pub fn is_valid(value: &HeaderValue) -> bool {
     !bytes.is_empty() && bytes.len() <= MAX_LEN && bytes.iter().all(|b| b.is_ascii_graphic())
 }
 
+/// The request's id: the client's `X-Request-Id` if it is sane, else a new one.
+pub fn of(headers: &http::HeaderMap) -> RequestId {
+    match headers.get(&X_REQUEST_ID) {
+        Some(value) if is_valid(value) => RequestId(value.clone()),
+        Some(_) => {
+            tracing::debug!("invalid x-request-id replaced");
+            generate()
+        }
+        None => generate(),
+    }
+}
+
 /// A fresh id: 32 hex digits, unique per process (a counter) and across processes (a seed from
 /// the clock and the pid, hashed so ids do not reveal either).
 pub fn generate() -> RequestId {
@@ -87,14 +99,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = match req.headers().get(&X_REQUEST_ID) {
-            Some(value) if is_valid(value) => RequestId(value.clone()),
-            Some(_) => {
-                tracing::debug!("invalid x-request-id replaced");
-                generate()
-            }
-            None => generate(),
-        };
+        let id = of(req.headers());
         // One value only: a second, different id would reach the upstream otherwise.
         req.headers_mut().insert(&X_REQUEST_ID, id.0.clone());
         let value = id.0.clone();
