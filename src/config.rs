@@ -39,7 +39,7 @@ use http::{HeaderName, Method, StatusCode, Uri};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::guard::{EtagSource, OnStoreUnavailable, OnUnknown, Policy};
+use crate::guard::{Aliases, EtagSource, OnStoreUnavailable, OnUnknown, Policy, QueryMode};
 use crate::store::MemoryStoreConfig;
 #[cfg(feature = "redis")]
 use crate::store::RedisStoreConfig;
@@ -89,9 +89,15 @@ pub struct ServerConfig {
     /// Longest wait for a TCP connection to an upstream.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Longest wait for an upstream's response headers once the request is sent.
+    /// Longest wait for an upstream's response headers once the request is sent; then 504.
+    /// A write's revalidation, body included, is bounded by it too.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// How long a forwarded write may run upstream: a client that gives up, or a 504, does not
+    /// end the exchange, and the resource stays locked until its outcome is known or this
+    /// passes (then it becomes unknown). At least `response_timeout` and `body_read_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub write_outcome_timeout: Duration,
     /// Longest wait for a client's complete request headers (HTTP/1.1), and so also for the
     /// next request on an idle HTTP/1.1 keep-alive connection, and for any connection's first
     /// request (h2c included); then the connection is closed.
@@ -131,6 +137,7 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
+            write_outcome_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
             // Below response_timeout, so that a trickled body to an upstream that waits for
             // all of it is answered 408 (the client's fault), not 504.
@@ -195,9 +202,9 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// Prefix of every Redis key, so deployments can share one Redis.
     pub key_prefix: String,
-    /// How long a write lease survives a replica that crashed holding it. Must exceed a
-    /// write's longest run: a revalidation plus the write, each up to
-    /// `server.response_timeout`.
+    /// How long a write lease survives a replica that crashed holding it. Must exceed the
+    /// longest time a live replica holds one (see [`lease_budget`]), so that a lease never
+    /// lapses while its write may still apply.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
     /// Longest wait for Redis (connect or reply) before the store counts as unavailable.
@@ -216,7 +223,7 @@ impl Default for StoreConfig {
             ttl: Duration::from_secs(300),
             url: None,
             key_prefix: "ifmatch:".to_owned(),
-            lease_ttl: Duration::from_secs(75),
+            lease_ttl: Duration::from_secs(120),
             timeout: Duration::from_millis(500),
             failure_policy: FailurePolicy::FailClosed,
         }
@@ -268,6 +275,29 @@ impl From<OnUnknownSetting> for OnUnknown {
     }
 }
 
+/// What the query string is to the resource a request names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuerySetting {
+    /// The path names the resource; each query a view of it.
+    #[default]
+    Variant,
+    /// Each query string names a resource of its own.
+    Identity,
+    /// The query is ignored.
+    Ignore,
+}
+
+impl From<QuerySetting> for QueryMode {
+    fn from(setting: QuerySetting) -> Self {
+        match setting {
+            QuerySetting::Variant => Self::Variant,
+            QuerySetting::Identity => Self::Identity,
+            QuerySetting::Ignore => Self::Ignore,
+        }
+    }
+}
+
 /// Where validators come from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -312,8 +342,17 @@ pub struct PolicyConfig {
     /// Request headers whose values (hashed, never stored raw) are part of the resource key,
     /// e.g. `["authorization"]` for per-user resources.
     pub key_headers: Vec<String>,
-    /// Whether the query string is part of the resource key.
-    pub key_query: bool,
+    /// What the query string is to the resource: `"variant"` (the path names the resource,
+    /// each query a view of it with its own validators; a write through any query replaces them
+    /// all), `"identity"` (each query string names a resource of its own, as in `/api?id=5`), or
+    /// `"ignore"`.
+    pub query: QuerySetting,
+    /// Whether `//a///b` names `/a/b` (runs of slashes are one).
+    pub merge_slashes: bool,
+    /// Whether `/a/` names `/a`.
+    pub ignore_trailing_slash: bool,
+    /// Whether `/A` names `/a` (ASCII letters), for upstreams with case-insensitive paths.
+    pub case_insensitive_paths: bool,
     /// How long a write waits for another write to the same resource before getting 409.
     #[serde(with = "humantime_serde")]
     pub lease_wait: Duration,
@@ -333,7 +372,10 @@ impl Default for PolicyConfig {
             etag_source: EtagSourceSetting::Both,
             max_hash_bytes: policy.max_hash_bytes,
             key_headers: Vec::new(),
-            key_query: policy.key_query,
+            query: QuerySetting::Variant,
+            merge_slashes: policy.aliases.merge_slashes,
+            ignore_trailing_slash: policy.aliases.ignore_trailing_slash,
+            case_insensitive_paths: policy.aliases.case_insensitive,
             lease_wait: policy.lease_wait,
         }
     }
@@ -368,8 +410,14 @@ pub struct RouteConfig {
     pub max_hash_bytes: Option<usize>,
     /// Overrides `defaults.key_headers`.
     pub key_headers: Option<Vec<String>>,
-    /// Overrides `defaults.key_query`.
-    pub key_query: Option<bool>,
+    /// Overrides `defaults.query`.
+    pub query: Option<QuerySetting>,
+    /// Overrides `defaults.merge_slashes`.
+    pub merge_slashes: Option<bool>,
+    /// Overrides `defaults.ignore_trailing_slash`.
+    pub ignore_trailing_slash: Option<bool>,
+    /// Overrides `defaults.case_insensitive_paths`.
+    pub case_insensitive_paths: Option<bool>,
     /// Overrides `defaults.lease_wait`.
     #[serde(with = "humantime_serde::option")]
     pub lease_wait: Option<Duration>,
@@ -390,7 +438,10 @@ impl Default for RouteConfig {
             etag_source: None,
             max_hash_bytes: None,
             key_headers: None,
-            key_query: None,
+            query: None,
+            merge_slashes: None,
+            ignore_trailing_slash: None,
+            case_insensitive_paths: None,
             lease_wait: None,
         }
     }
@@ -413,7 +464,14 @@ impl RouteConfig {
                 .key_headers
                 .clone()
                 .unwrap_or_else(|| defaults.key_headers.clone()),
-            key_query: self.key_query.unwrap_or(defaults.key_query),
+            query: self.query.unwrap_or(defaults.query),
+            merge_slashes: self.merge_slashes.unwrap_or(defaults.merge_slashes),
+            ignore_trailing_slash: self
+                .ignore_trailing_slash
+                .unwrap_or(defaults.ignore_trailing_slash),
+            case_insensitive_paths: self
+                .case_insensitive_paths
+                .unwrap_or(defaults.case_insensitive_paths),
             lease_wait: self.lease_wait.unwrap_or(defaults.lease_wait),
         }
     }
@@ -669,13 +727,31 @@ impl Config {
             }
             if let Some(mut route) = route.check(&at, &self.defaults, report) {
                 // A property of the store, applied by the guard of every route.
-                Arc::make_mut(&mut route.policy).on_store_unavailable =
-                    self.store.failure_policy.into();
+                let policy = Arc::make_mut(&mut route.policy);
+                policy.on_store_unavailable = self.store.failure_policy.into();
+                // Properties of the server, which bound every write the guard forwards.
+                policy.response_timeout = self.server.response_timeout;
+                policy.write_outcome_timeout = self.server.write_outcome_timeout;
                 routes.push(route);
             }
         }
         routes
     }
+}
+
+/// The longest a live replica holds a write lease: the one place the bounds of every step under
+/// a lease are added up, and what `store.lease_ttl` must exceed.
+///
+/// Under the lease a write takes, in turn: the store's answer to the acquire, a revalidation
+/// (head and body, bounded as a whole by `server.response_timeout`), a store learn, the
+/// forwarded exchange (bounded by `server.write_outcome_timeout`, whether or not the client
+/// still waits; the request body's own bound, `server.body_read_timeout`, is within it), and
+/// the store's completion. Each store call is bounded by `store.timeout`.
+pub fn lease_budget(server: &ServerConfig, store: &StoreConfig) -> Duration {
+    server
+        .response_timeout
+        .saturating_add(server.write_outcome_timeout)
+        .saturating_add(store.timeout.saturating_mul(3))
 }
 
 /// The longest timeout accepted: longer is a typo, and would overflow deadlines.
@@ -695,6 +771,7 @@ impl ServerConfig {
         for (key, value) in [
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
+            ("write_outcome_timeout", self.write_outcome_timeout),
             ("header_read_timeout", self.header_read_timeout),
             ("body_read_timeout", self.body_read_timeout),
             ("idle_timeout", self.idle_timeout),
@@ -705,6 +782,18 @@ impl ServerConfig {
                 report.error(&format!("server.{key}"), "must be greater than zero");
             } else if value > MAX_TIMEOUT {
                 report.error(&format!("server.{key}"), "must be at most 1 day");
+            }
+        }
+        for (key, value) in [
+            ("response_timeout", self.response_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+        ] {
+            // The exchange goes on after the client stops waiting, never the other way round.
+            if self.write_outcome_timeout < value {
+                report.error(
+                    "server.write_outcome_timeout",
+                    &format!("must be at least server.{key}"),
+                );
             }
         }
         if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
@@ -759,19 +848,15 @@ impl StoreConfig {
         if self.timeout.is_zero() {
             report.error("store.timeout", "must be greater than zero");
         }
-        // A live writer must never lose its lease: it may revalidate and then write, each
-        // waiting up to the response timeout, and talk to the store around both.
-        let longest_write = server
-            .response_timeout
-            .saturating_mul(2)
-            .saturating_add(self.timeout.saturating_mul(2));
-        if self.lease_ttl <= longest_write {
+        let budget = lease_budget(server, self);
+        if self.lease_ttl <= budget {
             report.error(
                 "store.lease_ttl",
                 &format!(
-                    "must exceed a write's longest run, {} (twice server.response_timeout plus \
-                     twice store.timeout)",
-                    humantime::format_duration(longest_write)
+                    "must exceed the longest time a write holds its lease, {} \
+                     (server.response_timeout + server.write_outcome_timeout + 3 x \
+                     store.timeout)",
+                    humantime::format_duration(budget)
                 ),
             );
         }
@@ -843,10 +928,17 @@ impl PolicyConfig {
             etag_source: self.etag_source.into(),
             max_hash_bytes: self.max_hash_bytes,
             key_headers: key_headers?,
-            key_query: self.key_query,
+            query: self.query.into(),
+            aliases: Aliases {
+                merge_slashes: self.merge_slashes,
+                ignore_trailing_slash: self.ignore_trailing_slash,
+                case_insensitive: self.case_insensitive_paths,
+            },
             lease_wait: self.lease_wait,
-            // Set from `[store]` once the route is built.
+            // Set from `[store]` and `[server]` once the route is built.
             on_store_unavailable: OnStoreUnavailable::default(),
+            response_timeout: Policy::default().response_timeout,
+            write_outcome_timeout: Policy::default().write_outcome_timeout,
         })
     }
 }
@@ -1184,7 +1276,9 @@ mod tests {
             etag_source = "upstream"
             max_hash_bytes = 1024
             key_headers = ["Authorization"]
-            key_query = false
+            query = "identity"
+            merge_slashes = false
+            case_insensitive_paths = true
             lease_wait = "250ms"
 
             [[routes]]
@@ -1195,6 +1289,7 @@ mod tests {
             preserve_host = false
             conflict_status = 409
             require_if_match = false
+            ignore_trailing_slash = false
             lease_wait = "1s"
         "#,
         )
@@ -1213,7 +1308,13 @@ mod tests {
         assert_eq!(policy.etag_source, EtagSource::Upstream);
         assert_eq!(policy.max_hash_bytes, 1024);
         assert_eq!(policy.key_headers, vec![http::header::AUTHORIZATION]);
-        assert!(!policy.key_query);
+        assert_eq!(policy.query, crate::guard::QueryMode::Identity);
+        let aliases = Aliases {
+            merge_slashes: false,
+            ignore_trailing_slash: false,
+            case_insensitive: true,
+        };
+        assert_eq!(policy.aliases, aliases);
         assert_eq!(policy.lease_wait, Duration::from_secs(1));
     }
 
@@ -1261,7 +1362,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.store.kind, StoreKind::Redis);
-        assert_eq!(config.store.lease_ttl, Duration::from_secs(75));
+        assert_eq!(config.store.lease_ttl, Duration::from_secs(120));
         let route = &config.routes().unwrap()[0];
         assert_eq!(
             route.policy.on_store_unavailable,

@@ -116,9 +116,50 @@ impl State {
     }
 }
 
+/// The path's segments as many web frameworks route them: empty and `.` segments dropped
+/// (`//items/1/` is `/items/1`), `..` goes up one, and each segment percent-decoded (`%31` is
+/// `1`). The query is ignored. So one item has many spellings, which the proxy must see as one.
+fn route_segments(path: &str) -> Vec<String> {
+    let mut segments: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        let segment = percent_decode(raw);
+        match segment.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(segment),
+        }
+    }
+    segments
+}
+
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| segment.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 async fn handle(items: &Items, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let segments = route_segments(req.uri().path());
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match segments.as_slice() {
         ["items"] => match *req.method() {
             Method::GET | Method::HEAD => {
@@ -138,7 +179,7 @@ async fn handle(items: &Items, req: Request<Incoming>) -> Response<Full<Bytes>> 
             },
             _ => method_not_allowed("GET, HEAD, POST"),
         },
-        ["items", id] if !id.is_empty() => {
+        ["items", id] => {
             let id = (*id).to_owned();
             match *req.method() {
                 Method::GET | Method::HEAD => match items.lock().items.get(&id) {

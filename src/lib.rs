@@ -37,6 +37,7 @@ pub mod precondition;
 pub mod proxy;
 pub mod store;
 pub mod storm;
+pub mod target;
 pub mod telemetry;
 pub mod topk;
 

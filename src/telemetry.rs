@@ -38,6 +38,8 @@ pub const CONNECTIONS: &str = "ifmatch_connections";
 pub const CONNECTIONS_REFUSED: &str = "ifmatch_connections_refused_total";
 /// Configuration reloads, by `result` (`ok`, `refused`).
 pub const CONFIG_RELOADS: &str = "ifmatch_config_reloads_total";
+/// Forwarded writes whose outcome never came within `server.write_outcome_timeout`, by route.
+pub const WRITE_OUTCOMES_ABANDONED: &str = "ifmatch_write_outcomes_abandoned_total";
 
 /// Registers the descriptions (the `# HELP` lines) with the installed recorder.
 pub fn describe() {
@@ -60,6 +62,10 @@ pub fn describe() {
         "Writes answered 400 for a malformed precondition"
     );
     describe_counter!(REVALIDATIONS, "Revalidation GETs by route and outcome");
+    describe_counter!(
+        WRITE_OUTCOMES_ABANDONED,
+        "Forwarded writes with no answer within write_outcome_timeout (then unknown)"
+    );
     describe_histogram!(
         LEASE_WAIT,
         Unit::Seconds,

@@ -10,7 +10,7 @@
 //! | connection dropped after the write applied     | 502; key unknown; old tag 409, new passes|
 //! | connection dropped before the write applied    | 502; key unknown; old tag still passes   |
 //! | `ifmatch demo` SIGKILLed mid-request, restarted| 502; key unknown; old tag still passes   |
-//! | upstream accepts the write, never answers      | 504 after `response_timeout`; lease freed|
+//! | upstream accepts the write, never answers      | 504 after `response_timeout`; fenced until `write_outcome_timeout`, then unknown |
 //! | non-HTTP bytes, invalid status line, silence   | 502 problem+json                         |
 //! | broken body (bad chunk, short `Content-Length`, head then close), no upstream ETag | 502: the proxy reads the body to hash it before answering |
 //! | the same with a strong upstream ETag (streamed)| 200 head and the bytes received, then the connection closes (no last chunk / fewer bytes than `Content-Length`); headers then close: connection closed, no response |
@@ -332,7 +332,7 @@ async fn demo_process_killed_mid_write_then_restarted() {
 // The upstream hangs
 
 #[tokio::test]
-async fn a_hung_write_times_out_and_releases_its_lease() {
+async fn a_hung_write_is_answered_504_and_fenced_until_its_outcome_bound() {
     bounded(async {
         let doc = Document::new("v1");
         let puts = Arc::new(AtomicUsize::new(0));
@@ -358,6 +358,9 @@ async fn a_hung_write_times_out_and_releases_its_lease() {
             .await;
         let mut config = config(backend.addr);
         config.server.response_timeout = std::time::Duration::from_millis(300);
+        config.server.body_read_timeout = std::time::Duration::from_millis(300);
+        // Past this the hung write's outcome is given up on: its resource becomes unknown.
+        config.server.write_outcome_timeout = std::time::Duration::from_millis(600);
         let lease_wait = config.defaults.lease_wait;
         let proxy = Proxy::with_admin(config).await;
         let client = Client::http1();
@@ -385,10 +388,11 @@ async fn a_hung_write_times_out_and_releases_its_lease() {
         assert_eq!(next.status, StatusCode::NO_CONTENT, "{next:?}");
         assert!(
             waited < lease_wait,
-            "released at the timeout, not the lease wait"
+            "released at the outcome bound, not the lease wait"
         );
-        // The key was unknown after the timeout: the second writer revalidated first, and the
-        // hung write had not applied, so its tag was still current.
+        // The client's 504 did not end the lease: the second writer waited for the write's
+        // outcome bound. The key was unknown then: the second writer revalidated first, and
+        // the hung write had not applied, so its tag was still current.
         assert_eq!(backend.hits(Method::GET, "/doc"), 2);
         assert_eq!(doc.get(), "b");
         assert_eq!(key_state(&client, &proxy, "/doc").await, "unknown");

@@ -681,21 +681,45 @@ async fn one_write_per_resource_in_flight() {
 }
 
 #[tokio::test]
-async fn a_write_abandoned_midway_leaves_the_resource_unknown() {
+async fn a_write_abandoned_midway_keeps_the_resource_fenced_until_its_outcome() {
     let origin = Origin::new(Tags::Strong).with("/a", "x");
-    let mut svc = guard(&origin, Policy::default());
+    let policy = Policy {
+        lease_wait: Duration::from_millis(500),
+        ..Policy::default()
+    };
+    let mut svc = guard(&origin, policy);
     let tag = get(&mut svc, "/a").await.etag();
-    let (entered, _release) = origin.pause_next(Method::PUT);
+    let (entered, release) = origin.pause_next(Method::PUT);
     let mut first = svc.clone();
     let first_tag = tag.clone();
     let abandoned = tokio::spawn(async move { put(&mut first, "/a", &first_tag, "maybe").await });
     entered.await.unwrap();
     abandoned.abort();
     let _ = abandoned.await;
-    // The dropped write may have applied: the next write revalidates instead of trusting v1.
+    // The upstream may still apply the abandoned write: the next one waits, then is refused
+    // without reaching it.
+    let next = put(&mut svc, "/a", &tag, "y").await;
+    assert_eq!(next.status, StatusCode::CONFLICT);
+    assert_eq!(
+        next.json()["type"],
+        "urn:ifmatch:problem:update-in-progress"
+    );
+    assert_eq!(origin.count(Method::PUT), 1);
+    // It applies; its answer's validator is what the guard knows now, so the old tag is stale.
+    release.send(()).unwrap();
     let gets = origin.count(Method::GET);
-    let _ = put(&mut svc, "/a", &tag, "y").await;
-    assert_eq!(origin.count(Method::GET), gets + 1);
+    let stale = put(&mut svc, "/a", &tag, "y").await;
+    assert_eq!(stale.status, StatusCode::CONFLICT);
+    assert_eq!(
+        stale.json()["type"],
+        "urn:ifmatch:problem:stale-precondition"
+    );
+    assert_eq!(
+        origin.count(Method::GET),
+        gets,
+        "no revalidation was needed"
+    );
+    assert_eq!(origin.body("/a").unwrap(), "maybe");
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use ifmatch::proxy::Server;
 use ifmatch::store::AnyStore;
 use redis_server::RedisServer;
 use serde_json::json;
-use support::workload::{Tally, read_modify_write};
+use support::workload::{Tally, read_modify_write, slow_logs, storm as log_storm};
 use support::{Client, DemoHandle, Proxy, ProxyHandle, config_toml, full, request};
 
 /// A proxy config in front of `demo`, on the Redis at `url`, giving up on a Redis call after
@@ -109,6 +109,61 @@ async fn two_replicas_sharing_redis_lose_no_updates_and_unshared_stores_do() {
     .expect("workload finished in time");
     // Both replicas kept their state in the one Redis.
     assert!(redis.cli(&["DBSIZE"]).trim().parse::<u64>().expect("count") >= KEYS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_lose_no_update_when_writers_give_up_mid_write() {
+    let redis = RedisServer::start();
+    let (keys, writers, cycles) = (2, 6, 20);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (backend, docs) = slow_logs(keys).await;
+        let direct = log_storm(
+            &[format!("http://{}", backend.addr)],
+            &docs,
+            keys,
+            writers,
+            cycles,
+            false,
+            false,
+        )
+        .await;
+        assert!(direct.lost > 0, "the workload can lose updates: {direct:?}");
+
+        // Patient writers (the control), writers that give up on their slow writes, and slow
+        // writes answered 504 by a short response timeout, each on two replicas. None lost.
+        for (give_up, response_timeout) in [(false, None), (true, None), (false, Some(10))] {
+            let (backend, docs) = slow_logs(keys).await;
+            let prefix = format!("give-up-{give_up}-{response_timeout:?}:");
+            let config = || {
+                let mut config = support::config(backend.addr);
+                config.store = config_toml(&format!(
+                    "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"5s\"\n\
+                     key_prefix = \"{prefix}\"\n[[routes]]\nname = \"x\"\n\
+                     upstream = \"http://127.0.0.1:1\"\n",
+                    redis.url()
+                ))
+                .store;
+                if let Some(ms) = response_timeout {
+                    config.server.response_timeout = Duration::from_millis(ms);
+                }
+                config
+            };
+            let (a, b) = (replica(config()).await, replica(config()).await);
+            let bases = [a.url(""), b.url("")];
+            let through = log_storm(&bases, &docs, keys, writers, cycles, true, give_up).await;
+            let run =
+                format!("give_up={give_up} response_timeout={response_timeout:?}: {through:?}");
+            assert_eq!(through.lost, 0, "{run}");
+            assert!(through.acknowledged > 0, "{run}");
+            assert_eq!(
+                through.uncertain > 0,
+                give_up || response_timeout.is_some(),
+                "{run}"
+            );
+        }
+    })
+    .await
+    .expect("the storm finishes");
 }
 
 #[tokio::test]

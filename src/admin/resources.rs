@@ -10,6 +10,7 @@ use http::{Method, Response, StatusCode};
 use serde::Serialize;
 
 use super::reply::{AdminBody, json, problem};
+use crate::guard::resource_key;
 use crate::key::ResourceKey;
 use crate::proxy::Routes;
 use crate::store::{KeyState, Snapshot, Store};
@@ -166,12 +167,7 @@ fn resolve(target: Target, routes: Option<&Routes>) -> Result<Addressed, Unresol
              logged",
         ));
     }
-    let query = if context.policy.key_query {
-        query
-    } else {
-        None
-    };
-    let key = ResourceKey::new(&context.id, &path, query.as_deref(), []);
+    let (key, _) = resource_key(&context.id, &context.policy, &path, query.as_deref(), []);
     Ok(Addressed {
         key: key.to_string(),
         route: Some(context.id.to_string()),

@@ -41,7 +41,8 @@ where
         };
     }
     let mut hasher = blake3::Hasher::new();
-    hasher.update(&representation.0.to_le_bytes());
+    // The content part only: a query variant with the same bytes gets the same tag.
+    hasher.update(&representation.with_variant(0).0.to_le_bytes());
     let mut frames = VecDeque::new();
     let mut seen = 0usize;
     loop {

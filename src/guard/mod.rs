@@ -11,17 +11,23 @@
 //! well as in front of a proxy client.
 
 mod body;
+mod exchange;
 mod hash;
 mod headers;
 mod layer;
+mod outcome;
 mod policy;
 mod read;
 mod response;
+mod revalidate;
 mod service;
 mod write;
 
 pub use body::{RequestBody, ResponseBody, Tail};
 pub use layer::PreconditionLayer;
-pub use policy::{EtagSource, FailedOpen, OnStoreUnavailable, OnUnknown, Policy, RouteContext};
+pub use policy::{
+    Aliases, EtagSource, FailedOpen, OnStoreUnavailable, OnUnknown, Policy, QueryMode,
+    RouteContext, UpstreamDeadline,
+};
 pub use response::{Rejection, RejectionKind};
-pub use service::Precondition;
+pub use service::{Precondition, resource_key};

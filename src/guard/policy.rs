@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
 
+pub use crate::target::Aliases;
+
 /// What to do with a conditional write to a resource whose state is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnUnknown {
@@ -33,6 +35,39 @@ pub enum OnStoreUnavailable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailedOpen;
 
+/// What the query string is to the resource a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryMode {
+    /// The path names the resource; each query names a view of it (`?fields=`, `?page=`),
+    /// with validators of its own. A write through any query is a write to the path's resource:
+    /// one lease, and every view's validator is replaced by the outcome.
+    #[default]
+    Variant,
+    /// Each query string names a resource of its own (`/api?id=5`): its own key and lease. A
+    /// query that the upstream ignores then makes an alias that the guard cannot see.
+    Identity,
+    /// The query is ignored: `/a?x=1` is `/a`, in every respect.
+    Ignore,
+}
+
+impl QueryMode {
+    /// The query as part of the resource key.
+    pub(crate) fn in_key(self, query: Option<&str>) -> Option<&str> {
+        match self {
+            Self::Identity => query,
+            Self::Variant | Self::Ignore => None,
+        }
+    }
+
+    /// The query as naming a view (variant) of the resource.
+    pub(crate) fn variant(self, query: Option<&str>) -> Option<&str> {
+        match self {
+            Self::Variant => query,
+            Self::Identity | Self::Ignore => None,
+        }
+    }
+}
+
 /// Where validators come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EtagSource {
@@ -60,12 +95,21 @@ pub struct Policy {
     pub max_hash_bytes: usize,
     /// Request headers whose (hashed) values are part of the resource key.
     pub key_headers: Vec<HeaderName>,
-    /// Whether the query string is part of the resource key.
-    pub key_query: bool,
+    /// What the query string is to the resource a request names.
+    pub query: QueryMode,
+    /// Which other spellings of a path name the same resource.
+    pub aliases: Aliases,
     /// How long a write waits for another write to the same resource to finish.
     pub lease_wait: Duration,
     /// What a conditional write gets when the store is unavailable.
     pub on_store_unavailable: OnStoreUnavailable,
+    /// How long the client waits for a forwarded write's response (then 504), and how long a
+    /// revalidation may take, body included. A write the client stopped waiting for goes on.
+    pub response_timeout: Duration,
+    /// How long a forwarded write may run before the guard gives up on learning its outcome:
+    /// until then its resource stays fenced, then it becomes unknown. At least
+    /// `response_timeout`.
+    pub write_outcome_timeout: Duration,
 }
 
 impl Policy {
@@ -84,12 +128,21 @@ impl Default for Policy {
             etag_source: EtagSource::Both,
             max_hash_bytes: 8 * 1024 * 1024,
             key_headers: Vec::new(),
-            key_query: true,
+            query: QueryMode::Variant,
+            aliases: Aliases::default(),
             lease_wait: Duration::from_secs(5),
             on_store_unavailable: OnStoreUnavailable::Refuse,
+            response_timeout: Duration::from_secs(30),
+            write_outcome_timeout: Duration::from_secs(60),
         }
     }
 }
+
+/// In a forwarded write's extensions: how long the inner service may take to answer it. The
+/// guard waits for the outcome of a write this long, whatever happens to the client, so a
+/// client (such as the proxy's upstream client) should not give up on the exchange sooner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamDeadline(pub Duration);
 
 /// The route a request was matched to, put in its extensions by a router in front of the guard.
 /// Requests without one use the layer's own policy under the route id `""`.

@@ -32,6 +32,7 @@ where
         store,
         policy,
         key,
+        variant,
         route,
         uri,
     } = guarded;
@@ -67,13 +68,16 @@ where
     let status = parts.status;
 
     if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
-        learn(&store, key, &snapshot, Observation::Absent).await;
+        // A view that is not there says nothing of the resource (see the revalidation).
+        if variant == 0 {
+            learn(&store, key, &snapshot, Observation::Absent).await;
+        }
         return Ok(upstream(parts, body));
     }
     if !status.is_success() {
         return Ok(upstream(parts, body));
     }
-    let representation = headers::representation(&parts.headers);
+    let representation = headers::representation(&parts.headers).with_variant(variant);
     let last_modified = headers::last_modified(&parts.headers);
     if policy.etag_source != EtagSource::Synthesize {
         if let Some(tag) = headers::strong_etag(&parts.headers) {
@@ -178,7 +182,7 @@ fn upstream<RB: Body>(parts: http::response::Parts, body: RB) -> Response<Respon
     Response::from_parts(parts, ResponseBody::upstream(body))
 }
 
-/// The validator known for `representation`, else any known one.
+/// The validator known for `representation`, else any known one of the same view.
 fn known_tag(
     snapshot: &Option<Snapshot>,
     representation: crate::store::Representation,
@@ -193,7 +197,11 @@ fn known_tag(
     validators
         .iter()
         .find(|v| v.representation == representation)
-        .or_else(|| validators.first())
+        .or_else(|| {
+            validators
+                .iter()
+                .find(|v| v.representation.variant() == representation.variant())
+        })
         .map(|v| &v.tag)
 }
 

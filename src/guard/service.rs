@@ -4,15 +4,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
 use super::policy::{Policy, RouteContext};
+use super::response::{Rejection, RejectionKind};
 use super::{read, write};
 use crate::key::ResourceKey;
 use crate::store::Store;
+use crate::target::{normalize_path, normalize_query, query_variant};
 
 /// The precondition guard around an inner service. See the [module docs](super).
 #[derive(Debug, Clone)]
@@ -45,6 +47,8 @@ pub(crate) struct Guarded<S, St> {
     pub(crate) store: St,
     pub(crate) policy: Arc<Policy>,
     pub(crate) key: ResourceKey,
+    /// The variant of the request's query (0: none), part of every validator it learns.
+    pub(crate) variant: u32,
     /// The route id, for metric labels.
     pub(crate) route: Arc<str>,
     /// The request target, for problem details and revalidation.
@@ -54,7 +58,7 @@ pub(crate) struct Guarded<S, St> {
 impl<S, St, B, RB> Service<Request<B>> for Precondition<S, St>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
     S::Error: Send + 'static,
     St: Store,
     B: Body + Send + 'static,
@@ -81,6 +85,9 @@ where
             Method::PUT | Method::PATCH | Method::DELETE | Method::POST
         );
         if !is_read && !is_write {
+            if let Some(rejection) = miscased_write(method, req.uri()) {
+                return Box::pin(async move { Ok(rejection.into_response()) });
+            }
             // OPTIONS, TRACE, extension methods: neither teach nor change a validator.
             let future = inner.call(req.map(RequestBody::new));
             return Box::pin(async move { Ok(future.await?.map(ResponseBody::upstream)) });
@@ -90,12 +97,15 @@ where
             Some(route) => (route.id.clone(), route.policy.clone()),
             None => (self.no_route.clone(), self.policy.clone()),
         };
-        let key = resource_key(&route, &policy, &req);
+        let uri = req.uri();
+        let headers = key_headers(&policy, &req);
+        let (key, variant) = resource_key(&route, &policy, uri.path(), uri.query(), headers);
         let guarded = Guarded {
             inner,
             store: self.store.clone(),
             policy,
             key,
+            variant,
             route,
             uri: req.uri().clone(),
         };
@@ -107,14 +117,49 @@ where
     }
 }
 
-fn resource_key<B>(route: &str, policy: &Policy, req: &Request<B>) -> ResourceKey {
-    let uri = req.uri();
-    let query = if policy.key_query { uri.query() } else { None };
-    let headers = policy.key_headers.iter().flat_map(|name| {
+/// The (name, value) pairs of the route's key headers in `req`, in the route's order.
+pub(crate) fn key_headers<'a, B>(
+    policy: &'a Policy,
+    req: &'a Request<B>,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    policy.key_headers.iter().flat_map(|name| {
         req.headers()
             .get_all(name)
             .iter()
             .map(move |value| (name.as_str().as_bytes(), value.as_bytes()))
-    });
-    ResourceKey::new(route, uri.path(), query, headers)
+    })
+}
+
+/// The key of the resource `path` and `query` name on `route`, normalized as the route's
+/// upstream would (see [`crate::target`]), and the query's variant (0: none).
+pub fn resource_key<'a>(
+    route: &str,
+    policy: &Policy,
+    path: &str,
+    query: Option<&str>,
+    headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> (ResourceKey, u32) {
+    let path = normalize_path(path, policy.aliases);
+    let key_query = policy.query.in_key(query).map(normalize_query);
+    let key = ResourceKey::new(route, &path, key_query.as_deref(), headers);
+    (key, query_variant(policy.query.variant(query)))
+}
+
+/// A 400 for a write method in the wrong case: method names are case-sensitive (RFC 9110
+/// §9.1), so `put` is not PUT to the guard, but some upstreams would apply it as one.
+fn miscased_write(method: &Method, uri: &Uri) -> Option<Rejection> {
+    let name = method.as_str();
+    let standard = ["PUT", "PATCH", "DELETE", "POST"]
+        .into_iter()
+        .find(|standard| standard.eq_ignore_ascii_case(name))?;
+    // A token of at most 6 letters (it matched one): nothing unbounded is echoed.
+    let detail =
+        format!("method names are case-sensitive (RFC 9110 §9.1): send {standard}, not {name}");
+    let instance = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Some(Rejection::new(
+        RejectionKind::BadRequest,
+        StatusCode::BAD_REQUEST,
+        instance,
+        detail,
+    ))
 }

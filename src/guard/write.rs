@@ -1,27 +1,30 @@
-//! The write path (RFC 9110 §13.2.2): check, lease, establish the state, evaluate, forward,
+//! The write path (RFC 9110 §13.2.2): admit, lease, establish the state, evaluate, forward,
 //! record the outcome.
+//!
+//! Admission (malformed and missing preconditions) is pure and needs no lease. Everything after
+//! it runs under the resource's write lease, which ends in exactly one of two ways: with
+//! [`Outcome::Unchanged`] when the guard answers the write itself, or with the outcome the
+//! upstream's answer shows, decided in [`super::exchange`], whatever happens to the client.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{
-    ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, IF_MATCH,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, RETRY_AFTER,
-    TRANSFER_ENCODING,
-};
+use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
-use super::body::{RequestBody, ResponseBody, Tail};
-use super::hash::{Hashed, hash_body};
+use super::body::{RequestBody, ResponseBody};
+use super::exchange::{self, Exchange};
 use super::headers;
-use super::policy::{EtagSource, FailedOpen, OnStoreUnavailable, OnUnknown, Policy};
+use super::policy::{FailedOpen, OnStoreUnavailable, OnUnknown, Policy};
 use super::response::{Rejection, RejectionKind};
+use super::revalidate::{Revalidation, revalidation_request};
 use super::service::Guarded;
+use crate::key::ResourceKey;
 use crate::precondition::{Decision, Failure, Preconditions, RequestKind, ResourceState, evaluate};
-use crate::store::{KeyState, Observation, Outcome, Representation, Store, StoreError, Validator};
+use crate::store::{KeyState, Outcome, Store, StoreError};
 use crate::telemetry;
 
 pub(crate) async fn write<S, St, B, RB>(
@@ -30,41 +33,27 @@ pub(crate) async fn write<S, St, B, RB>(
 ) -> Result<Response<ResponseBody<RB>>, S::Error>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Clone,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     St: Store,
-    RB: Body<Data = Bytes>,
+    RB: Body<Data = Bytes> + Send + 'static,
 {
     let Guarded {
-        mut inner,
+        inner,
         store,
         policy,
         key,
+        variant,
         route,
         uri,
     } = guarded;
     let instance = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let reject = |kind, status, detail: String| Rejection::new(kind, status, instance, detail);
 
     // 1. Malformed preconditions, then missing ones.
-    let pre = match headers::preconditions(req.headers(), false) {
+    let pre = match admit(req.method(), req.headers(), &policy, instance) {
         Ok(pre) => pre,
-        Err(error) => {
-            let detail = format!(
-                "{error}; entity-tags go in double quotes, e.g. If-Match: \"abc\", \
-                 and dates are HTTP-dates"
-            );
-            let status = StatusCode::BAD_REQUEST;
-            return Ok(reject(RejectionKind::MalformedPrecondition, status, detail).into_response());
-        }
+        Err(rejection) => return Ok(rejection.into_response()),
     };
-    let method = req.method().clone();
-    if !pre.guards_write() && policy.require_precondition.contains(&method) {
-        let detail = format!(
-            "{method} to this resource requires a precondition: GET it, then send its ETag in \
-             If-Match (or If-None-Match: * to create it only if it does not exist)"
-        );
-        let status = StatusCode::PRECONDITION_REQUIRED;
-        return Ok(reject(RejectionKind::PreconditionRequired, status, detail).into_response());
-    }
 
     // 2. At most one write per resource in flight, including unconditional ones: a write the
     // guard did not serialize could change the resource under a conditional one.
@@ -74,7 +63,106 @@ where
         .record(waiting.elapsed().as_secs_f64());
     let (lease, snapshot) = match acquired {
         Ok(acquired) => acquired,
-        Err(StoreError::LeaseTimeout) => {
+        Err(error) => return unleased(error, &pre, &policy, instance, inner, req).await,
+    };
+    let key_headers = if policy.key_headers.is_empty() {
+        Vec::new()
+    } else {
+        policy
+            .key_headers
+            .iter()
+            .flat_map(|name| {
+                req.headers()
+                    .get_all(name)
+                    .iter()
+                    .map(|v| (name.clone(), v.clone()))
+            })
+            .collect()
+    };
+    let exchange = Exchange {
+        store,
+        lease,
+        key,
+        route,
+        policy,
+        key_headers,
+    };
+
+    // 3. Establish the state, 4. evaluate against it.
+    let state = state_of(snapshot.state, variant);
+    let revalidate = !pre.is_empty()
+        && state == KeyState::Unknown
+        && exchange.policy.on_unknown == OnUnknown::Revalidate;
+    let vetting = Vetting {
+        store: &exchange.store,
+        key,
+        route: &exchange.route,
+        policy: &exchange.policy,
+        generation: snapshot.generation,
+        variant,
+        instance,
+        revalidation: revalidate.then(|| revalidation_request(&req, &exchange.policy)),
+    };
+    if let Some(answer) = vetting.answer(inner.clone(), state, &pre).await? {
+        exchange.end(Outcome::Unchanged).await;
+        return Ok(answer);
+    }
+
+    // 5. Forward, 6. record the outcome.
+    headers::strip_synthesized(req.headers_mut(), &pre);
+    exchange::forward(inner, req, exchange).await
+}
+
+/// RFC 9110 §13.2.2 step 1, before any I/O: the preconditions, or the 400/428 answer.
+fn admit(
+    method: &Method,
+    headers: &HeaderMap,
+    policy: &Policy,
+    instance: &str,
+) -> Result<Preconditions, Rejection> {
+    let pre = headers::preconditions(headers, false).map_err(|error| {
+        let detail = format!(
+            "{error}; entity-tags go in double quotes, e.g. If-Match: \"abc\", \
+             and dates are HTTP-dates"
+        );
+        Rejection::new(
+            RejectionKind::MalformedPrecondition,
+            StatusCode::BAD_REQUEST,
+            instance,
+            detail,
+        )
+    })?;
+    if !pre.guards_write() && policy.require_precondition.contains(method) {
+        let detail = format!(
+            "{method} to this resource requires a precondition: GET it, then send its ETag in \
+             If-Match (or If-None-Match: * to create it only if it does not exist)"
+        );
+        let status = StatusCode::PRECONDITION_REQUIRED;
+        return Err(Rejection::new(
+            RejectionKind::PreconditionRequired,
+            status,
+            instance,
+            detail,
+        ));
+    }
+    Ok(pre)
+}
+
+/// The answer to a write whose lease could not be taken.
+async fn unleased<S, B, RB>(
+    error: StoreError,
+    pre: &Preconditions,
+    policy: &Policy,
+    instance: &str,
+    mut inner: S,
+    req: Request<B>,
+) -> Result<Response<ResponseBody<RB>>, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<RB>>,
+    RB: Body<Data = Bytes>,
+{
+    let error = match error {
+        StoreError::LeaseTimeout => {
             // Logged once, with the request id, by whoever serves the response (the rejection
             // is in its extensions).
             let detail = format!(
@@ -82,102 +170,135 @@ where
                  {:?}; retry shortly",
                 policy.lease_wait
             );
-            let rejection = reject(RejectionKind::LeaseTimeout, StatusCode::CONFLICT, detail)
-                .with_sent(rejection_sent(&pre));
+            let rejection = Rejection::new(
+                RejectionKind::LeaseTimeout,
+                StatusCode::CONFLICT,
+                instance,
+                detail,
+            )
+            .with_sent(rejection_sent(pre));
             return Ok(rejection.into_response());
         }
-        Err(StoreError::Unavailable(error)) if pre.is_empty() => {
-            // Nothing to check: the write goes through, as it would without the guard.
-            tracing::warn!(%key, %error, "store unavailable, unconditional write forwarded");
-            let response = inner.call(req.map(RequestBody::new)).await?;
-            return Ok(response.map(ResponseBody::upstream));
-        }
-        Err(StoreError::Unavailable(error))
-            if policy.on_store_unavailable == OnStoreUnavailable::Forward =>
-        {
-            tracing::warn!(
-                %key,
-                %error,
-                resource = instance,
-                policy = "fail_open",
-                "store unavailable, conditional write forwarded unchecked"
-            );
-            let mut response = inner.call(req.map(RequestBody::new)).await?;
-            response.extensions_mut().insert(FailedOpen);
-            return Ok(response.map(ResponseBody::upstream));
-        }
-        Err(StoreError::Unavailable(error)) => {
-            tracing::warn!(%key, %error, "store unavailable, conditional write refused");
-            let detail = "the validator store cannot be reached, so this precondition cannot \
-                          be checked; retry shortly"
-                .to_owned();
-            let status = StatusCode::SERVICE_UNAVAILABLE;
-            let mut response =
-                reject(RejectionKind::StoreUnavailable, status, detail).into_response();
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            return Ok(response);
-        }
+        StoreError::Unavailable(error) => error,
     };
+    if pre.is_empty() {
+        // Nothing to check: the write goes through, as it would without the guard.
+        tracing::warn!(%error, resource = instance, "store unavailable, unconditional write forwarded");
+        let response = inner.call(req.map(RequestBody::new)).await?;
+        return Ok(response.map(ResponseBody::upstream));
+    }
+    if policy.on_store_unavailable == OnStoreUnavailable::Forward {
+        tracing::warn!(
+            %error,
+            resource = instance,
+            policy = "fail_open",
+            "store unavailable, conditional write forwarded unchecked"
+        );
+        let mut response = inner.call(req.map(RequestBody::new)).await?;
+        response.extensions_mut().insert(FailedOpen);
+        return Ok(response.map(ResponseBody::upstream));
+    }
+    tracing::warn!(%error, resource = instance, "store unavailable, conditional write refused");
+    let detail = "the validator store cannot be reached, so this precondition cannot be checked; \
+                  retry shortly";
+    let status = StatusCode::SERVICE_UNAVAILABLE;
+    let mut response = Rejection::new(
+        RejectionKind::StoreUnavailable,
+        status,
+        instance,
+        detail.to_owned(),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    Ok(response)
+}
 
-    if !pre.is_empty() {
-        // 3. Establish the state, 4. evaluate against it.
-        let state = match snapshot.state {
-            KeyState::Unknown => match policy.on_unknown {
-                OnUnknown::Forward => None,
-                OnUnknown::Reject => {
-                    let detail = "the proxy does not know this resource's current state: GET \
-                                  it first, then retry with its ETag in If-Match"
-                        .to_owned();
-                    let status = policy.conflict_status;
-                    let rejection = reject(RejectionKind::UnknownState, status, detail);
-                    release(&store, lease, Outcome::Unchanged).await;
-                    return Ok(rejection.into_response());
+/// Steps 3 and 4, under the lease: whether the guard answers the write itself.
+struct Vetting<'a, St, B> {
+    store: &'a St,
+    key: ResourceKey,
+    route: &'a Arc<str>,
+    policy: &'a Policy,
+    /// The generation the lease was taken at, for learning what a revalidation finds.
+    generation: u64,
+    variant: u32,
+    instance: &'a str,
+    /// The GET that establishes an unknown state, when the route revalidates.
+    revalidation: Option<Request<RequestBody<B>>>,
+}
+
+impl<St: Store, B> Vetting<'_, St, B> {
+    /// `None`: forward the write. `Some`: the answer, and nothing was forwarded.
+    async fn answer<S, RB>(
+        self,
+        inner: S,
+        state: KeyState,
+        pre: &Preconditions,
+    ) -> Result<Option<Response<ResponseBody<RB>>>, S::Error>
+    where
+        S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Clone,
+        RB: Body<Data = Bytes>,
+    {
+        if pre.is_empty() {
+            return Ok(None);
+        }
+        let (policy, instance) = (self.policy, self.instance);
+        let state = match (state, self.revalidation) {
+            (KeyState::Unknown, Some(get)) => {
+                let revalidation = Revalidation {
+                    inner,
+                    store: self.store,
+                    policy,
+                    route: self.route,
+                    instance,
+                    variant: self.variant,
+                };
+                match revalidation.run(self.key, self.generation, get).await? {
+                    Ok(state) => state,
+                    Err(response) => return Ok(Some(response)),
                 }
-                OnUnknown::Revalidate => {
-                    let revalidation = Revalidation {
-                        inner: inner.clone(),
-                        store: &store,
-                        policy: &policy,
-                        route: &route,
-                        instance,
-                    };
-                    let get = revalidation_request(&req, &policy);
-                    match revalidation.run(key, snapshot.generation, get).await? {
-                        Ok(state) => Some(state),
-                        Err(response) => {
-                            release(&store, lease, Outcome::Unchanged).await;
-                            return Ok(response);
-                        }
-                    }
-                }
-            },
-            state => Some(state),
+            }
+            (KeyState::Unknown, None) if policy.on_unknown == OnUnknown::Reject => {
+                let detail = "the proxy does not know this resource's current state: GET it \
+                              first, then retry with its ETag in If-Match";
+                let rejection = Rejection::new(
+                    RejectionKind::UnknownState,
+                    policy.conflict_status,
+                    instance,
+                    detail.to_owned(),
+                );
+                return Ok(Some(rejection.into_response()));
+            }
+            // Forwarded unchecked: the upstream decides.
+            (KeyState::Unknown, None) => return Ok(None),
+            (state, _) => state,
         };
-        if let Some(state) = state {
-            if let Some(rejection) = check(&state, &pre, &policy, instance) {
-                // Logged once, with the request id, by whoever serves the response.
-                release(&store, lease, Outcome::Unchanged).await;
-                return Ok(rejection.into_response());
+        Ok(check(&state, pre, policy, instance).map(Rejection::into_response))
+    }
+}
+
+/// The state as a write through query `variant` sees it: only the validators of that view.
+/// A resource known without one for this view is unknown to this write (it revalidates), not
+/// changed: the view may simply not have been read yet.
+fn state_of(state: KeyState, variant: u32) -> KeyState {
+    match state {
+        KeyState::Present {
+            mut validators,
+            last_modified,
+        } => {
+            validators.retain(|v| v.representation.variant() == variant);
+            if validators.is_empty() {
+                KeyState::Unknown
+            } else {
+                KeyState::Present {
+                    validators,
+                    last_modified,
+                }
             }
         }
-        headers::strip_synthesized(req.headers_mut(), &pre);
-    }
-
-    // 5. Forward, 6. record the outcome.
-    let request_representation = headers::representation(req.headers());
-    match inner.call(req.map(RequestBody::new)).await {
-        Ok(response) => {
-            let outcome = outcome_of(&method, request_representation, &response, &policy);
-            release(&store, lease, outcome).await;
-            Ok(response.map(ResponseBody::upstream))
-        }
-        Err(error) => {
-            // The write may or may not have applied.
-            release(&store, lease, Outcome::Unknown).await;
-            Err(error)
-        }
+        state => state,
     }
 }
 
@@ -268,229 +389,4 @@ fn rejection_sent(pre: &Preconditions) -> Option<String> {
     }
     pre.if_unmodified_since
         .map(|date| format!("If-Unmodified-Since: {}", httpdate::fmt_http_date(date)))
-}
-
-/// What a forwarded write's response says about the resource now (SPEC "Outcome").
-fn outcome_of<RB>(
-    method: &Method,
-    request_representation: Representation,
-    response: &Response<RB>,
-    policy: &Policy,
-) -> Outcome {
-    let status = response.status();
-    if status.is_success() && status != StatusCode::ACCEPTED {
-        if method == Method::DELETE {
-            return Outcome::Deleted;
-        }
-        // A POST's ETag describes what it created, not the collection it was sent to; a
-        // synthesizing route cannot know the new tag without reading the resource again.
-        if method == Method::POST || policy.etag_source == EtagSource::Synthesize {
-            return Outcome::Unknown;
-        }
-        let Some(tag) = headers::strong_etag(response.headers()) else {
-            return Outcome::Unknown;
-        };
-        // RFC 9110 §9.3.4: a PUT response's validator describes the representation that was
-        // sent. Any other write's describes its response body, if it has one.
-        let representation = if method == Method::PUT {
-            request_representation
-        } else if response.headers().contains_key(CONTENT_TYPE) {
-            headers::representation(response.headers())
-        } else {
-            return Outcome::Unknown;
-        };
-        return Outcome::Replaced {
-            validator: Validator {
-                tag,
-                representation,
-            },
-            last_modified: headers::last_modified(response.headers()),
-        };
-    }
-    if status.is_client_error()
-        && status != StatusCode::CONFLICT
-        && status != StatusCode::PRECONDITION_FAILED
-    {
-        return Outcome::Unchanged;
-    }
-    Outcome::Unknown
-}
-
-async fn release<St: Store>(store: &St, lease: St::Lease, outcome: Outcome) {
-    if let Err(error) = store.complete(lease, outcome).await {
-        tracing::warn!(%error, "store complete failed");
-    }
-}
-
-/// Establishes an unknown resource's state with a GET through the same inner service.
-struct Revalidation<'a, S, St> {
-    /// A clone: the readied service is kept for the write itself.
-    inner: S,
-    store: &'a St,
-    policy: &'a Policy,
-    route: &'a Arc<str>,
-    instance: &'a str,
-}
-
-/// Request headers a revalidation GET must not inherit from the write it serves.
-const NOT_FOR_REVALIDATION: [http::HeaderName; 11] = [
-    CONTENT_LENGTH,
-    CONTENT_TYPE,
-    CONTENT_ENCODING,
-    TRANSFER_ENCODING,
-    EXPECT,
-    IF_MATCH,
-    IF_NONE_MATCH,
-    IF_MODIFIED_SINCE,
-    IF_UNMODIFIED_SINCE,
-    IF_RANGE,
-    RANGE,
-];
-
-impl<S, St> Revalidation<'_, S, St> {
-    /// The resource's state, or the response the writer gets when it cannot be established.
-    async fn run<B, RB>(
-        self,
-        key: crate::key::ResourceKey,
-        generation: u64,
-        get: Request<RequestBody<B>>,
-    ) -> Result<Result<KeyState, Response<ResponseBody<RB>>>, S::Error>
-    where
-        S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Clone,
-        St: Store,
-        RB: Body<Data = Bytes>,
-    {
-        let hash = self.policy.etag_source != EtagSource::Upstream;
-        let Revalidation {
-            inner,
-            store,
-            policy,
-            route,
-            instance,
-        } = self;
-        let outcome = |outcome: &'static str| {
-            metrics::counter!(telemetry::REVALIDATIONS, "route" => route.clone(), "outcome" => outcome)
-                .increment(1);
-        };
-        let conflict = |kind, detail| {
-            Rejection::new(kind, policy.conflict_status, instance, detail).into_response()
-        };
-        let unavailable = |what: &str| {
-            let detail = format!(
-                "the current state of this resource could not be established: {what}; retry later"
-            );
-            let status = StatusCode::BAD_GATEWAY;
-            Rejection::new(RejectionKind::UpstreamUnavailable, status, instance, detail)
-                .into_response()
-        };
-        let response = inner.oneshot(get).await?;
-        let (parts, body) = response.into_parts();
-        let status = parts.status;
-        if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
-            outcome("absent");
-            learn_revalidated(store, key, generation, Observation::Absent).await;
-            return Ok(Ok(KeyState::Absent));
-        }
-        if status.is_server_error() {
-            outcome("upstream-error");
-            let what = format!("the upstream answered {status} to the revalidation GET");
-            return Ok(Err(unavailable(&what)));
-        }
-        if !status.is_success() {
-            // 401, 403, redirects...: the writer learns what the upstream said.
-            outcome("relayed");
-            return Ok(Err(Response::from_parts(
-                parts,
-                ResponseBody::upstream(body),
-            )));
-        }
-
-        let representation = headers::representation(&parts.headers);
-        let last_modified = headers::last_modified(&parts.headers);
-        let upstream_tag = match policy.etag_source {
-            EtagSource::Synthesize => None,
-            _ => headers::strong_etag(&parts.headers),
-        };
-        let tag = match upstream_tag {
-            Some(tag) => tag,
-            None if hash && status == StatusCode::OK => {
-                match hash_body(body, representation, policy.max_hash_bytes).await {
-                    Hashed::Complete { tag, .. } => tag,
-                    Hashed::Incomplete {
-                        rest: Tail::Failed(_),
-                        ..
-                    } => {
-                        outcome("upstream-error");
-                        return Ok(Err(unavailable("its body failed midway")));
-                    }
-                    Hashed::Incomplete { .. } => {
-                        outcome("too-large");
-                        let detail = format!(
-                            "this resource's representation is larger than the route's \
-                             max_hash_bytes ({} bytes), so its current state cannot be \
-                             established and the precondition cannot be checked: raise \
-                             max_hash_bytes for this route, or set on_unknown = \"forward\" to \
-                             let the upstream decide",
-                            policy.max_hash_bytes
-                        );
-                        return Ok(Err(conflict(RejectionKind::TooLargeToHash, detail)));
-                    }
-                }
-            }
-            None => {
-                outcome("no-etag");
-                let detail = "the upstream sent no strong ETag for this resource, so its \
-                              current state cannot be established: set the route's etag_source \
-                              to \"both\" to let the proxy synthesize one"
-                    .to_owned();
-                return Ok(Err(conflict(RejectionKind::UnknownState, detail)));
-            }
-        };
-        let validator = Validator {
-            tag,
-            representation,
-        };
-        let state = KeyState::Present {
-            validators: vec![validator.clone()],
-            last_modified,
-        };
-        let observation = Observation::Validator {
-            validator,
-            last_modified,
-        };
-        outcome("present");
-        learn_revalidated(store, key, generation, observation).await;
-        Ok(Ok(state))
-    }
-}
-
-async fn learn_revalidated<St: Store>(
-    store: &St,
-    key: crate::key::ResourceKey,
-    generation: u64,
-    observation: Observation,
-) {
-    if let Err(error) = store.learn(key, generation, observation).await {
-        tracing::warn!(%key, %error, "store learn failed after revalidation");
-    }
-}
-
-/// The GET that revalidates the target of `write`, with the writer's credentials and `Accept`
-/// so it sees what the writer may see.
-fn revalidation_request<B>(write: &Request<B>, policy: &Policy) -> Request<RequestBody<B>> {
-    let mut get = Request::new(RequestBody::Empty);
-    *get.uri_mut() = write.uri().clone();
-    *get.version_mut() = write.version();
-    let mut headers = HeaderMap::with_capacity(write.headers().len());
-    for (name, value) in write.headers() {
-        if !NOT_FOR_REVALIDATION.contains(name) {
-            headers.append(name, value.clone());
-        }
-    }
-    if policy.etag_source != EtagSource::Upstream {
-        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    }
-    *get.headers_mut() = headers;
-    *get.extensions_mut() = write.extensions().clone();
-    get
 }

@@ -18,7 +18,7 @@ use tower::Service;
 use super::router::Target;
 use super::timed_body::{BodyTimedOut, TimedBody};
 use crate::config::ServerConfig;
-use crate::guard::RequestBody;
+use crate::guard::{RequestBody, UpstreamDeadline};
 use crate::telemetry;
 
 /// The request the client sends: the client's body, or none for a request the guard makes.
@@ -86,10 +86,16 @@ impl Service<UpstreamRequest> for UpstreamClient {
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
         let route = req.extensions().get::<Target>().map(|t| t.route.clone());
         let body_read_timeout = self.body_read_timeout;
+        // A guarded write's exchange runs to its outcome, whoever stops waiting for it: the
+        // guard answers the client at the response timeout itself.
+        let timeout = req
+            .extensions()
+            .get::<UpstreamDeadline>()
+            .map_or(self.response_timeout, |deadline| deadline.0);
         let req = req.map(|body| TimedBody::new(body, body_read_timeout));
         ResponseFuture {
-            inner: tokio::time::timeout(self.response_timeout, self.client.request(req)),
-            timeout: self.response_timeout,
+            inner: tokio::time::timeout(timeout, self.client.request(req)),
+            timeout,
             body_read_timeout,
             started: Instant::now(),
             route,

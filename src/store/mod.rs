@@ -32,7 +32,9 @@ use crate::key::ResourceKey;
 /// A boxed error from a store backend.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Identifies one representation of a resource: a hash of its content type and content coding.
+/// Identifies one representation of a resource: a hash of its content type and content coding
+/// (the low 40 bits) and of the query it was read through, its variant (the high 24 bits, 0 for
+/// none; see [`crate::target::query_variant`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Representation(pub u64);
 
@@ -46,9 +48,23 @@ impl Representation {
         h.update(content_encoding);
         let mut out = [0u8; 8];
         out.copy_from_slice(&h.finalize().as_bytes()[..8]);
-        Self(u64::from_le_bytes(out))
+        Self(u64::from_le_bytes(out) & CONTENT_BITS)
+    }
+
+    /// This representation as read through the query with this variant (24 bits).
+    #[must_use]
+    pub fn with_variant(self, variant: u32) -> Self {
+        Self(self.0 & CONTENT_BITS | u64::from(variant & 0x00ff_ffff) << 40)
+    }
+
+    /// The variant of the query it was read through (0: none).
+    pub fn variant(self) -> u32 {
+        (self.0 >> 40) as u32
     }
 }
+
+/// The bits of a [`Representation`] that identify content type and coding.
+const CONTENT_BITS: u64 = (1 << 40) - 1;
 
 /// A current strong validator of one representation.
 #[derive(Debug, Clone, PartialEq, Eq)]

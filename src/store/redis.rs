@@ -499,7 +499,16 @@ impl Store for RedisStore {
     ) -> Result<(RedisLease, Snapshot), StoreError> {
         self.settled(key).await;
         let deadline = Instant::now() + wait;
-        let id = self.inner.lease_id();
+        // Armed (not `completed`) only while an attempt is in flight: a caller that goes away
+        // then (a client that hung up) may leave the lease taken in Redis with nobody holding
+        // it, so dropping the armed lease gives it back (a no-op unless it is ours) rather than
+        // block the key until it lapses. The same holds for an attempt that timed out.
+        let mut lease = RedisLease {
+            inner: Arc::clone(&self.inner),
+            key,
+            id: self.inner.lease_id(),
+            completed: true,
+        };
         let slot = WaitSlot::new(&self.inner, key);
         let mut backoff = MIN_BACKOFF;
         loop {
@@ -508,28 +517,11 @@ impl Store for RedisStore {
             let notified = slot.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_acquire(key, &id).await {
-                Ok(Some(snapshot)) => {
-                    let lease = RedisLease {
-                        inner: Arc::clone(&self.inner),
-                        key,
-                        id,
-                        completed: false,
-                    };
-                    return Ok((lease, snapshot));
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    // A timed-out script may have taken the lease all the same: give it back
-                    // (a no-op unless it is ours) rather than block the key until it lapses.
-                    drop(RedisLease {
-                        inner: Arc::clone(&self.inner),
-                        key,
-                        id,
-                        completed: false,
-                    });
-                    return Err(error);
-                }
+            lease.completed = false;
+            match self.try_acquire(key, &lease.id).await {
+                Ok(Some(snapshot)) => return Ok((lease, snapshot)),
+                Ok(None) => lease.completed = true,
+                Err(error) => return Err(error),
             }
             let now = Instant::now();
             if now >= deadline {

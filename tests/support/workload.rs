@@ -1,14 +1,19 @@
-//! The concurrency workload the guarantee is tested with: read-modify-write writers on a few
-//! counters, colliding for certain in their first round.
+//! The concurrency workloads the guarantee is tested with: read-modify-write writers on a few
+//! counters, colliding for certain in their first round; and writers appending op ids to a few
+//! logs behind a slow upstream, some of whom give up mid-write.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use super::{Client, full, request};
+use super::{Backend, BackendHandle, Client, Reply, bounded, full, request};
 
 /// What the writers committed, and what the counters say at the end.
 #[derive(Debug)]
@@ -106,4 +111,146 @@ pub async fn read_modify_write(
             .insert(k, usize::try_from(n).expect("small counter"));
     }
     tally
+}
+
+/// An upstream of `keys` JSON documents `/log/{k}`, each `{"log": [op ids]}`. A PUT reads its
+/// body, then takes as many milliseconds as its `x-delay-ms` header says (a slow handler) before
+/// it applies the body and answers 204. The work goes on when the connection goes away, as in
+/// most servers (hyper's would cancel the handler).
+pub async fn slow_logs(keys: usize) -> (BackendHandle, Arc<Mutex<HashMap<usize, Vec<u64>>>>) {
+    let docs = Arc::new(Mutex::new(
+        (0..keys)
+            .map(|k| (k, Vec::new()))
+            .collect::<HashMap<_, _>>(),
+    ));
+    let mut backend = Backend::new();
+    for k in 0..keys {
+        let (reader, writer) = (docs.clone(), docs.clone());
+        backend = backend
+            .route_fn(Method::GET, &format!("/log/{k}"), move |_req| {
+                let log = reader.lock().unwrap()[&k].clone();
+                async move { Reply::ok(json!({ "log": log }).to_string()).response() }
+            })
+            .route_fn(
+                Method::PUT,
+                &format!("/log/{k}"),
+                move |req: http::Request<Incoming>| {
+                    let docs = writer.clone();
+                    async move {
+                        let delay = req.headers()["x-delay-ms"]
+                            .to_str()
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        let ops = doc["log"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|op| op.as_u64().unwrap());
+                        let log: Vec<u64> = ops.collect();
+                        let apply = tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                            docs.lock().unwrap().insert(k, log);
+                        });
+                        apply.await.unwrap();
+                        Reply::status(204).response()
+                    }
+                },
+            );
+    }
+    (backend.spawn().await, docs)
+}
+
+/// What one storm showed.
+#[derive(Debug)]
+pub struct Storm {
+    /// Writes answered 2xx.
+    pub acknowledged: usize,
+    /// Writes given up on, or answered 504: they may or may not have applied.
+    pub uncertain: usize,
+    /// Acknowledged writes whose op id is missing from the final logs.
+    pub lost: usize,
+}
+
+/// How long a slow writer's write takes upstream; every other write takes 1 ms.
+pub const SLOW_WRITE: Duration = Duration::from_millis(40);
+
+/// `writers` writers over `keys` logs, `cycles` read-modify-write cycles each, appending a
+/// unique op id; with `if_match`, they send the ETag they read and retry on 409. Writer `w` goes
+/// through `bases[(w / keys) % bases.len()]`, so with several bases every log has writers on
+/// each. Every third write is slow upstream ([`SLOW_WRITE`]); with `give_up`, its writer gives
+/// up on it soon after sending it, long before it can have applied.
+pub async fn storm(
+    bases: &[String],
+    docs: &Arc<Mutex<HashMap<usize, Vec<u64>>>>,
+    keys: usize,
+    writers: usize,
+    cycles: usize,
+    if_match: bool,
+    give_up: bool,
+) -> Storm {
+    let client = Client::http1();
+    let acknowledged = Arc::new(Mutex::new(HashSet::new()));
+    let uncertain = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (client, acknowledged, uncertain) =
+            (client.clone(), acknowledged.clone(), uncertain.clone());
+        let url = format!("{}/log/{}", bases[(w / keys) % bases.len()], w % keys);
+        tasks.push(tokio::spawn(async move {
+            for cycle in 0..cycles {
+                let slow = (w + cycle) % 3 == 0;
+                let delay = if slow { SLOW_WRITE.as_millis() } else { 1 };
+                let op = (w * 10_000 + cycle) as u64;
+                let read = client.get(&url).await;
+                assert_eq!(read.status, StatusCode::OK, "{read:?}");
+                let mut log: Vec<u64> = serde_json::from_value(read.json()["log"].clone()).unwrap();
+                log.push(op);
+                let mut req = request(Method::PUT, &url)
+                    .header("content-type", "application/json")
+                    .header("x-delay-ms", delay.to_string());
+                if if_match {
+                    req = req.header("if-match", read.header("etag"));
+                }
+                let req = req.body(full(json!({ "log": log }).to_string())).unwrap();
+                let send = {
+                    let client = client.clone();
+                    tokio::spawn(async move { client.send(req).await })
+                };
+                if slow && give_up {
+                    tokio::time::sleep(SLOW_WRITE / 4).await;
+                    send.abort();
+                    uncertain.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let wrote = send.await.unwrap();
+                match wrote.status {
+                    s if s.is_success() => {
+                        acknowledged.lock().unwrap().insert(op);
+                    }
+                    StatusCode::CONFLICT => {}
+                    StatusCode::GATEWAY_TIMEOUT => {
+                        uncertain.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => panic!("unexpected {other}: {wrote:?}"),
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        bounded(task).await.unwrap();
+    }
+    // Every write given up on has applied by now, or never will: its exchange ends within
+    // the slow write's time once it reached the upstream.
+    tokio::time::sleep(SLOW_WRITE * 2).await;
+    let docs = docs.lock().unwrap();
+    let kept: HashSet<u64> = docs.values().flatten().copied().collect();
+    let acknowledged = acknowledged.lock().unwrap();
+    Storm {
+        acknowledged: acknowledged.len(),
+        uncertain: uncertain.load(Ordering::Relaxed),
+        lost: acknowledged.difference(&kept).count(),
+    }
 }

@@ -1,0 +1,198 @@
+//! A forwarded write, run to its known outcome: the one place a forwarded write's lease ends.
+//!
+//! Once a write is forwarded, the upstream may apply it whatever happens to the client. If a
+//! client that goes away, or a proxy that stops waiting (504), ended the lease, the next writer
+//! would pass a check that cannot see this write yet, and this write would land on top of it: a
+//! lost update. So the exchange runs in a task of its own, which ends the lease with the
+//! outcome the upstream's answer shows; the client only waits for that answer, at most the
+//! route's `response_timeout`. Until the outcome is known the key stays fenced: other writers
+//! wait (`lease_wait`) and then get 409 "update in progress". If no answer comes within
+//! `write_outcome_timeout`, the task gives up on the exchange and the key becomes unknown (the
+//! next writer revalidates).
+//!
+//! When the answer says the write created or changed other resources (`Location`,
+//! `Content-Location`), those become unknown too, so a resource created by a POST is never left
+//! "absent".
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use tokio::sync::oneshot;
+use tower::Service;
+
+use super::body::{RequestBody, ResponseBody};
+use super::outcome::{outcome_of, related_targets};
+use super::policy::{Policy, UpstreamDeadline};
+use super::response::{Rejection, RejectionKind};
+use super::service::resource_key;
+use crate::key::ResourceKey;
+use crate::store::{Outcome, Store};
+use crate::telemetry;
+
+/// A write whose lease is held and whose preconditions passed: everything needed to forward it
+/// and to end its lease.
+pub(crate) struct Exchange<St: Store> {
+    pub(crate) store: St,
+    pub(crate) lease: St::Lease,
+    pub(crate) key: ResourceKey,
+    pub(crate) route: Arc<str>,
+    pub(crate) policy: Arc<Policy>,
+    /// The key header values of the request, for the keys of related resources.
+    pub(crate) key_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Forwards `req` through `inner` in a task of its own and waits for the answer, at most the
+/// route's `response_timeout` (then 504; the exchange goes on).
+pub(crate) async fn forward<S, St, B, RB>(
+    mut inner: S,
+    mut req: Request<B>,
+    exchange: Exchange<St>,
+) -> Result<Response<ResponseBody<RB>>, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: Store,
+    RB: Body<Data = Bytes> + Send + 'static,
+{
+    let policy = Arc::clone(&exchange.policy);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let instance = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let representation = super::headers::representation(req.headers())
+        .with_variant(crate::target::query_variant(query_of(&req, &policy)));
+    req.extensions_mut()
+        .insert(UpstreamDeadline(policy.write_outcome_timeout));
+    let call = inner.call(req.map(RequestBody::new));
+
+    let (answer_tx, answer_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let answer = tokio::time::timeout(exchange.policy.write_outcome_timeout, call).await;
+        let outcome = match &answer {
+            Ok(Ok(response)) => {
+                let (status, headers) = (response.status(), response.headers());
+                let outcome =
+                    outcome_of(&method, representation, status, headers, &exchange.policy);
+                let scope = Scope {
+                    key: exchange.key,
+                    route: &exchange.route,
+                    policy: &exchange.policy,
+                    key_headers: &exchange.key_headers,
+                };
+                forget_related(&exchange.store, scope, &outcome, &path, headers).await;
+                outcome
+            }
+            // The write may or may not have applied.
+            Ok(Err(_)) => Outcome::Unknown,
+            Err(_elapsed) => {
+                tracing::warn!(
+                    key = %exchange.key,
+                    bound = ?exchange.policy.write_outcome_timeout,
+                    "no outcome for a write within write_outcome_timeout: the resource becomes unknown"
+                );
+                metrics::counter!(telemetry::WRITE_OUTCOMES_ABANDONED, "route" => exchange.route.clone())
+                    .increment(1);
+                Outcome::Unknown
+            }
+        };
+        exchange.end(outcome).await;
+        // Nobody may be waiting any more (the client went away, or got 504).
+        let _ = answer_tx.send(answer);
+    });
+
+    let response_timeout = exchange_timeout(&policy);
+    match tokio::time::timeout(response_timeout, answer_rx).await {
+        Ok(Ok(Ok(Ok(response)))) => Ok(response.map(ResponseBody::upstream)),
+        Ok(Ok(Ok(Err(error)))) => Err(error),
+        Ok(Ok(Err(_))) | Err(_) => Ok(pending(&policy, &instance)),
+        Ok(Err(_gone)) => {
+            // The task was dropped unfinished (the runtime is shutting down): its lease was
+            // dropped with it, which marks the key unknown.
+            let detail = "the proxy stopped before the upstream answered this write; it may or \
+                          may not have applied: GET the resource before retrying";
+            Ok(Rejection::new(
+                RejectionKind::UpstreamUnavailable,
+                StatusCode::BAD_GATEWAY,
+                &instance,
+                detail.to_owned(),
+            )
+            .into_response())
+        }
+    }
+}
+
+/// How long the client waits: the route's response timeout, never past the exchange's own.
+fn exchange_timeout(policy: &Policy) -> std::time::Duration {
+    policy.response_timeout.min(policy.write_outcome_timeout)
+}
+
+/// The 504 for a write still running upstream.
+fn pending<RB: Body>(policy: &Policy, instance: &str) -> Response<ResponseBody<RB>> {
+    let detail = format!(
+        "the upstream did not answer this write within {}; it may still apply, so the resource \
+         stays locked until its outcome is known (at most {}): GET it then, and retry only if \
+         your change is not there",
+        humantime::format_duration(exchange_timeout(policy)),
+        humantime::format_duration(policy.write_outcome_timeout),
+    );
+    Rejection::new(
+        RejectionKind::UpstreamTimeout,
+        StatusCode::GATEWAY_TIMEOUT,
+        instance,
+        detail,
+    )
+    .into_response()
+}
+
+fn query_of<'a, B>(req: &'a Request<B>, policy: &Policy) -> Option<&'a str> {
+    policy.query.variant(req.uri().query())
+}
+
+impl<St: Store> Exchange<St> {
+    /// Ends the lease with the write's outcome.
+    pub(crate) async fn end(self, outcome: Outcome) {
+        if let Err(error) = self.store.complete(self.lease, outcome).await {
+            // The lease lapses on its own (Redis), which marks the key unknown.
+            tracing::warn!(key = %self.key, %error, "store complete failed");
+        }
+    }
+}
+
+/// Where a write's related resources get their keys: the write's own route and key headers.
+struct Scope<'a> {
+    key: ResourceKey,
+    route: &'a str,
+    policy: &'a Policy,
+    key_headers: &'a [(HeaderName, HeaderValue)],
+}
+
+/// Makes the other resources the response names unknown. (Learning their validators instead
+/// would need their leases: a write to one may have completed since the upstream answered.)
+async fn forget_related<St: Store>(
+    store: &St,
+    scope: Scope<'_>,
+    outcome: &Outcome,
+    path: &str,
+    headers: &http::HeaderMap,
+) {
+    for (path, query) in related_targets(outcome, path, headers) {
+        let headers = scope
+            .key_headers
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        let (key, _) = resource_key(scope.route, scope.policy, &path, query, headers);
+        if key == scope.key {
+            continue;
+        }
+        match store.purge(key).await {
+            Ok(_) => tracing::debug!(%key, path, "related resource forgotten"),
+            Err(error) => tracing::warn!(%key, %error, "store purge of a related resource failed"),
+        }
+    }
+}
