@@ -23,5 +23,5 @@ mod write;
 pub use body::{RequestBody, ResponseBody, Tail};
 pub use layer::PreconditionLayer;
 pub use policy::{EtagSource, FailedOpen, OnStoreUnavailable, OnUnknown, Policy, RouteContext};
-pub use response::{Rejection, RejectionKind};
+pub use response::{MAX_ECHO_BYTES, Rejection, RejectionKind, bounded};
 pub use service::Precondition;
