@@ -46,7 +46,7 @@ enum Command {
     /// Exit 0 if the admin listener answers /healthz (for container health checks)
     Healthcheck {
         /// The admin listener (an unspecified address such as 0.0.0.0 means this host)
-        #[arg(long, env = "IFMATCH_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+        #[arg(long, env = "IFMATCH_ADMIN_LISTEN", default_value = "127.0.0.1:9901", value_parser = listen_addr)]
         admin_listen: SocketAddr,
     },
 }
@@ -64,11 +64,12 @@ struct RunArgs {
     /// One catch-all route to this upstream (http://host:port)
     #[arg(long, env = "IFMATCH_UPSTREAM", value_name = "URL", value_parser = upstream_url)]
     upstream: Option<String>,
-    /// Data-plane listener, HTTP/1.1 and h2c [default: 127.0.0.1:8080]
-    #[arg(long, env = "IFMATCH_LISTEN", value_name = "ADDR")]
+    /// Data-plane listener (IP:port), HTTP/1.1 and h2c [default: 127.0.0.1:8080]
+    #[arg(long, env = "IFMATCH_LISTEN", value_name = "ADDR", value_parser = listen_addr)]
     listen: Option<SocketAddr>,
-    /// Admin listener: health and readiness [default: 127.0.0.1:9901]
-    #[arg(long, env = "IFMATCH_ADMIN_LISTEN", value_name = "ADDR")]
+    /// Admin listener (IP:port): /healthz, /readyz, /metrics (Prometheus) and the admin API
+    /// (/admin/resources, /admin/hotspots) [default: 127.0.0.1:9901]
+    #[arg(long, env = "IFMATCH_ADMIN_LISTEN", value_name = "ADDR", value_parser = listen_addr)]
     admin_listen: Option<SocketAddr>,
     /// Status for a failed precondition on a write [default: 409]
     #[arg(long, value_name = "STATUS")]
@@ -97,14 +98,14 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct DemoArgs {
-    /// Where the demo API listens
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    /// Where the demo API listens (IP:port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000", value_parser = listen_addr)]
     api_listen: SocketAddr,
-    /// Where the proxy in front of it listens
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    /// Where the proxy in front of it listens (IP:port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = listen_addr)]
     listen: SocketAddr,
-    /// Where the proxy's admin listener listens
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    /// Where the proxy's admin listener (health, metrics, admin API) listens (IP:port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", value_parser = listen_addr)]
     admin_listen: SocketAddr,
     /// Status for a failed precondition on a write [default: 409]
     #[arg(long, value_name = "STATUS")]
@@ -134,6 +135,22 @@ impl ConflictStatus {
             Self::PreconditionFailed => 412,
         }
     }
+}
+
+/// A listener address: an IP and a port. Host names are not resolved (a name can stand for
+/// several addresses, and a listener binds one), so say what to write instead.
+fn listen_addr(addr: &str) -> Result<SocketAddr, String> {
+    addr.parse().map_err(|_| {
+        let port = addr
+            .rsplit_once(':')
+            .map(|(_, port)| port)
+            .filter(|port| port.parse::<u16>().is_ok())
+            .unwrap_or("8080");
+        format!(
+            "expected an IP address and port, such as 127.0.0.1:{port} (this machine only) or \
+             0.0.0.0:{port} (every interface); host names such as localhost are not resolved"
+        )
+    })
 }
 
 fn upstream_url(url: &str) -> Result<String, String> {
