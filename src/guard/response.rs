@@ -242,6 +242,61 @@ impl Rejection {
 mod tests {
     use super::*;
 
+    /// Every kind, by a match that stops compiling when a kind is added.
+    fn every_kind() -> Vec<RejectionKind> {
+        use RejectionKind::*;
+        let all = [
+            MalformedPrecondition,
+            PreconditionRequired,
+            StalePrecondition,
+            ResourceAbsent,
+            AlreadyExists,
+            LeaseTimeout,
+            UnknownState,
+            TooLargeToHash,
+            StoreUnavailable,
+            UpstreamUnavailable,
+            UpstreamTimeout,
+            NoRoute,
+            BadRequest,
+            HeadersTooLarge,
+            RequestTimeout,
+            TooManyConnections,
+        ];
+        for kind in all {
+            match kind {
+                MalformedPrecondition
+                | PreconditionRequired
+                | StalePrecondition
+                | ResourceAbsent
+                | AlreadyExists
+                | LeaseTimeout
+                | UnknownState
+                | TooLargeToHash
+                | StoreUnavailable
+                | UpstreamUnavailable
+                | UpstreamTimeout
+                | NoRoute
+                | BadRequest
+                | HeadersTooLarge
+                | RequestTimeout
+                | TooManyConnections => {}
+            }
+        }
+        all.to_vec()
+    }
+
+    /// The conflict reasons registered at start are exactly the conflicts' slugs.
+    #[test]
+    fn conflict_reasons_are_the_conflict_slugs() {
+        let conflicts: Vec<&str> = every_kind()
+            .into_iter()
+            .filter(|&kind| Rejection::new(kind, StatusCode::CONFLICT, "/", "").is_conflict())
+            .map(RejectionKind::slug)
+            .collect();
+        assert_eq!(conflicts, crate::telemetry::CONFLICT_REASONS);
+    }
+
     #[test]
     fn bounded_cuts_on_a_char_boundary_with_a_marker() {
         let cases: &[(&str, usize, &str)] = &[

@@ -20,6 +20,7 @@ pub fn reload(path: &Path, overrides: &Overrides, routes: &Routes) -> Result<usi
     match result {
         Ok(new) => {
             let n = new.len();
+            telemetry::register(new.iter().map(|route| &*route.id));
             routes.replace(RouteTable::new(new));
             metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "ok").increment(1);
             tracing::info!(file = %path.display(), routes = n, "config reloaded");
