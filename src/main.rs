@@ -42,6 +42,7 @@ enum Command {
     /// Run the bundled demo API (no ETags, racy updates) with the proxy in front of it
     Demo(DemoArgs),
     /// Storm a target with concurrent read-modify-write writers and count lost updates
+    #[command(after_help = ifmatch::storm::REQUIREMENTS)]
     Storm(ifmatch::storm::StormArgs),
     /// Exit 0 if the admin listener answers /healthz (for container health checks)
     Healthcheck {
@@ -164,7 +165,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Demo(args)) => demo(args).await,
-        Some(Command::Storm(args)) => storm(args).await,
+        Some(Command::Storm(args)) => return storm(args).await,
         Some(Command::Healthcheck { admin_listen }) => healthcheck(admin_listen).await,
         None => run(cli.run).await,
     };
@@ -322,12 +323,29 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
     served.map_err(|e| Chain(&e).to_string())
 }
 
-async fn storm(args: ifmatch::storm::StormArgs) -> Result<(), String> {
-    let report = ifmatch::storm::run(args, shutdown_signal())
-        .await
-        .map_err(|e| Chain(&e).to_string())?;
-    print!("{}", report.render_table());
-    Ok(())
+/// The exit status of a storm that detected lost updates (without `--allow-lost`).
+const EXIT_LOST_UPDATES: u8 = 3;
+
+async fn storm(args: ifmatch::storm::StormArgs) -> ExitCode {
+    let allow_lost = args.allow_lost;
+    match ifmatch::storm::run(args, shutdown_signal()).await {
+        Ok(report) => {
+            print!("{}", report.render_table());
+            if report.lost_updates > 0 && !allow_lost {
+                eprintln!(
+                    "error: {} lost updates detected (exit status {EXIT_LOST_UPDATES}; \
+                     --allow-lost exits 0)",
+                    report.lost_updates
+                );
+                return ExitCode::from(EXIT_LOST_UPDATES);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {}", Chain(&error));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn local_addr(listener: &tokio::net::TcpListener) -> String {
