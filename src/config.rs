@@ -555,8 +555,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not valid TOML.
-    #[error("{origin} is not valid toml: {source}")]
+    /// The file is not valid TOML. (The parser's error, with line and column, is the source:
+    /// shown once by whoever prints the chain.)
+    #[error("{origin} is not valid toml")]
     Syntax {
         /// The file (or "config").
         origin: String,

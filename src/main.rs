@@ -42,11 +42,12 @@ enum Command {
     /// Run the bundled demo API (no ETags, racy updates) with the proxy in front of it
     Demo(DemoArgs),
     /// Storm a target with concurrent read-modify-write writers and count lost updates
+    #[command(after_help = ifmatch::storm::REQUIREMENTS)]
     Storm(ifmatch::storm::StormArgs),
     /// Exit 0 if the admin listener answers /healthz (for container health checks)
     Healthcheck {
         /// The admin listener (an unspecified address such as 0.0.0.0 means this host)
-        #[arg(long, env = "IFMATCH_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+        #[arg(long, env = "IFMATCH_ADMIN_LISTEN", default_value = "127.0.0.1:9901", value_parser = listen_addr)]
         admin_listen: SocketAddr,
     },
 }
@@ -64,11 +65,12 @@ struct RunArgs {
     /// One catch-all route to this upstream (http://host:port)
     #[arg(long, env = "IFMATCH_UPSTREAM", value_name = "URL", value_parser = upstream_url)]
     upstream: Option<String>,
-    /// Data-plane listener, HTTP/1.1 and h2c [default: 127.0.0.1:8080]
-    #[arg(long, env = "IFMATCH_LISTEN", value_name = "ADDR")]
+    /// Data-plane listener (IP:port), HTTP/1.1 and h2c [default: 127.0.0.1:8080]
+    #[arg(long, env = "IFMATCH_LISTEN", value_name = "ADDR", value_parser = listen_addr)]
     listen: Option<SocketAddr>,
-    /// Admin listener: health and readiness [default: 127.0.0.1:9901]
-    #[arg(long, env = "IFMATCH_ADMIN_LISTEN", value_name = "ADDR")]
+    /// Admin listener (IP:port): /healthz, /readyz, /metrics (Prometheus) and the admin API
+    /// (/admin/resources, /admin/hotspots) [default: 127.0.0.1:9901]
+    #[arg(long, env = "IFMATCH_ADMIN_LISTEN", value_name = "ADDR", value_parser = listen_addr)]
     admin_listen: Option<SocketAddr>,
     /// Status for a failed precondition on a write [default: 409]
     #[arg(long, value_name = "STATUS")]
@@ -97,14 +99,14 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct DemoArgs {
-    /// Where the demo API listens
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    /// Where the demo API listens (IP:port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000", value_parser = listen_addr)]
     api_listen: SocketAddr,
-    /// Where the proxy in front of it listens
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    /// Where the proxy in front of it listens (IP:port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = listen_addr)]
     listen: SocketAddr,
-    /// Where the proxy's admin listener listens
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    /// Where the proxy's admin listener (health, metrics, admin API) listens (IP:port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", value_parser = listen_addr)]
     admin_listen: SocketAddr,
     /// Status for a failed precondition on a write [default: 409]
     #[arg(long, value_name = "STATUS")]
@@ -136,6 +138,22 @@ impl ConflictStatus {
     }
 }
 
+/// A listener address: an IP and a port. Host names are not resolved (a name can stand for
+/// several addresses, and a listener binds one), so say what to write instead.
+fn listen_addr(addr: &str) -> Result<SocketAddr, String> {
+    addr.parse().map_err(|_| {
+        let port = addr
+            .rsplit_once(':')
+            .map(|(_, port)| port)
+            .filter(|port| port.parse::<u16>().is_ok())
+            .unwrap_or("8080");
+        format!(
+            "expected an IP address and port, such as 127.0.0.1:{port} (this machine only) or \
+             0.0.0.0:{port} (every interface); host names such as localhost are not resolved"
+        )
+    })
+}
+
 fn upstream_url(url: &str) -> Result<String, String> {
     config::parse_upstream(url).map(|_| url.to_owned())
 }
@@ -147,7 +165,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Demo(args)) => demo(args).await,
-        Some(Command::Storm(args)) => storm(args).await,
+        Some(Command::Storm(args)) => return storm(args).await,
         Some(Command::Healthcheck { admin_listen }) => healthcheck(admin_listen).await,
         None => run(cli.run).await,
     };
@@ -305,12 +323,29 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
     served.map_err(|e| Chain(&e).to_string())
 }
 
-async fn storm(args: ifmatch::storm::StormArgs) -> Result<(), String> {
-    let report = ifmatch::storm::run(args, shutdown_signal())
-        .await
-        .map_err(|e| Chain(&e).to_string())?;
-    print!("{}", report.render_table());
-    Ok(())
+/// The exit status of a storm that detected lost updates (without `--allow-lost`).
+const EXIT_LOST_UPDATES: u8 = 3;
+
+async fn storm(args: ifmatch::storm::StormArgs) -> ExitCode {
+    let allow_lost = args.allow_lost;
+    match ifmatch::storm::run(args, shutdown_signal()).await {
+        Ok(report) => {
+            print!("{}", report.render_table());
+            if report.lost_updates > 0 && !allow_lost {
+                eprintln!(
+                    "error: {} lost updates detected (exit status {EXIT_LOST_UPDATES}; \
+                     --allow-lost exits 0)",
+                    report.lost_updates
+                );
+                return ExitCode::from(EXIT_LOST_UPDATES);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {}", Chain(&error));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn local_addr(listener: &tokio::net::TcpListener) -> String {

@@ -87,18 +87,16 @@ pub enum PreconditionError {
     /// `*` appears together with entity-tags, or more than once.
     #[error("{0} mixes * with entity-tags")]
     MixedWildcard(Field),
-    /// A date field is not a valid HTTP-date, or appears more than once.
-    #[error("{0} is not a single valid HTTP-date")]
-    Date(Field),
 }
 
 impl Preconditions {
     /// Parses field lines in any order; lines of the same list field are combined.
     ///
-    /// RFC 9110 says a recipient ignores an invalid `If-Modified-Since` or
-    /// `If-Unmodified-Since`. We deliberately fail closed instead: on a gateway that guards
-    /// writes, silently dropping a precondition the client meant to send would let an
-    /// unconditional write through, so any malformed precondition is an error (400).
+    /// A malformed entity-tag list (`If-Match`, `If-None-Match`) is an error (400). A date field
+    /// that is not one valid HTTP-date (garbage, a list of dates, several lines) is ignored, as
+    /// RFC 9110 requires of `If-Unmodified-Since` (§13.1.4) and `If-Modified-Since` (§13.1.3):
+    /// the request is then evaluated as if the field were absent. (`If-Range`, §13.1.5, is not
+    /// evaluated here: it only qualifies `Range`, which the proxy leaves to the upstream.)
     pub fn parse<'a>(
         fields: impl IntoIterator<Item = (Field, &'a [u8])>,
     ) -> Result<Self, PreconditionError> {
@@ -110,15 +108,15 @@ impl Preconditions {
             match field {
                 Field::IfMatch => if_match.push_line(field, value)?,
                 Field::IfNoneMatch => if_none_match.push_line(field, value)?,
-                Field::IfModifiedSince => if_modified_since.push_line(field, value)?,
-                Field::IfUnmodifiedSince => if_unmodified_since.push_line(field, value)?,
+                Field::IfModifiedSince => if_modified_since.push_line(value),
+                Field::IfUnmodifiedSince => if_unmodified_since.push_line(value),
             }
         }
         Ok(Self {
             if_match: if_match.finish(Field::IfMatch)?,
             if_none_match: if_none_match.finish(Field::IfNoneMatch)?,
-            if_modified_since: if_modified_since.0,
-            if_unmodified_since: if_unmodified_since.0,
+            if_modified_since: if_modified_since.finish(),
+            if_unmodified_since: if_unmodified_since.finish(),
         })
     }
 
@@ -195,22 +193,36 @@ fn split_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// A date field: at most one line holding one HTTP-date.
+/// A date field: valid only as one line holding one HTTP-date.
 #[derive(Default)]
-struct DateField(Option<SystemTime>);
+enum DateField {
+    /// No line seen.
+    #[default]
+    Absent,
+    /// One line, a valid HTTP-date.
+    Valid(SystemTime),
+    /// Not one valid HTTP-date: the recipient MUST ignore the field (RFC 9110 §13.1.3, §13.1.4).
+    Invalid,
+}
 
 impl DateField {
-    /// Takes the field's only line; a second line is an error, like an invalid date.
-    fn push_line(&mut self, field: Field, value: &[u8]) -> Result<(), PreconditionError> {
-        if self.0.is_some() {
-            return Err(PreconditionError::Date(field));
+    /// Takes one line; a second line makes the field a list of dates, which is invalid too.
+    fn push_line(&mut self, value: &[u8]) {
+        *self = match self {
+            Self::Absent => std::str::from_utf8(trim_ows(value))
+                .ok()
+                .and_then(|s| httpdate::parse_http_date(s).ok())
+                .map_or(Self::Invalid, Self::Valid),
+            Self::Valid(_) | Self::Invalid => Self::Invalid,
+        };
+    }
+
+    /// The date, if the field was one valid HTTP-date.
+    fn finish(self) -> Option<SystemTime> {
+        match self {
+            Self::Valid(date) => Some(date),
+            Self::Absent | Self::Invalid => None,
         }
-        let date = std::str::from_utf8(trim_ows(value))
-            .ok()
-            .and_then(|s| httpdate::parse_http_date(s).ok())
-            .ok_or(PreconditionError::Date(field))?;
-        self.0 = Some(date);
-        Ok(())
     }
 }
 
@@ -489,7 +501,6 @@ mod tests {
                 },
                 Empty(_) => Empty(Field::IfNoneMatch),
                 MixedWildcard(_) => MixedWildcard(Field::IfNoneMatch),
-                Date(_) => unreachable!(),
             };
             assert_eq!(got, Err(want), "{lines:?}");
         }
@@ -527,11 +538,38 @@ mod tests {
                 &[DATE, DATE],
                 &[DATE, b""],
             ];
+            // RFC 9110 §13.1.3, §13.1.4: a recipient MUST ignore an invalid date.
             for lines in bad {
                 let got = Preconditions::parse(lines.iter().map(|&v| (field, v)));
-                assert_eq!(got, Err(PreconditionError::Date(field)), "{lines:?}");
+                assert_eq!(got, Ok(Preconditions::default()), "{lines:?}");
             }
         }
+    }
+
+    /// Ignoring an invalid date drops that field only; malformed tag lists still fail.
+    #[test]
+    fn an_invalid_date_is_ignored_beside_other_fields() {
+        let pre = Preconditions::parse([
+            (Field::IfUnmodifiedSince, &b"yesterday"[..]),
+            (Field::IfMatch, b"\"a\""),
+            (Field::IfModifiedSince, b"tomorrow"),
+        ])
+        .unwrap();
+        assert_eq!(pre, if_match(list(&[strong("a")])));
+        let got = Preconditions::parse([
+            (Field::IfUnmodifiedSince, &b"yesterday"[..]),
+            (Field::IfMatch, b"nope"),
+        ]);
+        assert!(
+            matches!(
+                got,
+                Err(PreconditionError::Tag {
+                    field: Field::IfMatch,
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -578,6 +616,17 @@ mod tests {
             (&[(Field::IfNoneMatch, b"*")], false, true),
             (&[(Field::IfNoneMatch, b"\"a\"")], false, false),
             (&[(Field::IfModifiedSince, DATE)], false, false),
+            // An invalid date is ignored: it neither counts as present nor guards a write.
+            (&[(Field::IfUnmodifiedSince, b"yesterday")], true, false),
+            (&[(Field::IfModifiedSince, b"yesterday")], true, false),
+            (
+                &[
+                    (Field::IfUnmodifiedSince, DATE),
+                    (Field::IfUnmodifiedSince, DATE),
+                ],
+                true,
+                false,
+            ),
             (
                 &[
                     (Field::IfNoneMatch, b"\"a\""),

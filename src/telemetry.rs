@@ -41,6 +41,81 @@ pub const CONFIG_RELOADS: &str = "ifmatch_config_reloads_total";
 /// Forwarded writes whose outcome never came within `server.write_outcome_timeout`, by route.
 pub const WRITE_OUTCOMES_ABANDONED: &str = "ifmatch_write_outcomes_abandoned_total";
 
+/// The `reason` of [`CONFLICTS`]: the slugs of the rejections that count as conflicts.
+pub const CONFLICT_REASONS: [&str; 6] = [
+    "stale-precondition",
+    "resource-absent",
+    "already-exists",
+    "update-in-progress",
+    "unknown-state",
+    "too-large-to-hash",
+];
+
+/// The `outcome` of [`REVALIDATIONS`].
+pub const REVALIDATION_OUTCOMES: [&str; 6] = [
+    "present",
+    "absent",
+    "relayed",
+    "upstream-error",
+    "too-large",
+    "no-etag",
+];
+
+/// The `result` of [`CONFIG_RELOADS`].
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "refused"];
+
+/// Every `status` label of [`REQUESTS`].
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Every `method` label of [`REQUESTS`] ([`method_label`]'s values).
+pub const METHOD_LABELS: [&str; 8] = [
+    "GET", "HEAD", "PUT", "PATCH", "DELETE", "POST", "OPTIONS", "other",
+];
+
+/// Registers every series whose labels are known now, at zero, with the installed recorder:
+/// the label-free ones, and for each of `routes` every combination of the fixed label sets.
+/// A fresh process then shows each documented series, so an alert on one reads 0, not "no
+/// data". Registering is idempotent: a reload registers its new routes the same way.
+pub fn register<'a>(routes: impl IntoIterator<Item = &'a str>) {
+    use metrics::{counter, gauge, histogram};
+    counter!(CONNECTIONS_REFUSED).increment(0);
+    gauge!(CONNECTIONS).increment(0.0);
+    gauge!(STORE_ENTRIES).increment(0.0);
+    for name in [STORE_HITS, STORE_MISSES, STORE_EVICTIONS] {
+        counter!(name).increment(0);
+    }
+    for result in RELOAD_RESULTS {
+        counter!(CONFIG_RELOADS, "result" => result).increment(0);
+    }
+    for route in routes {
+        let route = metrics::SharedString::from(route.to_owned());
+        for name in [
+            PRECONDITION_REQUIRED,
+            MALFORMED_PRECONDITION,
+            ETAGS_SYNTHESIZED,
+            ETAGS_SKIPPED,
+            STORE_FAILED_OPEN,
+        ] {
+            counter!(name, "route" => route.clone()).increment(0);
+        }
+        for reason in CONFLICT_REASONS {
+            counter!(CONFLICTS, "route" => route.clone(), "reason" => reason).increment(0);
+        }
+        for outcome in REVALIDATION_OUTCOMES {
+            counter!(REVALIDATIONS, "route" => route.clone(), "outcome" => outcome).increment(0);
+        }
+        for method in METHOD_LABELS {
+            for status in STATUS_CLASSES {
+                counter!(REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
+                    .increment(0);
+            }
+        }
+        // A registered histogram is exported with empty buckets.
+        let _ = histogram!(LEASE_WAIT, "route" => route.clone());
+        let _ = histogram!(UPSTREAM_DURATION, "route" => route.clone());
+    }
+}
+
 /// Registers the descriptions (the `# HELP` lines) with the installed recorder.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -122,5 +197,24 @@ pub fn method_label(method: &http::Method) -> &'static str {
         http::Method::POST => "POST",
         http::Method::OPTIONS => "OPTIONS",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_lists_every_label() {
+        for method in [
+            "GET", "HEAD", "PUT", "PATCH", "DELETE", "POST", "OPTIONS", "PURGE",
+        ] {
+            let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+            assert!(METHOD_LABELS.contains(&method_label(&method)), "{method}");
+        }
+        for code in [100, 200, 304, 409, 503] {
+            let status = http::StatusCode::from_u16(code).unwrap();
+            assert!(STATUS_CLASSES.contains(&status_class(status)), "{code}");
+        }
     }
 }

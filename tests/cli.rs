@@ -84,6 +84,54 @@ async fn check_config_reports_a_missing_file() {
 }
 
 #[tokio::test]
+async fn check_config_shows_a_toml_error_once() {
+    let path = temp_file("cli-not-toml.toml", "routes = [\n");
+    let out = run(ifmatch().arg("check-config").arg(&path)).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("is not valid toml"), "{stderr}");
+    assert_eq!(stderr.matches("TOML parse error").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("unclosed array").count(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn a_host_name_listener_gets_a_hint() {
+    for flag in ["--listen", "--admin-listen"] {
+        let out = run(ifmatch().args([
+            "--upstream",
+            "http://127.0.0.1:3000",
+            flag,
+            "localhost:8080",
+        ]))
+        .await;
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("127.0.0.1:8080"), "{flag}: {stderr}");
+        assert!(stderr.contains("not resolved"), "{flag}: {stderr}");
+    }
+    let out = run(ifmatch().args(["demo", "--api-listen", "localhost:3001"])).await;
+    assert!(
+        text(&out.stderr).contains("127.0.0.1:3001"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn help_says_what_the_admin_listener_serves() {
+    let out = run(ifmatch().arg("--help")).await;
+    let help = text(&out.stdout);
+    let admin = help
+        .split("--admin-listen <ADDR>")
+        .nth(1)
+        .and_then(|rest| rest.split("--conflict-status").next())
+        .expect("--admin-listen in --help");
+    for expected in ["/healthz", "/readyz", "/metrics", "admin API"] {
+        assert!(admin.contains(expected), "missing {expected:?} in:{admin}");
+    }
+}
+
+#[tokio::test]
 async fn help_lists_the_spec_flags() {
     let out = run(ifmatch().arg("--help")).await;
     assert!(out.status.success());

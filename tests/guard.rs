@@ -383,7 +383,6 @@ async fn malformed_preconditions_get_400_and_never_reach_the_origin() {
         ("if-match", "*, \"a\""),
         ("if-match", "\"unterminated"),
         ("if-none-match", "w/\"lower\""),
-        ("if-unmodified-since", "yesterday"),
     ] {
         let reply = send(&mut svc, Method::PUT, "/a", &[(name, value)], "y").await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{name}: {value}");
@@ -391,6 +390,55 @@ async fn malformed_preconditions_get_400_and_never_reach_the_origin() {
     }
     assert_eq!(origin.count(Method::PUT), 0);
     assert_eq!(origin.count(Method::GET), 0);
+}
+
+/// RFC 9110 §13.1.3 and §13.1.4: a recipient MUST ignore a date precondition that is not one
+/// valid HTTP-date. The write is then what it would be without that header.
+#[tokio::test]
+async fn invalid_dates_are_ignored_not_refused() {
+    let origin = Origin::new(Tags::None).with("/a", "x");
+    let mut svc = guard(&origin, Policy::default());
+    for value in [
+        "yesterday",
+        "Sun, 06 Nov 1994 08:49:37 GMT, Sun, 06 Nov 1994 08:49:37 GMT",
+    ] {
+        let reply = send(
+            &mut svc,
+            Method::PUT,
+            "/a",
+            &[("if-unmodified-since", value)],
+            "y",
+        )
+        .await;
+        assert!(reply.status.is_success(), "{value}: {}", reply.status);
+    }
+    assert_eq!(origin.count(Method::PUT), 2);
+    let read = send(
+        &mut svc,
+        Method::GET,
+        "/a",
+        &[("if-modified-since", "yesterday")],
+        "",
+    )
+    .await;
+    assert_eq!(read.status, StatusCode::OK);
+
+    // Ignored, it does not satisfy a route that requires a precondition.
+    let policy = Policy {
+        require_precondition: Policy::default_required_methods(),
+        ..Policy::default()
+    };
+    let mut svc = guard(&origin, policy);
+    let reply = send(
+        &mut svc,
+        Method::PUT,
+        "/a",
+        &[("if-unmodified-since", "yesterday")],
+        "y",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::PRECONDITION_REQUIRED);
+    assert_eq!(origin.count(Method::PUT), 2);
 }
 
 #[tokio::test]

@@ -136,3 +136,102 @@ async fn sighup_reloads_routes_and_keeps_them_when_the_file_is_bad() {
     let blind = http(&proxy, "PUT", "/x", "").await;
     assert!(blind.starts_with("HTTP/1.1 428"), "{blind}");
 }
+
+/// The series the README's "Metrics" paragraph names, its `{a,b}` shorthand expanded, each with
+/// the label names it lists (none for a label-free series).
+fn readme_series() -> Vec<(String, Vec<String>)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let paragraph = readme
+        .split("**Metrics**")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("a **Metrics** paragraph in the README");
+    let mut series = Vec::new();
+    for quoted in paragraph.split('`').skip(1).step_by(2) {
+        let Some(name) = quoted.strip_prefix("ifmatch_") else {
+            continue;
+        };
+        let (name, labels) = match name.split_once('{') {
+            // `store_{entries,hits_total}`: alternatives, not labels.
+            Some((stem, rest)) if stem.ends_with('_') => {
+                for tail in rest.trim_end_matches('}').split(',') {
+                    series.push((format!("ifmatch_{stem}{tail}"), Vec::new()));
+                }
+                continue;
+            }
+            Some((name, labels)) => (
+                name,
+                labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            None => (name, Vec::new()),
+        };
+        series.push((format!("ifmatch_{name}"), labels));
+    }
+    series
+}
+
+/// A fresh process, before any traffic: every series the README documents is already in
+/// `/metrics` (at zero), labelled with the configured route where it has a `route` label.
+#[tokio::test]
+async fn a_fresh_process_exports_every_documented_series() {
+    let series = readme_series();
+    assert!(series.len() >= 17, "{series:?}");
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operate-fresh-metrics.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
+         [[routes]]\nname = \"fresh\"\nupstream = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let mut running = Running::spawn(ifmatch().arg("--config").arg(&path));
+    let admin = running.addr("admin listening").await;
+
+    let metrics = http(&admin, "GET", "/metrics", "").await;
+
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for (name, labels) in &series {
+        let samples: Vec<&str> = metrics
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| {
+                line.strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.starts_with([' ', '{']) || rest.starts_with("_bucket"))
+            })
+            .collect();
+        assert!(
+            !samples.is_empty(),
+            "{name} missing from a fresh /metrics:\n{metrics}"
+        );
+        for label in labels {
+            assert!(
+                samples
+                    .iter()
+                    .any(|line| line.contains(&format!("{label}=\""))),
+                "{name} has no {label} label: {samples:?}"
+            );
+        }
+        if labels.iter().any(|label| label == "route") {
+            assert!(
+                samples.iter().any(|line| line.contains("route=\"fresh\"")),
+                "{name} not registered for the configured route: {samples:?}"
+            );
+        }
+    }
+    let zero = |line: &str| line.rsplit(' ').next() == Some("0");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ifmatch_connections_refused_total") && zero(l))
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ifmatch_config_reloads_total{result=\"refused\"}") && zero(l))
+    );
+    running.kill().await;
+}

@@ -57,6 +57,19 @@ struct State {
     reads: Mutex<usize>,
     /// Writes applied (creates included).
     applied: watch::Sender<u64>,
+    /// Like json-server: a PUT to a missing item is 404, a POST to a collection creates one.
+    post_creates: Option<PostCreates>,
+    /// The next id a POST assigns.
+    next_id: Mutex<u64>,
+}
+
+/// How a POST-creating upstream says where the new item is.
+#[derive(Clone, Copy)]
+enum PostCreates {
+    /// A `Location` header (and the id in the body).
+    Location,
+    /// Only the `id` in the created body, as json-server does.
+    BodyId,
 }
 
 struct Upstream {
@@ -65,6 +78,7 @@ struct Upstream {
     drop_writes: u64,
     fail_writes: Option<u16>,
     hold_reads: Option<(usize, usize)>,
+    post_creates: Option<PostCreates>,
 }
 
 impl Upstream {
@@ -75,7 +89,14 @@ impl Upstream {
             drop_writes: 0,
             fail_writes: None,
             hold_reads: None,
+            post_creates: None,
         }
+    }
+
+    /// Creates with POST to a collection only; a PUT to a missing item is 404.
+    fn post_creates(mut self, how: PostCreates) -> Self {
+        self.post_creates = Some(how);
+        self
     }
 
     /// Starts with `path` holding `{"id": .., "counter": counter}`.
@@ -116,6 +137,8 @@ impl Upstream {
                 .map(|(skip, n)| (skip, Arc::new(Barrier::new(n)), n)),
             reads: Mutex::new(0),
             applied: watch::channel(0).0,
+            post_creates: self.post_creates,
+            next_id: Mutex::new(1),
         });
         let server_state = state.clone();
         let server = tokio::spawn(async move {
@@ -221,12 +244,44 @@ async fn handle(
             None => respond(StatusCode::NOT_FOUND, None, empty),
         });
     }
+    let method = req.method().clone();
     let if_match = req.headers().get(IF_MATCH).cloned();
     let if_none_match = req.headers().get(IF_NONE_MATCH).cloned();
     let body = req.into_body().collect().await.unwrap().to_bytes();
-    let body: Value = serde_json::from_slice(&body).unwrap();
+    let mut body: Value = serde_json::from_slice(&body).unwrap();
     let mut items = state.items.lock().unwrap();
+    if let (Some(how), &Method::POST) = (state.post_creates, &method) {
+        let id = {
+            let mut next = state.next_id.lock().unwrap();
+            *next += 1;
+            *next - 1
+        };
+        body["id"] = json!(id);
+        let created = format!("{path}/{id}");
+        items.insert(
+            created.clone(),
+            Item {
+                body: body.clone(),
+                version: 1,
+            },
+        );
+        state.applied.send_modify(|applied| *applied += 1);
+        let mut response = respond(
+            StatusCode::CREATED,
+            etags.then(|| tag(1)),
+            Bytes::from(body.to_string()),
+        );
+        if let PostCreates::Location = how {
+            response
+                .headers_mut()
+                .insert(http::header::LOCATION, created.parse().unwrap());
+        }
+        return Ok(response);
+    }
     let current = items.get(&path).map(|item| item.version);
+    if state.post_creates.is_some() && current.is_none() {
+        return Ok(respond(StatusCode::NOT_FOUND, None, empty));
+    }
     if etags {
         let fails_if_match =
             if_match.is_some_and(|m| current.map(tag).as_deref() != m.to_str().ok());
@@ -311,7 +366,8 @@ async fn correct_upstream_loses_nothing() {
     }
     assert_eq!(report.write_latency_ms.count, report.attempts);
     assert!(report.read_latency_ms.p50 <= report.read_latency_ms.max);
-    assert!(report.render_table().contains("LOST UPDATES DETECTED: 0"));
+    assert!(report.render_table().contains("no lost updates"));
+    assert!(!report.render_table().contains("LOST UPDATES"));
 }
 
 #[tokio::test]
@@ -419,6 +475,151 @@ async fn a_failing_read_during_setup_is_a_status_error() {
         "{err:?}"
     );
     assert!(err.to_string().contains("500"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where the keys are, and how they are made.
+
+#[tokio::test]
+async fn keys_live_under_the_targets_path() {
+    let up = Upstream::new(Mode::Correct).spawn().await;
+
+    let report = storm(args(&format!("{}/things/", up.url), 2, 2, 20))
+        .await
+        .unwrap();
+
+    let paths: Vec<&str> = report.per_key.iter().map(|k| k.path.as_str()).collect();
+    assert_eq!(paths, ["/things/storm-0", "/things/storm-1"]);
+    assert_eq!(
+        up.counter("/things/storm-0") + up.counter("/things/storm-1"),
+        20
+    );
+    assert_eq!(report.per_key[0].url, format!("{}/things/storm-0", up.url));
+}
+
+#[tokio::test]
+async fn post_creates_keys_where_the_target_says() {
+    for how in [PostCreates::Location, PostCreates::BodyId] {
+        let up = Upstream::new(Mode::Correct).post_creates(how).spawn().await;
+        let mut args = args(&format!("{}/items", up.url), 4, 3, 60);
+        args.create = storm::Create::Post;
+
+        let report = storm(args).await.unwrap();
+
+        let mut paths: Vec<&str> = report.per_key.iter().map(|k| k.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(paths, ["/items/1", "/items/2", "/items/3"]);
+        assert_eq!(report.lost_updates, 0, "{}", report.render_table());
+        assert_eq!(report.commits, 60);
+        let total: i64 = paths.iter().map(|p| up.counter(p)).sum();
+        assert_eq!(total, 60);
+        assert_eq!(up.applied(), 3 + 60);
+    }
+}
+
+#[tokio::test]
+async fn a_target_that_refuses_put_create_says_to_post() {
+    let up = Upstream::new(Mode::Correct)
+        .post_creates(PostCreates::BodyId)
+        .spawn()
+        .await;
+
+    let err = storm(args(&format!("{}/items", up.url), 1, 1, 1))
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(err, StormError::CreateRefused { method: "PUT", status, .. } if status == 404),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("--create post"), "{err}");
+    assert_eq!(up.applied(), 0);
+}
+
+#[tokio::test]
+async fn existing_keys_by_list_or_start() {
+    let up = Upstream::new(Mode::Correct)
+        .item("/items/a", 5)
+        .item("/items/b", 0)
+        .item("/items/1", 0)
+        .item("/items/2", 10)
+        .spawn()
+        .await;
+    let target = format!("{}/items", up.url);
+
+    let mut listed = args(&target, 2, 1, 20);
+    listed.keys_list = vec!["a".to_owned(), "b".to_owned()];
+    listed.create = storm::Create::None;
+    let report = storm(listed).await.unwrap();
+    let paths: Vec<&str> = report.per_key.iter().map(|k| k.path.as_str()).collect();
+    assert_eq!(paths, ["/items/a", "/items/b"]);
+    assert_eq!(report.per_key[0].initial_counter, 5);
+    assert_eq!(up.counter("/items/a") + up.counter("/items/b"), 5 + 20);
+
+    let mut numbered = args(&target, 2, 2, 20);
+    numbered.key_start = Some(1);
+    let report = storm(numbered).await.unwrap();
+    let paths: Vec<&str> = report.per_key.iter().map(|k| k.path.as_str()).collect();
+    assert_eq!(paths, ["/items/1", "/items/2"]);
+    assert_eq!(report.per_key[1].initial_counter, 10);
+    // Nothing was created: every applied write is one of the 40 increments.
+    assert_eq!(up.applied(), 40);
+
+    let mut missing = args(&target, 1, 1, 1);
+    missing.keys_list = vec!["nope".to_owned()];
+    missing.create = storm::Create::None;
+    let err = storm(missing).await.unwrap_err();
+    assert!(matches!(err, StormError::Missing { .. }), "{err:?}");
+    assert!(err.to_string().contains("--keys-list"), "{err}");
+}
+
+/// The binary's exit status says whether updates were lost.
+#[tokio::test]
+async fn the_binary_exits_3_on_lost_updates_unless_allowed() {
+    let storm_bin = |url: &str, extra: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ifmatch"));
+        command
+            .args(["storm", "--target", url, "--writers", "4", "--keys", "1"])
+            .args(["--requests", "4", "--no-progress"])
+            .args(extra);
+        command
+    };
+    let run = |mut command: tokio::process::Command| async move {
+        let out = tokio::time::timeout(TEST_DEADLINE, command.output())
+            .await
+            .expect("storm finished in time")
+            .expect("storm ran");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let clean = Upstream::new(Mode::Correct).spawn().await;
+    let (code, stdout, stderr) = run(storm_bin(&clean.url, &[])).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("no lost updates"), "{stdout}");
+
+    for (allow, want) in [(false, 3), (true, 0)] {
+        let racy = Upstream::new(Mode::Racy)
+            .item("/items/storm-0", 0)
+            .hold_reads(1, 4)
+            .spawn()
+            .await;
+        let extra: &[&str] = if allow {
+            &["--no-if-match", "--allow-lost"]
+        } else {
+            &["--no-if-match"]
+        };
+        let (code, stdout, stderr) = run(storm_bin(&racy.url, extra)).await;
+        assert_eq!(code, Some(want), "{stdout}{stderr}");
+        assert!(stdout.contains("LOST UPDATES DETECTED: 3"), "{stdout}");
+        if !allow {
+            assert!(stderr.contains("--allow-lost"), "{stderr}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -565,10 +766,20 @@ async fn invalid_urls_and_arguments_are_rejected_before_any_request() {
             "{target}: {err:?}"
         );
     }
+    // The collection is the target's path; the prefix names keys under it.
     let mut bad_prefix = args("http://127.0.0.1:1", 1, 1, 1);
-    bad_prefix.key_prefix = "items/".to_owned();
+    bad_prefix.key_prefix = Some("/items/".to_owned());
     let err = storm(bad_prefix).await.unwrap_err();
     assert!(matches!(err, StormError::InvalidUrl { .. }), "{err:?}");
+    assert!(err.to_string().contains("--target"), "{err}");
+    let mut nested = args("http://127.0.0.1:1", 1, 1, 1);
+    nested.keys_list = vec!["a/b".to_owned()];
+    let err = storm(nested).await.unwrap_err();
+    assert!(matches!(err, StormError::InvalidArgs(_)), "{err:?}");
+    let mut twice = args("http://127.0.0.1:1", 1, 1, 1);
+    twice.keys_list = vec!["a".to_owned(), "a".to_owned()];
+    let err = storm(twice).await.unwrap_err();
+    assert!(matches!(err, StormError::InvalidArgs(_)), "{err:?}");
 
     let err = storm(args("http://127.0.0.1:1", 0, 1, 1))
         .await
@@ -605,7 +816,10 @@ fn command_line_flags_parse() {
         "--duration=1m 30s",
         "--requests=500",
         "--field=version",
-        "--key-prefix=/docs/",
+        "--key-prefix=doc-",
+        "--key-start=7",
+        "--create=post",
+        "--allow-lost",
         "--json=out.json",
         "--no-if-match",
         "--max-retries=3",
@@ -619,11 +833,27 @@ fn command_line_flags_parse() {
     assert_eq!(s.duration, Duration::from_secs(90));
     assert_eq!(s.requests, Some(500));
     assert_eq!(s.field, "version");
-    assert_eq!(s.key_prefix, "/docs/");
+    assert_eq!(s.key_prefix.as_deref(), Some("doc-"));
+    assert_eq!(s.key_start, Some(7));
+    assert_eq!(s.create, storm::Create::Post);
+    assert!(s.allow_lost);
     assert_eq!(s.json.as_deref(), Some(std::path::Path::new("out.json")));
     assert!(s.no_if_match && s.no_progress);
     assert_eq!(s.max_retries, 3);
     assert_eq!(s.timeout, Duration::from_millis(250));
 
     assert!(Cli::try_parse_from(["storm", "--target=http://x", "--duration=soon"]).is_err());
+
+    let cli =
+        Cli::try_parse_from(["storm", "--target=http://x/items", "--keys-list=1,2, 3"]).unwrap();
+    assert_eq!(cli.storm.keys_list, ["1", "2", " 3"]);
+    assert!(
+        Cli::try_parse_from([
+            "storm",
+            "--target=http://x",
+            "--keys-list=1",
+            "--key-start=1"
+        ])
+        .is_err()
+    );
 }

@@ -15,7 +15,7 @@ fn args(target: String, key_prefix: &str, no_if_match: bool) -> StormArgs {
     args.duration = Duration::from_secs(20);
     // Bounded by count, not time: the same work on a fast or a loaded machine.
     args.requests = Some(400);
-    args.key_prefix = key_prefix.to_owned();
+    args.key_prefix = Some(key_prefix.to_owned());
     args.no_if_match = no_if_match;
     args.max_retries = 1000;
     args.no_progress = true;
@@ -29,7 +29,7 @@ async fn storm_counts_lost_updates_straight_and_none_through_the_proxy() {
         let proxy = Proxy::spawn(config(demo.addr)).await;
 
         let straight = storm::run(
-            args(demo.url(""), "/items/straight-", true),
+            args(demo.url("/items"), "straight-", true),
             std::future::pending(),
         )
         .await
@@ -40,7 +40,7 @@ async fn storm_counts_lost_updates_straight_and_none_through_the_proxy() {
         );
 
         let through = storm::run(
-            args(proxy.url(""), "/items/through-", false),
+            args(proxy.url("/items"), "through-", false),
             std::future::pending(),
         )
         .await

@@ -8,6 +8,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::response::{MAX_ECHO_BYTES, bounded};
 use crate::etag::EntityTag;
 use crate::precondition::{Field, PreconditionError, Preconditions, TagCondition};
 use crate::store::Representation;
@@ -91,14 +92,120 @@ pub(crate) fn strip_synthesized(headers: &mut HeaderMap, pre: &Preconditions) {
     }
 }
 
-/// Formats a tag list as it was sent, for problem details.
+/// Formats a tag list as it was sent, for problem details and logs: a little less than
+/// [`MAX_ECHO_BYTES`] of it, then how many tags were left out (a client may send thousands),
+/// so that with a field name in front it still fits in a [`Rejection`](super::Rejection)'s
+/// bound, marker included.
 pub(crate) fn describe(condition: &TagCondition) -> String {
-    match condition {
-        TagCondition::Any => "*".to_owned(),
-        TagCondition::Tags(tags) => tags
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
+    const BUDGET: usize = MAX_ECHO_BYTES - 64;
+    let tags = match condition {
+        TagCondition::Any => return "*".to_owned(),
+        TagCondition::Tags(tags) => tags,
+    };
+    let mut shown = String::new();
+    for (i, tag) in tags.iter().enumerate() {
+        let tag = tag.to_string();
+        let separator = if i == 0 { "" } else { ", " };
+        if shown.len() + separator.len() + tag.len() > BUDGET {
+            if i == 0 {
+                // One tag longer than the bound: show its start.
+                shown.push_str(&bounded(&tag, BUDGET));
+                if tags.len() > 1 {
+                    shown.push_str(&format!(", …[+{} more tags]", tags.len() - 1));
+                }
+            } else {
+                shown.push_str(&format!(", …[+{} more tags]", tags.len() - i));
+            }
+            return shown;
+        }
+        shown.push_str(separator);
+        shown.push_str(&tag);
+    }
+    shown
+}
+
+/// The precondition lines of a write as the client sent them, kept (cheap `Bytes` clones)
+/// so that a log can say what was sent when they did not parse (`If-Match: nope`).
+pub(crate) struct SentLines(Vec<(Field, HeaderValue)>);
+
+impl SentLines {
+    /// The write's `If-Match`, `If-None-Match` and `If-Unmodified-Since` lines, or `None`
+    /// without any (no allocation then).
+    pub(crate) fn capture(headers: &HeaderMap) -> Option<Self> {
+        let mut lines = Vec::new();
+        for (name, field) in &FIELDS {
+            if *field != Field::IfModifiedSince {
+                lines.extend(headers.get_all(name).iter().map(|v| (*field, v.clone())));
+            }
+        }
+        (!lines.is_empty()).then_some(Self(lines))
+    }
+
+    /// The lines as `Name: value; Name: value`, at most about [`MAX_ECHO_BYTES`] of them.
+    pub(crate) fn describe(&self) -> String {
+        let mut sent = String::new();
+        for (field, value) in &self.0 {
+            if !sent.is_empty() {
+                sent.push_str("; ");
+            }
+            sent.push_str(field.name());
+            sent.push_str(": ");
+            sent.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            if sent.len() > MAX_ECHO_BYTES {
+                return bounded(&sent, MAX_ECHO_BYTES).into_owned();
+            }
+        }
+        sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(n: usize) -> TagCondition {
+        TagCondition::Tags(
+            (0..n)
+                .map(|i| EntityTag::strong(&format!("tag-{i}")).unwrap())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn describe_shows_short_lists_whole() {
+        assert_eq!(describe(&TagCondition::Any), "*");
+        assert_eq!(describe(&tags(2)), "\"tag-0\", \"tag-1\"");
+    }
+
+    #[test]
+    fn describe_bounds_long_lists() {
+        let shown = describe(&tags(5000));
+        assert!(shown.len() <= MAX_ECHO_BYTES + 32, "{}", shown.len());
+        assert!(shown.starts_with("\"tag-0\", \"tag-1\""), "{shown}");
+        assert!(shown.ends_with(" more tags]"), "{shown}");
+        let long = TagCondition::Tags(vec![EntityTag::strong(&"x".repeat(5000)).unwrap()]);
+        assert!(describe(&long).len() <= MAX_ECHO_BYTES + 32);
+    }
+
+    #[test]
+    fn sent_lines_are_the_bounded_wire_value() {
+        let sent_raw = |headers: &HeaderMap| SentLines::capture(headers).map(|s| s.describe());
+        let mut headers = HeaderMap::new();
+        assert_eq!(sent_raw(&headers), None);
+        headers.insert(IF_MATCH, HeaderValue::from_static("nope"));
+        // If-Modified-Since does not count on a write.
+        headers.insert(IF_MODIFIED_SINCE, HeaderValue::from_static("whenever"));
+        assert_eq!(sent_raw(&headers).as_deref(), Some("If-Match: nope"));
+        headers.append(IF_MATCH, HeaderValue::from_static("\"ok\""));
+        headers.insert(IF_NONE_MATCH, HeaderValue::from_static("w/\"x\""));
+        assert_eq!(
+            sent_raw(&headers).as_deref(),
+            Some("If-Match: nope; If-Match: \"ok\"; If-None-Match: w/\"x\"")
+        );
+        headers.insert(
+            IF_MATCH,
+            HeaderValue::from_str(&"n".repeat(60_000)).unwrap(),
+        );
+        assert!(sent_raw(&headers).unwrap().len() <= MAX_ECHO_BYTES + 32);
     }
 }

@@ -29,5 +29,5 @@ pub use policy::{
     Aliases, EtagSource, FailedOpen, OnStoreUnavailable, OnUnknown, Policy, QueryMode,
     RouteContext, UpstreamDeadline,
 };
-pub use response::{Rejection, RejectionKind};
+pub use response::{MAX_ECHO_BYTES, Rejection, RejectionKind, bounded};
 pub use service::{Precondition, resource_key};

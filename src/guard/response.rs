@@ -1,5 +1,7 @@
 //! Responses the guard makes itself: RFC 9457 problem details.
 
+use std::borrow::Cow;
+
 use http::header::{CONTENT_TYPE, ETAG};
 use http::{HeaderValue, Response, StatusCode};
 use http_body::Body;
@@ -92,6 +94,39 @@ impl RejectionKind {
     }
 }
 
+/// At most this many bytes of client input (a precondition, a request target) are echoed in a
+/// problem body or a log line: a client must not be able to make either arbitrarily large.
+pub const MAX_ECHO_BYTES: usize = 256;
+
+/// At most this many bytes of `detail`: the guard's own words plus bounded echoes fit easily.
+const MAX_DETAIL_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes on a char boundary, with a marker saying how much was cut.
+///
+/// ```
+/// use ifmatch::guard::bounded;
+/// assert_eq!(bounded("short", 8), "short");
+/// assert_eq!(bounded("ééééé", 5), "éé…[+6 bytes]");
+/// ```
+pub fn bounded(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…[+{} bytes]", &text[..end], text.len() - end))
+}
+
+/// `text` bounded to `max` bytes, reusing the allocation when it fits.
+fn bound_owned(text: String, max: usize) -> String {
+    match bounded(&text, max) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(cut) => cut,
+    }
+}
+
 /// A refusal made by the guard or the proxy, rendered as `application/problem+json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -105,7 +140,8 @@ pub struct Rejection {
     pub instance: String,
     /// The resource's current validator, when known.
     pub current_etag: Option<EntityTag>,
-    /// The precondition the client sent (e.g. `If-Match: "a"`), for logs.
+    /// The precondition the client sent (e.g. `If-Match: "a"`), for logs; at most
+    /// [`MAX_ECHO_BYTES`] of it.
     pub sent: Option<String>,
 }
 
@@ -122,7 +158,9 @@ struct ProblemJson<'a> {
 }
 
 impl Rejection {
-    /// A rejection of `kind` with `status`, about `instance`.
+    /// A rejection of `kind` with `status`, about `instance`. The instance (the client's request
+    /// target) is cut to [`MAX_ECHO_BYTES`] and the detail to 1 KiB, so neither a long path nor a
+    /// precondition the detail quotes makes the response (or its log line) large.
     pub fn new(
         kind: RejectionKind,
         status: StatusCode,
@@ -132,16 +170,16 @@ impl Rejection {
         Self {
             kind,
             status,
-            detail: detail.into(),
-            instance: instance.into(),
+            detail: bound_owned(detail.into(), MAX_DETAIL_BYTES),
+            instance: bound_owned(instance.into(), MAX_ECHO_BYTES),
             current_etag: None,
             sent: None,
         }
     }
 
-    /// Attaches the precondition the client sent.
+    /// Attaches the precondition the client sent, cut to [`MAX_ECHO_BYTES`].
     pub fn with_sent(mut self, sent: Option<String>) -> Self {
-        self.sent = sent;
+        self.sent = sent.map(|sent| bound_owned(sent, MAX_ECHO_BYTES));
         self
     }
 
@@ -197,5 +235,107 @@ impl Rejection {
         }
         response.extensions_mut().insert(self);
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind, by a match that stops compiling when a kind is added.
+    fn every_kind() -> Vec<RejectionKind> {
+        use RejectionKind::*;
+        let all = [
+            MalformedPrecondition,
+            PreconditionRequired,
+            StalePrecondition,
+            ResourceAbsent,
+            AlreadyExists,
+            LeaseTimeout,
+            UnknownState,
+            TooLargeToHash,
+            StoreUnavailable,
+            UpstreamUnavailable,
+            UpstreamTimeout,
+            NoRoute,
+            BadRequest,
+            HeadersTooLarge,
+            RequestTimeout,
+            TooManyConnections,
+        ];
+        for kind in all {
+            match kind {
+                MalformedPrecondition
+                | PreconditionRequired
+                | StalePrecondition
+                | ResourceAbsent
+                | AlreadyExists
+                | LeaseTimeout
+                | UnknownState
+                | TooLargeToHash
+                | StoreUnavailable
+                | UpstreamUnavailable
+                | UpstreamTimeout
+                | NoRoute
+                | BadRequest
+                | HeadersTooLarge
+                | RequestTimeout
+                | TooManyConnections => {}
+            }
+        }
+        all.to_vec()
+    }
+
+    /// The conflict reasons registered at start are exactly the conflicts' slugs.
+    #[test]
+    fn conflict_reasons_are_the_conflict_slugs() {
+        let conflicts: Vec<&str> = every_kind()
+            .into_iter()
+            .filter(|&kind| Rejection::new(kind, StatusCode::CONFLICT, "/", "").is_conflict())
+            .map(RejectionKind::slug)
+            .collect();
+        assert_eq!(conflicts, crate::telemetry::CONFLICT_REASONS);
+    }
+
+    #[test]
+    fn bounded_cuts_on_a_char_boundary_with_a_marker() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("", 0, ""),
+            ("abc", 3, "abc"),
+            ("abcd", 3, "abc…[+1 bytes]"),
+            ("abc", 0, "…[+3 bytes]"),
+            // 'é' is two bytes: a cut inside it backs off to the boundary before.
+            ("aé", 2, "a…[+2 bytes]"),
+            ("aé", 3, "aé"),
+            ("日本語", 4, "日…[+6 bytes]"),
+        ];
+        for (text, max, want) in cases {
+            assert_eq!(bounded(text, *max), *want, "{text:?} at {max}");
+        }
+    }
+
+    #[test]
+    fn client_input_in_a_rejection_is_bounded() {
+        let long = "x".repeat(50_000);
+        let rejection = Rejection::new(
+            RejectionKind::StalePrecondition,
+            StatusCode::CONFLICT,
+            format!("/{long}"),
+            format!("If-Match: {long} does not match"),
+        )
+        .with_sent(Some(format!("If-Match: {long}")));
+        assert!(rejection.instance.len() < MAX_ECHO_BYTES + 32);
+        assert!(rejection.sent.as_ref().unwrap().len() < MAX_ECHO_BYTES + 32);
+        assert!(rejection.detail.len() < MAX_DETAIL_BYTES + 32);
+        assert!(
+            rejection.to_json().len() < 2048,
+            "{}",
+            rejection.to_json().len()
+        );
+        // Short input is kept as is.
+        let short = Rejection::new(RejectionKind::NoRoute, StatusCode::NOT_FOUND, "/a", "d")
+            .with_sent(Some("If-Match: \"a\"".to_owned()));
+        assert_eq!(short.instance, "/a");
+        assert_eq!(short.sent.as_deref(), Some("If-Match: \"a\""));
     }
 }

@@ -9,6 +9,7 @@ use http_body::Body;
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
+use super::headers::SentLines;
 use super::policy::{Policy, RouteContext};
 use super::response::{Rejection, RejectionKind};
 use super::{read, write};
@@ -110,10 +111,30 @@ where
             uri: req.uri().clone(),
         };
         if is_read {
-            Box::pin(read::read(guarded, req))
-        } else {
-            Box::pin(write::write(guarded, req))
+            return Box::pin(read::read(guarded, req));
         }
+        match SentLines::capture(req.headers()) {
+            None => Box::pin(write::write(guarded, req)),
+            Some(sent) => {
+                let written = write::write(guarded, req);
+                Box::pin(async move {
+                    let mut response = written.await?;
+                    show_malformed(&mut response, &sent);
+                    Ok(response)
+                })
+            }
+        }
+    }
+}
+
+/// A precondition that did not parse has no parsed form to show: the rejection says what was
+/// sent on the wire instead, so the log line shows `If-Match: nope`, not nothing.
+fn show_malformed<B>(response: &mut Response<B>, sent: &SentLines) {
+    if let Some(rejection) = response.extensions_mut().get_mut::<Rejection>()
+        && rejection.kind == RejectionKind::MalformedPrecondition
+        && rejection.sent.is_none()
+    {
+        rejection.sent = Some(sent.describe());
     }
 }
 

@@ -29,6 +29,7 @@ mod client;
 mod connection;
 mod forward;
 mod head_limit;
+mod log_budget;
 mod observe;
 mod reload;
 mod request_id;

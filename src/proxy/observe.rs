@@ -1,4 +1,5 @@
-//! Per-request metrics, the one log line of each refused write, and hot-spot counting, read
+//! Per-request metrics, the one log line of each refused write (at most
+//! [`REJECTION_LINES_PER_SEC`] a second, then a count of the suppressed), and hot-spot counting, read
 //! from the response: the guard's [`Rejection`] in its extensions says what happened, so
 //! nothing is derived twice.
 
@@ -12,8 +13,9 @@ use metrics::SharedString;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use super::log_budget::{Admit, LogBudget, REJECTION_LINES_PER_SEC};
 use super::request_id::RequestId;
-use crate::guard::{FailedOpen, Rejection, RejectionKind, RouteContext};
+use crate::guard::{FailedOpen, MAX_ECHO_BYTES, Rejection, RejectionKind, RouteContext, bounded};
 use crate::hotspots::Hotspots;
 use crate::telemetry::{self, method_label, status_class};
 
@@ -105,20 +107,19 @@ impl Seen {
     }
 
     fn rejected(&self, rejection: &Rejection) {
-        let route = self.route.as_deref().unwrap_or("");
-        tracing::info!(
-            route,
-            resource = %rejection.instance,
-            sent = rejection.sent.as_deref().unwrap_or("none"),
-            current = %rejection
-                .current_etag
-                .as_ref()
-                .map_or_else(|| "unknown".to_owned(), ToString::to_string),
-            reason = rejection.kind.slug(),
-            status = rejection.status.as_u16(),
-            request_id = self.request_id.as_ref().map_or("", RequestId::as_str),
-            "write rejected"
-        );
+        match LogBudget::rejections().admit() {
+            Admit::Log { suppressed } => {
+                if suppressed > 0 {
+                    tracing::info!(
+                        suppressed,
+                        per_sec = REJECTION_LINES_PER_SEC,
+                        "write rejected lines suppressed (counted in /metrics)"
+                    );
+                }
+                self.log_rejection(rejection);
+            }
+            Admit::Suppress => {}
+        }
         let label = self.route_label();
         match rejection.kind {
             RejectionKind::PreconditionRequired => {
@@ -140,6 +141,28 @@ impl Seen {
             }
             _ => {}
         }
+    }
+}
+
+impl Seen {
+    /// The one line of a refused write. Client input in it (resource, sent) is bounded by the
+    /// [`Rejection`]; the upstream's tag is bounded here.
+    fn log_rejection(&self, rejection: &Rejection) {
+        let route = self.route.as_deref().unwrap_or("");
+        let current = rejection
+            .current_etag
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+        tracing::info!(
+            route,
+            resource = %rejection.instance,
+            sent = rejection.sent.as_deref().unwrap_or("none"),
+            current = %bounded(&current, MAX_ECHO_BYTES),
+            reason = rejection.kind.slug(),
+            status = rejection.status.as_u16(),
+            request_id = self.request_id.as_ref().map_or("", RequestId::as_str),
+            "write rejected"
+        );
     }
 }
 

@@ -20,6 +20,7 @@ pub fn reload(path: &Path, overrides: &Overrides, routes: &Routes) -> Result<usi
     match result {
         Ok(new) => {
             let n = new.len();
+            telemetry::register(new.iter().map(|route| &*route.id));
             routes.replace(RouteTable::new(new));
             metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "ok").increment(1);
             tracing::info!(file = %path.display(), routes = n, "config reloaded");
@@ -29,7 +30,7 @@ pub fn reload(path: &Path, overrides: &Overrides, routes: &Routes) -> Result<usi
             metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "refused").increment(1);
             // One line, every problem: log pipelines split on newlines.
             let problems = match error.issues() {
-                [] => super::Chain(&error).to_string(),
+                [] => one_line(&super::Chain(&error).to_string()),
                 issues => issues
                     .iter()
                     .map(ToString::to_string)
@@ -43,5 +44,35 @@ pub fn reload(path: &Path, overrides: &Overrides, routes: &Routes) -> Result<usi
             );
             Err(error)
         }
+    }
+}
+
+/// A multi-line error (the TOML parser's, with the offending line and a caret) as one line:
+/// its first line, which says where, and its last, which says what.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+    let first = lines.next().unwrap_or_default();
+    match lines.next_back() {
+        Some(last) => format!("{first}: {last}"),
+        None => first.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_toml_error_becomes_one_line_that_says_where_and_what() {
+        let error = Config::from_toml("routes = [\n", &Overrides::default()).unwrap_err();
+        let line = one_line(&crate::proxy::Chain(&error).to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("config is not valid toml: TOML parse error at line 1"),
+            "{line}"
+        );
+        assert!(line.ends_with("unclosed array, expected `]`"), "{line}");
+        assert_eq!(line.matches("TOML parse error").count(), 1, "{line}");
+        assert_eq!(one_line("just one"), "just one");
     }
 }

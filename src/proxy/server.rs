@@ -163,11 +163,14 @@ impl<St: Store> Server<St> {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
         let (store, plane) = self.split();
+        let metrics = admin::prometheus::handle();
+        // Every documented series from the first scrape on, at zero.
+        telemetry::register(plane.routes.iter().map(|route| &*route.id));
         let mut api = Admin::default()
             .token(plane.config.admin.token.as_deref().map(Token::new))
             .routes(plane.table.clone())
             .hotspots(plane.hotspots.clone())
-            .metrics(admin::prometheus::handle())
+            .metrics(metrics)
             .probe_timeout(plane.config.server.connect_timeout);
         if let Some(store) = &store {
             api = api.store(store.clone());

@@ -91,6 +91,16 @@ impl Http {
         self.send(req).await
     }
 
+    /// POST a JSON body (to create a resource in a collection).
+    pub(crate) async fn post(&self, uri: &Uri, body: Bytes) -> Result<Fetched, Failure> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri.clone();
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.send(req).await
+    }
+
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<Fetched, Failure> {
         let exchange = async {
             let response = self.client.request(req).await.map_err(|e| {

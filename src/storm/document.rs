@@ -50,12 +50,27 @@ impl Document {
         Ok(Self { object, counter })
     }
 
-    /// A fresh resource: `{"id": id, field: 0}`.
-    pub(crate) fn initial(id: &str, field: &str) -> Bytes {
+    /// A fresh resource: `{"id": id, field: 0}`, or `{field: 0}` for the target to name.
+    pub(crate) fn initial(id: Option<&str>, field: &str) -> Bytes {
         let mut object = Map::new();
-        object.insert("id".to_owned(), Value::from(id));
+        if let Some(id) = id {
+            object.insert("id".to_owned(), Value::from(id));
+        }
         object.insert(field.to_owned(), Value::from(0));
         Bytes::from(Value::Object(object).to_string())
+    }
+
+    /// The `id` of a created resource's JSON body (a string or an integer), as a path segment.
+    pub(crate) fn id_of(body: &[u8]) -> Option<String> {
+        let Value::Object(object) = serde_json::from_slice(body).ok()? else {
+            return None;
+        };
+        let id = match object.get("id")? {
+            Value::String(id) => id.clone(),
+            Value::Number(id) if id.is_u64() || id.is_i64() => id.to_string(),
+            _ => return None,
+        };
+        (!id.is_empty() && !id.contains(['/', '?', '#'])).then_some(id)
     }
 
     pub(crate) fn counter(&self) -> i64 {

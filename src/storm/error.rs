@@ -59,6 +59,38 @@ pub enum StormError {
         /// The status received.
         status: StatusCode,
     },
+    /// A key does not exist and `--create none` forbids creating it.
+    #[error(
+        "GET {url} returned 404 Not Found: name existing keys (--keys-list, --key-start), \
+         or let storm create them (--create put or --create post)"
+    )]
+    Missing {
+        /// The resource.
+        url: String,
+    },
+    /// The target refused to create a key.
+    #[error(
+        "{method} {url} returned {status} when creating a key: if the API creates with POST to \
+         the collection, pass --create post; to use existing keys, --keys-list or --key-start \
+         with --create none"
+    )]
+    CreateRefused {
+        /// The request method.
+        method: &'static str,
+        /// Where it was sent.
+        url: String,
+        /// The status received.
+        status: StatusCode,
+    },
+    /// A POST created a resource but said neither where (`Location`) nor its `id`.
+    #[error(
+        "POST {url} created a resource but its answer has neither a Location header nor a \
+         JSON body with an \"id\": storm cannot find it (use --keys-list with existing ids)"
+    )]
+    CreatedNowhere {
+        /// The collection.
+        url: String,
+    },
     /// The resource's body is not JSON.
     #[error("body of {url} is not JSON")]
     NotJson {

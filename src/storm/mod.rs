@@ -1,7 +1,9 @@
 //! `ifmatch storm`: concurrent writers that count lost updates.
 //!
-//! `--writers` tasks run read-modify-write cycles against `--keys` JSON resources at
-//! `{target}{key_prefix}{i}` (created with `If-None-Match: *` when absent): GET the resource,
+//! `--writers` tasks run read-modify-write cycles against `--keys` JSON resources under the
+//! collection `--target` names, `{target}/{key_prefix}{i}` (or the ids of `--keys-list`), created
+//! when absent (`--create`: a PUT with `If-None-Match: *`, or a POST to the collection whose
+//! answer says where the new resource is): GET the resource,
 //! remember its `ETag` and counter field, PUT it back with the counter one higher and
 //! `If-Match: <etag>`; on 409 or 412, read again and retry (up to `--max-retries`).
 //! `--no-if-match` sends the same writes unconditionally, to show what happens without
@@ -59,14 +61,49 @@ const DEFAULT_WRITERS: usize = 8;
 const DEFAULT_KEYS: usize = 4;
 const DEFAULT_DURATION: &str = "10s";
 const DEFAULT_FIELD: &str = "counter";
-const DEFAULT_KEY_PREFIX: &str = "/items/storm-";
+const DEFAULT_KEY_PREFIX: &str = "storm-";
+/// The collection of a target given without a path: the demo API's.
+const DEFAULT_COLLECTION: &str = "/items";
+
+/// What storm needs of the API under test, for `--help`.
+pub const REQUIREMENTS: &str = "\
+What storm needs of the API:
+  - GET {target}/{key} answers 200 with a JSON object holding an integer counter field
+    (--field, default \"counter\"); storm sends every other field back unchanged.
+  - PUT {target}/{key} with the whole object replaces it (2xx). With If-Match, a write that
+    lost the race is refused with 409 or 412.
+  - A strong ETag on each GET, for If-Match: the API's own, or put ifmatch in front of the API
+    and storm it through the proxy (ifmatch synthesizes one). Otherwise only --no-if-match runs.
+  - Keys that exist, or a way to create them: --create put (default: PUT with
+    If-None-Match: *), or --create post (POST {\"counter\": 0} to {target}; the new key is
+    the answer's Location, or the \"id\" of the created body). Existing ids: --keys-list 1,2,3
+    or --key-start 1 --keys 3 (with --create none, a missing one is an error, not created).
+  - Nobody else writes the keys during the storm (their increments hide storm's losses).
+{target} is the collection, e.g. http://127.0.0.1:8080/items (without a path: /items).
+
+Exit status: 0 no lost updates; 3 lost updates detected (0 with --allow-lost); 1 the storm
+could not run (unreachable target, missing keys, bodies storm cannot increment).";
+
+/// How storm creates a key the target does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Create {
+    /// PUT the key with `If-None-Match: *` (create-only).
+    #[default]
+    Put,
+    /// POST to the collection; the created resource (its `Location`, or its body's `id`)
+    /// becomes the key.
+    Post,
+    /// Never: a missing key is an error.
+    None,
+}
 const DEFAULT_MAX_RETRIES: u32 = 10;
 const DEFAULT_TIMEOUT: &str = "5s";
 
 /// The `storm` subcommand's flags.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct StormArgs {
-    /// Base URL of the API under test (plain http://), e.g. the proxy's listener.
+    /// The collection under test (plain http://), e.g. http://127.0.0.1:8080/items through the
+    /// proxy; keys live under its path (without a path: /items).
     #[arg(long, value_name = "URL")]
     pub target: String,
     /// Concurrent writer tasks.
@@ -75,6 +112,15 @@ pub struct StormArgs {
     /// Resources to write to; fewer keys, more collisions.
     #[arg(long, value_name = "K", default_value_t = DEFAULT_KEYS)]
     pub keys: usize,
+    /// Number the keys from N (existing ids, e.g. --key-start 1 for 1, 2, ...).
+    #[arg(long, value_name = "N", conflicts_with = "keys_list")]
+    pub key_start: Option<u64>,
+    /// Storm exactly these existing keys (ids under the target), instead of --keys.
+    #[arg(long, value_name = "ID,..", value_delimiter = ',', num_args = 1..)]
+    pub keys_list: Vec<String>,
+    /// How to create a key the target does not have.
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = Create::Put)]
+    pub create: Create,
     /// How long the writers run (10s, 1m, 500ms).
     #[arg(long, value_name = "D", default_value = DEFAULT_DURATION, value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -84,9 +130,10 @@ pub struct StormArgs {
     /// The JSON integer field to increment.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_FIELD)]
     pub field: String,
-    /// Path prefix of the resources: key i is {target}{key-prefix}{i}.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_KEY_PREFIX)]
-    pub key_prefix: String,
+    /// Name prefix of the keys: key i is {target}/{key-prefix}{i} [default: "storm-", or none
+    /// with --key-start or --keys-list].
+    #[arg(long, value_name = "NAME")]
+    pub key_prefix: Option<String>,
     /// Also write the report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -102,6 +149,9 @@ pub struct StormArgs {
     /// No live progress line (it is never drawn when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Exit 0 even when lost updates are detected (e.g. to demonstrate them).
+    #[arg(long)]
+    pub allow_lost: bool,
 }
 
 impl StormArgs {
@@ -111,15 +161,19 @@ impl StormArgs {
             target: target.into(),
             writers: DEFAULT_WRITERS,
             keys: DEFAULT_KEYS,
+            key_start: None,
+            keys_list: Vec::new(),
+            create: Create::Put,
             duration: Duration::from_secs(10),
             requests: None,
             field: DEFAULT_FIELD.to_owned(),
-            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            key_prefix: None,
             json: None,
             no_if_match: false,
             max_retries: DEFAULT_MAX_RETRIES,
             timeout: Duration::from_secs(5),
             no_progress: false,
+            allow_lost: false,
         }
     }
 }
@@ -135,16 +189,23 @@ pub async fn run(
     if args.writers == 0 {
         return Err(StormError::InvalidArgs("--writers must be at least 1"));
     }
-    if args.keys == 0 {
+    if args.keys == 0 && args.keys_list.is_empty() {
         return Err(StormError::InvalidArgs("--keys must be at least 1"));
     }
-    let keys = keys(&args)?;
+    let (collection, keys) = keys(&args)?;
     let http = Http::new(args.timeout);
     let if_match = !args.no_if_match;
     let mut shutdown = pin!(shutdown);
 
-    let initial = tokio::select! {
-        initial = workload::prepare(&http, &keys, &args.field, if_match) => initial?,
+    let setup = workload::Setup {
+        http: &http,
+        collection: &collection,
+        field: &args.field,
+        if_match,
+        create: args.create,
+    };
+    let (keys, initial) = tokio::select! {
+        prepared = workload::prepare(&setup, keys) => prepared?,
         () = &mut shutdown => return Err(StormError::Interrupted),
     };
 
@@ -221,8 +282,9 @@ pub async fn run(
     Ok(report)
 }
 
-/// The resources `{target}{key_prefix}{i}`, checked to be plain-HTTP URLs.
-fn keys(args: &StormArgs) -> Result<Vec<Key>, StormError> {
+/// The collection `--target` names and the keys under it, `{collection}/{name}`, checked to be
+/// plain-HTTP URLs.
+fn keys(args: &StormArgs) -> Result<(Uri, Vec<Key>), StormError> {
     let invalid = |url: &str, reason: String| StormError::InvalidUrl {
         url: url.to_owned(),
         reason,
@@ -242,34 +304,66 @@ fn keys(args: &StormArgs) -> Result<Vec<Key>, StormError> {
         None => {
             return Err(invalid(
                 &args.target,
-                "expected http://host:port".to_owned(),
+                "expected http://host:port/collection".to_owned(),
             ));
         }
     }
-    if target.authority().is_none() {
+    let Some(authority) = target.authority() else {
         return Err(invalid(&args.target, "no host".to_owned()));
-    }
+    };
     if target.query().is_some() {
         return Err(invalid(
             &args.target,
             "a query string cannot prefix keys".to_owned(),
         ));
     }
-    if !args.key_prefix.starts_with('/') {
+    // Named keys are storm's own; numbered or listed ones are the target's ids as they are.
+    let prefix = match &args.key_prefix {
+        Some(prefix) => prefix.as_str(),
+        None if args.key_start.is_some() || !args.keys_list.is_empty() => "",
+        None => DEFAULT_KEY_PREFIX,
+    };
+    if prefix.starts_with('/') {
         return Err(invalid(
-            &args.key_prefix,
-            "--key-prefix must start with '/'".to_owned(),
+            prefix,
+            "--key-prefix names keys under the target's path: put the collection in --target \
+             (http://host:port/items) and the start of the names in --key-prefix"
+                .to_owned(),
         ));
     }
-    let base = args.target.trim_end_matches('/');
-    (0..args.keys)
-        .map(|i| {
-            let path = format!("{}{i}", args.key_prefix);
-            let url = format!("{base}{path}");
-            let uri = url
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| invalid(&url, e.to_string()))?;
-            Ok(Key { path, uri })
-        })
-        .collect()
+    let collection_path = match target.path().trim_end_matches('/') {
+        "" => DEFAULT_COLLECTION,
+        path => path,
+    };
+    let collection: Uri = format!("http://{authority}{collection_path}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(&args.target, e.to_string()))?;
+    let names: Vec<String> = if args.keys_list.is_empty() {
+        let start = args.key_start.unwrap_or(0);
+        (0..args.keys as u64)
+            .map(|i| format!("{prefix}{}", start.saturating_add(i)))
+            .collect()
+    } else {
+        args.keys_list
+            .iter()
+            .map(|id| format!("{prefix}{}", id.trim()))
+            .collect()
+    };
+    if names
+        .iter()
+        .any(|name| name.is_empty() || name.contains('/'))
+    {
+        return Err(StormError::InvalidArgs(
+            "a key must be a non-empty name without '/' (an id under the target)",
+        ));
+    }
+    let distinct: std::collections::HashSet<&String> = names.iter().collect();
+    if distinct.len() != names.len() {
+        return Err(StormError::InvalidArgs("--keys-list names a key twice"));
+    }
+    let keys = names
+        .iter()
+        .map(|name| Key::at(&collection, &format!("{collection_path}/{name}")))
+        .collect::<Result<_, _>>()?;
+    Ok((collection, keys))
 }

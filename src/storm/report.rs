@@ -304,19 +304,19 @@ impl fmt::Display for Report {
             },
         )?;
         writeln!(f)?;
-        let verdict = if self.lost_updates == 0 {
-            "every acknowledged write is in the final state".to_owned()
+        if self.lost_updates == 0 {
+            writeln!(
+                f,
+                "  no lost updates   (every acknowledged write is in the final state)"
+            )?;
         } else {
-            format!(
-                "{} acknowledged writes are missing from the final state",
-                self.lost_updates
-            )
-        };
-        writeln!(
-            f,
-            "  LOST UPDATES DETECTED: {}   ({verdict})",
-            self.lost_updates
-        )?;
+            writeln!(
+                f,
+                "  LOST UPDATES DETECTED: {}   ({} acknowledged writes are missing from the \
+                 final state)",
+                self.lost_updates, self.lost_updates
+            )?;
+        }
         writeln!(f)?;
         let t = &self.throughput;
         writeln!(f, "  {:<12}{:>10}", "cycles", self.cycles)?;

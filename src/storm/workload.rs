@@ -7,15 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
-use http::header::{IF_MATCH, IF_NONE_MATCH};
+use http::header::{IF_MATCH, IF_NONE_MATCH, LOCATION};
 use http::{HeaderValue, StatusCode, Uri};
 use tokio::sync::watch;
 
-use super::StormError;
 use super::client::{Failure, Fetched, Http, strong_etag};
 use super::document::Document;
 use super::progress::Live;
 use super::tally::{ErrorKind, Tally};
+use super::{Create, StormError};
 
 /// Keys set up or read back at once: enough to be quick, few enough to be polite.
 const SETUP_CONCURRENCY: usize = 8;
@@ -23,9 +23,37 @@ const SETUP_CONCURRENCY: usize = 8;
 /// One stormed resource.
 #[derive(Debug, Clone)]
 pub(crate) struct Key {
-    /// `--key-prefix` plus the index, as shown in the report.
+    /// The resource's path, as shown in the report.
     pub(crate) path: String,
     pub(crate) uri: Uri,
+}
+
+impl Key {
+    /// The resource at `path` on the collection's host.
+    pub(crate) fn at(collection: &Uri, path: &str) -> Result<Self, StormError> {
+        let authority = collection.authority().map_or("", |a| a.as_str());
+        let url = format!("http://{authority}{path}");
+        let uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| StormError::InvalidUrl {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            path: path.to_owned(),
+            uri,
+        })
+    }
+}
+
+/// What setting up the keys needs.
+pub(crate) struct Setup<'a> {
+    pub(crate) http: &'a Http,
+    /// Where `--create post` posts.
+    pub(crate) collection: &'a Uri,
+    pub(crate) field: &'a str,
+    pub(crate) if_match: bool,
+    pub(crate) create: Create,
 }
 
 /// Cycles left to start, when `--requests` bounds the storm.
@@ -62,43 +90,48 @@ pub(crate) struct Plan {
     pub(crate) picker: RandomState,
 }
 
-/// Reads every key's counter, creating the keys that do not exist yet.
+/// Reads every key's counter, creating the keys that do not exist yet; a key created by POST
+/// is replaced by the resource the target made.
 pub(crate) async fn prepare(
-    http: &Http,
-    keys: &[Key],
-    field: &str,
-    if_match: bool,
-) -> Result<Vec<i64>, StormError> {
-    stream::iter(keys)
-        .map(|key| prepare_key(http, key, field, if_match))
+    setup: &Setup<'_>,
+    keys: Vec<Key>,
+) -> Result<(Vec<Key>, Vec<i64>), StormError> {
+    let prepared: Vec<(Key, i64)> = stream::iter(keys)
+        .map(|key| prepare_key(setup, key))
         .buffered(SETUP_CONCURRENCY)
         .try_collect()
-        .await
+        .await?;
+    Ok(prepared.into_iter().unzip())
 }
 
-async fn prepare_key(
-    http: &Http,
-    key: &Key,
-    field: &str,
-    if_match: bool,
-) -> Result<i64, StormError> {
+async fn prepare_key(setup: &Setup<'_>, mut key: Key) -> Result<(Key, i64), StormError> {
+    let http = setup.http;
     let mut fetched = fetch(http, &key.uri).await?;
     if fetched.status == StatusCode::NOT_FOUND {
-        create(http, key, field).await?;
+        match setup.create {
+            Create::Put => put_create(http, &key, setup.field).await?,
+            Create::Post => key = post_create(setup).await?,
+            Create::None => {
+                return Err(StormError::Missing {
+                    url: key.uri.to_string(),
+                });
+            }
+        }
         fetched = fetch(http, &key.uri).await?;
     }
-    if if_match && fetched.status.is_success() && strong_etag(&fetched.headers).is_none() {
+    if setup.if_match && fetched.status.is_success() && strong_etag(&fetched.headers).is_none() {
         return Err(StormError::NoEtag {
             url: key.uri.to_string(),
         });
     }
-    counter_of(&fetched, &key.uri, field)
+    let counter = counter_of(&fetched, &key.uri, setup.field)?;
+    Ok((key, counter))
 }
 
 /// Creates a key, create-only: if another storm created it first, that is as good.
-async fn create(http: &Http, key: &Key, field: &str) -> Result<(), StormError> {
+async fn put_create(http: &Http, key: &Key, field: &str) -> Result<(), StormError> {
     let id = key.path.rsplit('/').next().unwrap_or(&key.path);
-    let body = Document::initial(id, field);
+    let body = Document::initial(Some(id), field);
     let create_only = Some((IF_NONE_MATCH, HeaderValue::from_static("*")));
     let created = http
         .put(&key.uri, body, create_only)
@@ -107,12 +140,59 @@ async fn create(http: &Http, key: &Key, field: &str) -> Result<(), StormError> {
     match created.status {
         s if s.is_success() => Ok(()),
         StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => Ok(()),
-        status => Err(StormError::Status {
+        status => Err(StormError::CreateRefused {
             method: "PUT",
             url: key.uri.to_string(),
             status,
         }),
     }
+}
+
+/// Creates a resource by POST to the collection; it is where the answer's `Location` says, or
+/// at `{collection}/{id}` with the created body's `id`.
+async fn post_create(setup: &Setup<'_>) -> Result<Key, StormError> {
+    let (http, collection) = (setup.http, setup.collection);
+    let body = Document::initial(None, setup.field);
+    let created = http
+        .post(collection, body)
+        .await
+        .map_err(|failure| failure.into_error(collection, http.timeout()))?;
+    if !created.status.is_success() {
+        return Err(StormError::CreateRefused {
+            method: "POST",
+            url: collection.to_string(),
+            status: created.status,
+        });
+    }
+    let path = created
+        .headers
+        .get(LOCATION)
+        .and_then(|location| location.to_str().ok())
+        .and_then(|location| location_path(collection, location))
+        .or_else(|| {
+            let id = Document::id_of(&created.body)?;
+            Some(format!("{}/{id}", collection.path().trim_end_matches('/')))
+        })
+        .ok_or_else(|| StormError::CreatedNowhere {
+            url: collection.to_string(),
+        })?;
+    Key::at(collection, &path)
+}
+
+/// The path a `Location` names on the collection's host: an absolute URL there, an absolute
+/// path, or a name relative to the collection. `None` for another host.
+fn location_path(collection: &Uri, location: &str) -> Option<String> {
+    if location.contains("://") || location.starts_with('/') {
+        let uri: Uri = location.parse().ok()?;
+        let Some(authority) = uri.authority() else {
+            return Some(uri.path().to_owned());
+        };
+        let same = collection.authority().is_some_and(|c| c == authority);
+        return (same && uri.scheme_str() == Some("http")).then(|| uri.path().to_owned());
+    }
+    // `Uri` would read a bare name as an authority: resolve it against the collection.
+    let name = location.split(['?', '#']).next()?;
+    (!name.is_empty()).then(|| format!("{}/{name}", collection.path().trim_end_matches('/')))
 }
 
 /// Reads every key's counter after the storm.
@@ -315,5 +395,31 @@ fn status_kind(status: StatusCode) -> ErrorKind {
         ErrorKind::Status5xx
     } else {
         ErrorKind::StatusOther
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_location_names_a_path_on_the_collections_host() {
+        let collection: Uri = "http://api:3000/items".parse().unwrap();
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/items/7", Some("/items/7")),
+            ("/elsewhere/7?x=1", Some("/elsewhere/7")),
+            ("http://api:3000/items/7", Some("/items/7")),
+            ("http://other:3000/items/7", None),
+            ("https://api:3000/items/7", None),
+            ("7", Some("/items/7")),
+            ("", None),
+        ];
+        for (location, want) in cases {
+            assert_eq!(
+                location_path(&collection, location).as_deref(),
+                *want,
+                "{location:?}"
+            );
+        }
     }
 }
