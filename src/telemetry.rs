@@ -36,6 +36,14 @@ pub const STORE_FAILED_OPEN: &str = "ifmatch_store_failed_open_total";
 pub const CONNECTIONS: &str = "ifmatch_connections";
 /// Client connections refused because `server.max_connections` were open.
 pub const CONNECTIONS_REFUSED: &str = "ifmatch_connections_refused_total";
+/// Request bodies the proxy left unread, read to their end and discarded so that their
+/// HTTP/1.1 connection carries the next request.
+pub const BODIES_DISCARDED: &str = "ifmatch_request_bodies_discarded_total";
+/// HTTP/1.1 connections closed after an answer because the body it left unread could not be
+/// discarded, by `reason`: `too_large`, `too_slow`, `unsent` (the client waits for
+/// `100 Continue`), `forwarded` (the upstream client gave up on it part-way: the upstream
+/// failed or answered early), `broken` (the body failed).
+pub const CONNECTIONS_CLOSED_UNDISCARDED: &str = "ifmatch_connections_closed_undiscarded_total";
 /// Configuration reloads, by `result` (`ok`, `refused`).
 pub const CONFIG_RELOADS: &str = "ifmatch_config_reloads_total";
 
@@ -86,6 +94,14 @@ pub fn describe() {
     describe_gauge!(
         CONNECTIONS,
         "Client connections open, WebSocket tunnels included"
+    );
+    describe_counter!(
+        BODIES_DISCARDED,
+        "Unread request bodies discarded to keep their connection"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED_UNDISCARDED,
+        "Connections closed because an unread request body was too large or slow to discard"
     );
     describe_counter!(
         CONNECTIONS_REFUSED,
