@@ -24,7 +24,8 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::raw::{Conn, Message, head};
 use support::{
-    Backend, BackendHandle, DemoHandle, Proxy, Reply, TestBody, bounded, config, config_with, full,
+    Backend, BackendHandle, Client, DemoHandle, Proxy, ProxyHandle, Reply, TestBody, bounded,
+    config, config_toml, config_with, full, sample,
 };
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
@@ -52,15 +53,21 @@ async fn document() -> BackendHandle {
         .await
 }
 
-/// `CYCLES` GET / PUT cycles on one connection, each PUT (with `put_headers` and a 1 KiB body)
-/// answered `status` by the proxy itself; panics at the first transport error, saying how far
-/// it got.
-async fn cycles(proxy: SocketAddr, put_headers: &[(&str, &str)], status: u16) {
+/// `count` GET / PUT cycles on one connection, each PUT to `target` (with `put_headers` and a
+/// 1 KiB body) answered `status` by the proxy itself; panics at the first transport error,
+/// saying how far it got.
+async fn cycles_to(
+    proxy: SocketAddr,
+    target: &str,
+    put_headers: &[(&str, &str)],
+    status: u16,
+    count: usize,
+) {
     let body = vec![b'x'; 1024];
     let get = head("GET", "/r", &[], 0);
-    let put = head("PUT", "/r", put_headers, body.len());
+    let put = head("PUT", target, put_headers, body.len());
     let mut conn = Conn::open(proxy).await;
-    for cycle in 0..CYCLES {
+    for cycle in 0..count {
         let read = conn.exchange(&get, b"", Duration::ZERO).await;
         let read = read.unwrap_or_else(|e| panic!("cycle {cycle}: GET failed: {e}"));
         assert_eq!(read.status, 200, "cycle {cycle}: {read:?}");
@@ -71,7 +78,7 @@ async fn cycles(proxy: SocketAddr, put_headers: &[(&str, &str)], status: u16) {
         };
         let wrote = conn.exchange(&put, &body, pause).await;
         let wrote = wrote.unwrap_or_else(|e| {
-            panic!("cycle {cycle}: {cycle} of {CYCLES} rejected writes answered, then: {e}")
+            panic!("cycle {cycle}: {cycle} of {count} rejected writes answered, then: {e}")
         });
         assert_eq!(wrote.status, status, "cycle {cycle}: {wrote:?}");
         assert!(!wrote.closes(), "cycle {cycle}: {wrote:?}");
@@ -82,12 +89,45 @@ async fn cycles(proxy: SocketAddr, put_headers: &[(&str, &str)], status: u16) {
     }
 }
 
+/// [`cycles_to`] `/r`, `CYCLES` times.
+async fn cycles(proxy: SocketAddr, put_headers: &[(&str, &str)], status: u16) {
+    cycles_to(proxy, "/r", put_headers, status, CYCLES).await;
+}
+
+/// The proxy's `/metrics`.
+async fn metrics(proxy: &ProxyHandle) -> String {
+    let answer = Client::http1().get(proxy.admin_url("/metrics")).await;
+    String::from_utf8(answer.body.to_vec()).expect("text")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_writes_answered_409_keep_the_connection() {
     let backend = document().await;
-    let proxy = Proxy::spawn(config(backend.addr)).await;
+    let proxy = Proxy::with_admin(config(backend.addr)).await;
     bounded(cycles(proxy.addr, &[("if-match", "\"v0\"")], 409)).await;
     assert_eq!(backend.hits(Method::PUT, "/r"), 0);
+    let discarded = sample(
+        &metrics(&proxy).await,
+        "ifmatch_request_bodies_discarded_total",
+        &[],
+    );
+    // At least the bodies that certainly had not arrived (other tests add theirs).
+    assert!(
+        discarded >= Some((CYCLES / PAUSE_EVERY) as f64),
+        "{discarded:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrouted_writes_answered_404_keep_the_connection() {
+    let backend = document().await;
+    let routed = format!(
+        "[[routes]]\nname = \"r\"\npath_prefix = \"/r\"\nupstream = \"http://{}\"\n",
+        backend.addr
+    );
+    let proxy = Proxy::spawn(config_toml(&routed)).await;
+    bounded(cycles_to(proxy.addr, "/elsewhere", &[], 404, CYCLES / 5)).await;
+    assert!(backend.seen().iter().all(|seen| seen.method == Method::GET));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +178,7 @@ async fn assert_closed_after_409(conn: &mut Conn, wrote: &Message) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_too_large_to_discard_gets_connection_close_after_the_whole_answer() {
     let backend = document().await;
-    let proxy = Proxy::spawn(config(backend.addr)).await;
+    let proxy = Proxy::with_admin(config(backend.addr)).await;
     let mut conn = Conn::open(proxy.addr).await;
     let read = bounded(conn.exchange(&head("GET", "/r", &[], 0), b"", Duration::ZERO)).await;
     assert_eq!(read.expect("GET").status, 200);
@@ -152,6 +192,12 @@ async fn a_body_too_large_to_discard_gets_connection_close_after_the_whole_answe
     let wrote = wrote.expect("the whole body written, then the whole answer read");
     assert_closed_after_409(&mut conn, &wrote).await;
     assert_eq!(backend.hits(Method::PUT, "/r"), 0);
+    let closed = sample(
+        &metrics(&proxy).await,
+        "ifmatch_connections_closed_undiscarded_total",
+        &["reason=\"too_large\""],
+    );
+    assert!(closed >= Some(1.0), "{closed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

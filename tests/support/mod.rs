@@ -90,6 +90,19 @@ pub fn config_with(upstream: SocketAddr, sections: &str) -> Config {
     ))
 }
 
+/// The value of the first sample of `name` in a Prometheus text exposition `metrics` whose
+/// labels include every one of `labels`.
+pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
 /// An address nothing listens on (bound then released): connections to it are refused.
 pub async fn unused_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
