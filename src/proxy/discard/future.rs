@@ -15,6 +15,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::DiscardLimits;
 use super::body::{Returned, Unread};
+use super::decide::{self, Decision};
 use crate::proxy::connection::Linger;
 use crate::telemetry;
 
@@ -149,37 +150,32 @@ fn after<B: Body, RB>(watch: Option<Watch<B>>, mut response: Response<RB>) -> Ne
     if body.is_end_stream() {
         return Next::Respond(response);
     }
-    if closes(&response) {
-        // The answer closes the connection anyway (431): only the close is left to make
-        // graceful, not worth reading a body for.
-        response.extensions_mut().insert(Linger);
-        return Next::Respond(response);
-    }
-    if polled {
-        // The upstream client read part of it, then gave it up (the upstream failed or
-        // answered early, the body timed out): the client may be one that waits for the
-        // answer before it sends the rest, and the answer should not wait for it.
-        close(&mut response, "forwarded");
-        return Next::Respond(response);
-    }
-    if watch.expects_continue {
-        // hyper has not sent `100 Continue` (nothing read the body), so the client may be
-        // waiting, not sending: it may not send the body at all now that it has its answer
-        // (RFC 9110 §10.1.1), and only closing the connection frames the next request.
-        close(&mut response, "unsent");
-        return Next::Respond(response);
-    }
-    if body.size_hint().lower() > watch.max_bytes {
-        close(&mut response, "too_large");
-        return Next::Respond(response);
-    }
-    let drain = Drain {
-        body,
-        left: watch.max_bytes,
-        deadline: watch.deadline,
-        sleep: None,
+    let known = decide::Unread {
+        answer_closes: closes(&response),
+        forwarded: polled,
+        expects_continue: watch.expects_continue,
+        announced: body.size_hint().lower(),
+        max_bytes: watch.max_bytes,
     };
-    Next::Drain(drain, response)
+    match decide::decide(known) {
+        Decision::Drain => Next::Drain(
+            Drain {
+                body,
+                left: watch.max_bytes,
+                deadline: watch.deadline,
+                sleep: None,
+            },
+            response,
+        ),
+        Decision::Linger => {
+            response.extensions_mut().insert(Linger);
+            Next::Respond(response)
+        }
+        Decision::Close(reason) => {
+            close(&mut response, reason);
+            Next::Respond(response)
+        }
+    }
 }
 
 /// Whether `response` already says the connection closes after it.

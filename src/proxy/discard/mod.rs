@@ -28,94 +28,12 @@
 //! up.
 
 mod body;
+mod decide;
 mod future;
-
-use std::task::{Context, Poll};
-use std::time::Duration;
-
-use http::{Request, Response, Version};
-use http_body::Body;
-use tower::{Layer, Service};
+mod layer;
+mod service;
 
 pub use body::ClientBody;
-use body::Returned;
 pub use future::DiscardFuture;
-use future::Watch;
-
-use crate::config::ServerConfig;
-
-/// How much of an unread body is read to keep its connection, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiscardLimits {
-    /// Most bytes read and discarded.
-    pub max_bytes: u64,
-    /// The whole body must have arrived this long after the request's head.
-    pub timeout: Duration,
-}
-
-impl DiscardLimits {
-    /// The limits of `server` (`discard_body_bytes`, `body_read_timeout`).
-    pub fn new(server: &ServerConfig) -> Self {
-        Self {
-            max_bytes: u64::try_from(server.discard_body_bytes).unwrap_or(u64::MAX),
-            timeout: server.body_read_timeout,
-        }
-    }
-}
-
-/// Applies [`Discard`].
-#[derive(Debug, Clone, Copy)]
-pub struct DiscardLayer {
-    limits: DiscardLimits,
-}
-
-impl DiscardLayer {
-    /// Discards unread bodies within `limits`.
-    pub fn new(limits: DiscardLimits) -> Self {
-        Self { limits }
-    }
-}
-
-impl<S> Layer<S> for DiscardLayer {
-    type Service = Discard<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Discard {
-            inner,
-            limits: self.limits,
-        }
-    }
-}
-
-/// Reads and discards what the inner service left of an HTTP/1.1 request body before its
-/// response goes out (see the module docs).
-#[derive(Debug, Clone)]
-pub struct Discard<S> {
-    inner: S,
-    limits: DiscardLimits,
-}
-
-impl<S, B, RB> Service<Request<B>> for Discard<S>
-where
-    S: Service<Request<ClientBody<B>>, Response = Response<RB>>,
-    B: Body + Unpin,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = DiscardFuture<S::Future, B, RB>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        // Most requests have no body: they cost nothing here.
-        if req.version() >= Version::HTTP_2 || req.body().is_end_stream() {
-            return DiscardFuture::new(self.inner.call(req.map(ClientBody::new)), None);
-        }
-        let returned = Returned::new();
-        let watch = Watch::new(req.headers(), returned.clone(), self.limits);
-        let req = req.map(|body| ClientBody::watched(body, returned));
-        DiscardFuture::new(self.inner.call(req), Some(watch))
-    }
-}
+pub use layer::{DiscardLayer, DiscardLimits};
+pub use service::Discard;
