@@ -22,11 +22,15 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::h2::{
+    self, ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, SETTINGS,
+};
 use support::raw::{Conn, Message, head};
 use support::{
     Backend, BackendHandle, Client, DemoHandle, Proxy, ProxyHandle, Reply, TestBody, bounded,
     config, config_toml, config_with, full, sample,
 };
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
@@ -276,6 +280,74 @@ async fn h2c_rejected_streams_end_and_the_connection_stays_up() {
     let read = bounded(last.send_request(get())).await.expect("GET after");
     assert_eq!(read.status(), StatusCode::OK);
     assert!(!connection.is_finished(), "the connection is still up");
+    assert_eq!(backend.hits(Method::PUT, "/r"), 0);
+}
+
+/// RST_STREAM's NO_ERROR code.
+const NO_ERROR: u32 = 0x0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_a_rejected_stream_ends_with_its_answer_then_rst_stream_no_error() {
+    let backend = document().await;
+    let proxy = Proxy::spawn(config(backend.addr)).await;
+    let mut stream = bounded(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    let request = |method, stream_id, flags| {
+        let fields = [
+            (":method", method),
+            (":scheme", "http"),
+            (":path", "/r"),
+            (":authority", "a"),
+            ("if-match", "v1"),
+        ];
+        h2::frame(HEADERS, flags, stream_id, &h2::header_block(&fields))
+    };
+    // A PUT whose body never comes (HEADERS without END_STREAM), malformed: 400 at once.
+    let mut out = h2::PREFACE.to_vec();
+    out.extend(h2::frame(SETTINGS, 0, 0, &[]));
+    out.extend(request("PUT", 1, END_HEADERS));
+    bounded(stream.write_all(&out)).await.expect("write");
+
+    // What the proxy sends on stream 1, in order, until it resets it; then a GET on stream 3.
+    let mut on_stream_1 = Vec::new();
+    let mut answered_3 = false;
+    bounded(async {
+        while !answered_3 {
+            let frame = h2::read_frame(&mut stream).await.expect("frame");
+            match (frame.kind, frame.stream) {
+                (SETTINGS, _) if frame.flags & ACK == 0 => {
+                    stream
+                        .write_all(&h2::frame(SETTINGS, ACK, 0, &[]))
+                        .await
+                        .expect("ack");
+                }
+                (GOAWAY, _) => panic!("GOAWAY {:#x}", frame.code(4)),
+                (HEADERS | DATA, 1) => {
+                    on_stream_1.push((frame.kind, u32::from(frame.flags & END_STREAM)));
+                }
+                (RST_STREAM, 1) => {
+                    on_stream_1.push((RST_STREAM, frame.code(0)));
+                    let get = request("GET", 3, END_HEADERS | END_STREAM);
+                    stream.write_all(&get).await.expect("write GET");
+                }
+                (HEADERS, 3) => answered_3 = true,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let (last, answer) = on_stream_1.split_last().expect("frames on stream 1");
+    assert_eq!(*last, (RST_STREAM, NO_ERROR), "{on_stream_1:?}");
+    assert_eq!(
+        answer.first().map(|f| f.0),
+        Some(HEADERS),
+        "{on_stream_1:?}"
+    );
+    assert!(
+        answer.last().is_some_and(|f| f.1 == u32::from(END_STREAM)),
+        "the answer ended before the reset: {on_stream_1:?}"
+    );
     assert_eq!(backend.hits(Method::PUT, "/r"), 0);
 }
 

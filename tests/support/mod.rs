@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub mod h2;
 pub mod raw;
 pub mod workload;
 
