@@ -115,11 +115,9 @@ async fn stale_writes_answered_409_keep_the_connection() {
         "ifmatch_request_bodies_discarded_total",
         &[],
     );
-    // At least the bodies that certainly had not arrived (other tests add theirs).
-    assert!(
-        discarded >= Some((CYCLES / PAUSE_EVERY) as f64),
-        "{discarded:?}"
-    );
+    // A body that arrived whole before the guard answered is already read by hyper and needs
+    // no discard, which a loaded machine can make of any cycle: only count that some were.
+    assert!(discarded >= Some(1.0), "{discarded:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
