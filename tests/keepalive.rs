@@ -226,6 +226,26 @@ async fn a_body_that_stops_arriving_gets_connection_close_after_body_read_timeou
     assert_closed_after_409(&mut conn, &wrote).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_100_continue_gets_the_answer_instead_and_connection_close() {
+    let backend = document().await;
+    let proxy = Proxy::spawn(config(backend.addr)).await;
+    let mut conn = Conn::open(proxy.addr).await;
+    let read = bounded(conn.exchange(&head("GET", "/r", &[], 0), b"", Duration::ZERO)).await;
+    assert_eq!(read.expect("GET").status, 200);
+
+    // The client sends its body only after `100 Continue`; the answer comes first (no 100),
+    // and the body it will not send now can only be framed away by closing.
+    let headers = [("if-match", "\"v0\""), ("expect", "100-continue")];
+    let put = head("PUT", "/r", &headers, 1000);
+    bounded(conn.send(&put, b"", Duration::ZERO))
+        .await
+        .expect("send");
+    let wrote = bounded(conn.response()).await.expect("answer");
+    assert_closed_after_409(&mut conn, &wrote).await;
+    assert_eq!(backend.hits(Method::PUT, "/r"), 0);
+}
+
 /// A body that never sends a byte and never ends: the stream stays open from the client's side
 /// until the server ends it.
 fn never_sent() -> TestBody {
