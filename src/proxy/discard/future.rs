@@ -184,7 +184,8 @@ fn closes<RB>(response: &Response<RB>) -> bool {
         .headers()
         .get_all(CONNECTION)
         .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// Marks `response` as the last on its connection (RFC 9112 §9.6), which closes after it,
@@ -328,7 +329,7 @@ mod tests {
         let mut closing = response();
         closing
             .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
+            .insert(CONNECTION, HeaderValue::from_static("upgrade, Close"));
         let Next::Respond(r) = after(Some(watch), closing) else {
             panic!("drained")
         };
