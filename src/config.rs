@@ -107,6 +107,10 @@ pub struct ServerConfig {
     /// resource's state becomes unknown (the upstream may have seen part of the body).
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Most bytes of a request body the proxy answered without reading (a rejected write, a
+    /// 404) that it reads and discards to keep the HTTP/1.1 connection; a larger body, or one
+    /// not all there within `body_read_timeout` of its head, gets `Connection: close`. 0: never.
+    pub discard_body_bytes: usize,
     /// A client connection (HTTP/1.1, h2c or an upgraded WebSocket tunnel) with no bytes in
     /// either direction for this long is closed, gracefully: requests in flight finish.
     #[serde(with = "humantime_serde")]
@@ -142,6 +146,9 @@ impl Default for ServerConfig {
             // Below response_timeout, so that a trickled body to an upstream that waits for
             // all of it is answered 408 (the client's fault), not 504.
             body_read_timeout: Duration::from_secs(20),
+            // nginx discards any amount; 1 MiB keeps a rejected write's answer from waiting on
+            // much more than a large JSON document, and past it a new connection is cheaper.
+            discard_body_bytes: 1 << 20,
             idle_timeout: Duration::from_secs(60),
             // Each client connection may hold an upstream one: keep twice this under the
             // process's file-descriptor limit. 10k idle connections cost ~100-200 MiB of buffers.
@@ -761,6 +768,9 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 /// The largest hash buffer accepted.
 const MAX_HASH_BYTES: usize = 1 << 30;
 
+/// The most bytes discarded to keep a connection: more is a typo, and costs more than a new one.
+const MAX_DISCARD_BYTES: usize = 1 << 30;
+
 /// The most connections accepted: beyond the file descriptors of any one process.
 const MAX_CONNECTIONS: usize = 1_000_000;
 
@@ -812,6 +822,12 @@ impl ServerConfig {
         }
         if self.max_headers == 0 {
             report.error("server.max_headers", "must be at least 1");
+        }
+        if self.discard_body_bytes > MAX_DISCARD_BYTES {
+            report.error(
+                "server.discard_body_bytes",
+                "must be at most 1073741824 (1 GiB)",
+            );
         }
     }
 }
@@ -1484,6 +1500,7 @@ mod tests {
             idle_timeout = "1000d"
             max_connections = 0
             shutdown_timeout = "0s"
+            discard_body_bytes = 1_073_741_825
 
             [defaults]
             max_hash_bytes = 0
@@ -1502,13 +1519,14 @@ mod tests {
             "server.idle_timeout: must be at most 1 day",
             "server.max_connections: must be between 1 and 1000000",
             "server.shutdown_timeout: must be greater than zero",
+            "server.discard_body_bytes: must be at most 1073741824 (1 GiB)",
             "defaults.max_hash_bytes: must be between 1 and 1073741824 (1 GiB)",
             "defaults.lease_wait: must be at most 1 day",
             "routes[0].max_hash_bytes: must be between 1",
         ] {
             assert!(text.contains(expected), "{expected:?} not in {text}");
         }
-        assert!(text.contains("7 errors"), "{text}");
+        assert!(text.contains("8 errors"), "{text}");
         // Absurd durations are reported, never overflowed.
         let err = parse(
             r#"

@@ -36,6 +36,14 @@ pub const STORE_FAILED_OPEN: &str = "ifmatch_store_failed_open_total";
 pub const CONNECTIONS: &str = "ifmatch_connections";
 /// Client connections refused because `server.max_connections` were open.
 pub const CONNECTIONS_REFUSED: &str = "ifmatch_connections_refused_total";
+/// Request bodies the proxy left unread, read to their end and discarded so that their
+/// HTTP/1.1 connection carries the next request.
+pub const BODIES_DISCARDED: &str = "ifmatch_request_bodies_discarded_total";
+/// HTTP/1.1 connections closed after an answer because the body it left unread could not be
+/// discarded, by `reason`: `too_large`, `too_slow`, `unsent` (the client waits for
+/// `100 Continue`), `forwarded` (the upstream client gave up on it part-way: the upstream
+/// failed or answered early), `broken` (the body failed).
+pub const CONNECTIONS_CLOSED_UNDISCARDED: &str = "ifmatch_connections_closed_undiscarded_total";
 /// Configuration reloads, by `result` (`ok`, `refused`).
 pub const CONFIG_RELOADS: &str = "ifmatch_config_reloads_total";
 /// Forwarded writes whose outcome never came within `server.write_outcome_timeout`, by route.
@@ -52,14 +60,19 @@ pub const CONFLICT_REASONS: [&str; 6] = [
 ];
 
 /// The `outcome` of [`REVALIDATIONS`].
-pub const REVALIDATION_OUTCOMES: [&str; 6] = [
+pub const REVALIDATION_OUTCOMES: [&str; 7] = [
     "present",
     "absent",
     "relayed",
     "upstream-error",
     "too-large",
     "no-etag",
+    "timeout",
 ];
+
+/// The `reason` of [`CONNECTIONS_CLOSED_UNDISCARDED`].
+pub const UNDISCARDED_REASONS: [&str; 5] =
+    ["too_large", "too_slow", "unsent", "forwarded", "broken"];
 
 /// The `result` of [`CONFIG_RELOADS`].
 pub const RELOAD_RESULTS: [&str; 2] = ["ok", "refused"];
@@ -79,6 +92,10 @@ pub const METHOD_LABELS: [&str; 8] = [
 pub fn register<'a>(routes: impl IntoIterator<Item = &'a str>) {
     use metrics::{counter, gauge, histogram};
     counter!(CONNECTIONS_REFUSED).increment(0);
+    counter!(BODIES_DISCARDED).increment(0);
+    for reason in UNDISCARDED_REASONS {
+        counter!(CONNECTIONS_CLOSED_UNDISCARDED, "reason" => reason).increment(0);
+    }
     gauge!(CONNECTIONS).increment(0.0);
     gauge!(STORE_ENTRIES).increment(0.0);
     for name in [STORE_HITS, STORE_MISSES, STORE_EVICTIONS] {
@@ -95,6 +112,7 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a str>) {
             ETAGS_SYNTHESIZED,
             ETAGS_SKIPPED,
             STORE_FAILED_OPEN,
+            WRITE_OUTCOMES_ABANDONED,
         ] {
             counter!(name, "route" => route.clone()).increment(0);
         }
@@ -167,6 +185,14 @@ pub fn describe() {
     describe_gauge!(
         CONNECTIONS,
         "Client connections open, WebSocket tunnels included"
+    );
+    describe_counter!(
+        BODIES_DISCARDED,
+        "Unread request bodies discarded to keep their connection"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED_UNDISCARDED,
+        "Connections closed because an unread request body was too large or slow to discard"
     );
     describe_counter!(
         CONNECTIONS_REFUSED,

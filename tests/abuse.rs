@@ -34,9 +34,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::Method;
 use http_body_util::BodyExt;
+use support::h2::{
+    self, ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS,
+    header_block, read_frame,
+};
 use support::raw::{Raw, exchange};
 use support::{Backend, BackendHandle, Proxy, ProxyHandle, Reply, bounded, config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A backend that answers everything, counting the requests to `method /items/1` whose body
@@ -321,30 +325,6 @@ enum H2Outcome {
     Response(Option<u16>),
 }
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len())
-        .expect("small frame")
-        .to_be_bytes();
-    let mut out = vec![len[1], len[2], len[3], kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// A header block of literal fields without indexing (RFC 7541 §6.2.2), no Huffman coding.
-fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in fields {
-        assert!(name.len() < 127 && value.len() < 127);
-        out.push(0x00);
-        out.push(name.len() as u8);
-        out.extend_from_slice(name.as_bytes());
-        out.push(value.len() as u8);
-        out.extend_from_slice(value.as_bytes());
-    }
-    out
-}
-
 /// Opens an h2c connection, sends one GET on stream 1 with `extra` headers, and reports how
 /// the proxy answered it.
 async fn h2_exchange(addr: SocketAddr, extra: &[(&str, &str)]) -> H2Outcome {
@@ -358,14 +338,6 @@ async fn h2_send(
     extra: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> H2Outcome {
-    const SETTINGS: u8 = 0x4;
-    const HEADERS: u8 = 0x1;
-    const RST_STREAM: u8 = 0x3;
-    const GOAWAY: u8 = 0x7;
-    const DATA: u8 = 0x0;
-    const END_STREAM: u8 = 0x1;
-    const END_HEADERS: u8 = 0x4;
-
     let mut stream = bounded(TcpStream::connect(addr)).await.expect("connect");
     let mut fields = vec![
         (":method", method),
@@ -374,39 +346,29 @@ async fn h2_send(
         (":authority", "a"),
     ];
     fields.extend_from_slice(extra);
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(SETTINGS, 0, 0, &[]));
+    let mut out = PREFACE.to_vec();
+    out.extend(h2::frame(SETTINGS, 0, 0, &[]));
     let flags = END_HEADERS | if body.is_none() { END_STREAM } else { 0 };
-    out.extend(frame(HEADERS, flags, 1, &header_block(&fields)));
+    out.extend(h2::frame(HEADERS, flags, 1, &header_block(&fields)));
     if let Some(body) = body {
-        out.extend(frame(DATA, END_STREAM, 1, body));
+        out.extend(h2::frame(DATA, END_STREAM, 1, body));
     }
     bounded(stream.write_all(&out)).await.expect("write");
     bounded(async {
         loop {
-            let mut head = [0u8; 9];
-            stream.read_exact(&mut head).await.expect("frame header");
-            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let (kind, flags) = (head[3], head[4]);
-            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            let mut payload = vec![0u8; len];
-            stream
-                .read_exact(&mut payload)
-                .await
-                .expect("frame payload");
-            let code = |at: usize| u32::from_be_bytes(payload[at..at + 4].try_into().unwrap());
-            match kind {
-                SETTINGS if flags & 0x1 == 0 => {
+            let frame = read_frame(&mut stream).await.expect("frame");
+            match frame.kind {
+                SETTINGS if frame.flags & ACK == 0 => {
                     stream
-                        .write_all(&frame(SETTINGS, 0x1, 0, &[]))
+                        .write_all(&h2::frame(SETTINGS, ACK, 0, &[]))
                         .await
                         .expect("ack");
                 }
-                RST_STREAM if id == 1 => return H2Outcome::Reset(code(0)),
-                GOAWAY => return H2Outcome::GoAway(code(4)),
-                HEADERS if id == 1 => {
+                RST_STREAM if frame.stream == 1 => return H2Outcome::Reset(frame.code(0)),
+                GOAWAY => return H2Outcome::GoAway(frame.code(4)),
+                HEADERS if frame.stream == 1 => {
                     // Indexed :status fields of the static table (RFC 7541 Appendix A).
-                    let status = match payload.first() {
+                    let status = match frame.payload.first() {
                         Some(0x88) => Some(200),
                         Some(0x8c) => Some(400),
                         Some(0x8d) => Some(404),

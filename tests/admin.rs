@@ -8,7 +8,8 @@ mod support;
 use http::{Method, StatusCode};
 use ifmatch::config::Overrides;
 use support::{
-    Backend, Client, Proxy, Reply, TestBody, bounded, config_toml, full, request, unused_addr,
+    Backend, Client, Proxy, Reply, TestBody, bounded, config_toml, full, request, sample,
+    unused_addr,
 };
 
 /// One catch-all route named `route` to `upstream`, plus `extra` TOML.
@@ -39,18 +40,6 @@ fn with_token(method: Method, url: &str, token: Option<&str>) -> http::Request<T
         builder = builder.header("authorization", format!("Bearer {token}"));
     }
     builder.body(full("")).unwrap()
-}
-
-/// The value of the first sample of `name` whose labels include every one of `labels`.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|line| {
-            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
-        })
-        .find(|line| labels.iter().all(|label| line.contains(label)))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::Service;
 
+use super::discard::ClientBody;
 use super::router::Target;
 use super::timed_body::{BodyTimedOut, TimedBody};
 use crate::config::ServerConfig;
@@ -22,7 +23,7 @@ use crate::guard::{RequestBody, UpstreamDeadline};
 use crate::telemetry;
 
 /// The request the client sends: the client's body, or none for a request the guard makes.
-pub type UpstreamRequest = Request<RequestBody<Incoming>>;
+pub type UpstreamRequest = Request<RequestBody<ClientBody>>;
 
 /// Why the upstream gave no response. The rescue service turns each into a problem response.
 #[derive(Debug, thiserror::Error)]

@@ -5,17 +5,25 @@
 //! Idleness is measured on the socket itself (bytes read or written), so it covers HTTP/1.1
 //! keep-alive, h2c (where hyper has no idle timeout) and tunnels alike. Closing is graceful:
 //! HTTP/1.1 finishes the response in flight, h2c sends GOAWAY and finishes its streams.
+//!
+//! An HTTP/1.1 connection closed after an answer to a request whose body was not read (a
+//! [`Linger`] response) lingers: its write side is shut (the client reads the answer, then the
+//! end of the stream), and what the client still sends is read and discarded until it closes
+//! its side, or for at most `server.body_read_timeout`. Closing a socket with unread bytes in
+//! its receive buffer makes the kernel send a reset, which can reach the client before it has
+//! read the answer, and fails its writes of the rest of the body.
 
 use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::time::Sleep;
 
 use crate::telemetry;
 
@@ -30,7 +38,14 @@ struct Counters {
     moves: AtomicU64,
     /// Whether a complete request head has arrived.
     requested: AtomicBool,
+    /// Whether closing the connection should linger (see the module docs).
+    linger: AtomicBool,
 }
+
+/// In a response's extensions: the connection closes after this response, with a request body
+/// unread, so the close lingers (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Linger;
 
 /// How many quiet checks make an idle connection: it is closed between 1 and 1.25 idle
 /// timeouts after its last byte, with one cheap timer tick per quarter timeout.
@@ -47,6 +62,17 @@ impl Activity {
         if !self.0.requested.load(Ordering::Relaxed) {
             self.0.requested.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Records that the connection's close should linger, if `response` says so.
+    pub(crate) fn observe<B>(&self, response: &http::Response<B>) {
+        if response.extensions().get::<Linger>().is_some() {
+            self.0.linger.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn lingers(&self) -> bool {
+        self.0.linger.load(Ordering::Relaxed)
     }
 
     /// Completes if no request head has arrived within `timeout`; else never.
@@ -80,16 +106,52 @@ impl Activity {
     }
 }
 
-/// A socket that records its [`Activity`].
+/// A socket that records its [`Activity`], and lingers when it is shut down after a
+/// [`Linger`] response.
 #[derive(Debug)]
 pub(crate) struct Tracked<IO> {
     io: IO,
     activity: Activity,
+    /// Longest linger.
+    linger: Duration,
+    /// Set once the write side is shut and the close lingers: when it ends.
+    lingering: Option<Pin<Box<Sleep>>>,
 }
 
 impl<IO> Tracked<IO> {
-    pub(crate) fn new(io: IO, activity: Activity) -> Self {
-        Self { io, activity }
+    pub(crate) fn new(io: IO, activity: Activity, linger: Duration) -> Self {
+        Self {
+            io,
+            activity,
+            linger,
+            lingering: None,
+        }
+    }
+}
+
+/// Lingering reads go into this much stack, discarded.
+const LINGER_READ: usize = 4096;
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Tracked<IO> {
+    /// Reads and discards until the peer closes, fails, or the linger ends.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut discard = [0u8; LINGER_READ];
+        loop {
+            if let Some(until) = self.lingering.as_mut() {
+                if until.as_mut().poll(cx).is_ready() {
+                    tracing::debug!("linger ended before the client closed");
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let mut buf = ReadBuf::new(&mut discard);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => self.activity.bump(),
+                // The peer is gone: nothing left to protect.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -108,7 +170,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+// Reads, for the linger: a socket is always both.
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -142,7 +205,15 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.lingering.is_none() {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            if !this.activity.lingers() {
+                return Poll::Ready(Ok(()));
+            }
+            this.lingering = Some(Box::pin(tokio::time::sleep(this.linger)));
+        }
+        this.poll_linger(cx)
     }
 }
 
@@ -184,6 +255,8 @@ pub(crate) struct Deadlines {
     /// itself; this also bounds the bytes before hyper knows the protocol, and h2c's first
     /// request, which nothing else does.
     pub(crate) first_request: Duration,
+    /// Longest lingering close (see the module docs).
+    pub(crate) linger: Duration,
 }
 
 /// What a request knows of its connection (in its extensions), so that a tunnel made from it

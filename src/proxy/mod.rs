@@ -1,6 +1,8 @@
 //! The reverse proxy: the I/O edge around the guard.
 //!
-//! A request goes through [`HeadLimit`] (431 for a head over the configured limits),
+//! A request goes through [`Discard`] (what the proxy leaves unread of an HTTP/1.1 request body
+//! is discarded, bounded, so that the connection carries the next request), [`HeadLimit`]
+//! (431 for a head over the configured limits),
 //! [`Rescue`] (errors become problem+json), the [`Router`] (host and longest path prefix pick
 //! the route and its policy; 404 when none matches), the [`Precondition`](crate::Precondition)
 //! guard (absent in passthrough mode), [`Forward`] (upstream URI, hop-by-hop headers, `Host`,
@@ -27,6 +29,7 @@
 
 mod client;
 mod connection;
+mod discard;
 mod forward;
 mod head_limit;
 mod log_budget;
@@ -42,6 +45,7 @@ mod timed_body;
 mod upgrade;
 
 pub use client::{ResponseFuture, UpstreamClient, UpstreamError, UpstreamRequest};
+pub use discard::{ClientBody, Discard, DiscardFuture, DiscardLayer, DiscardLimits};
 pub use forward::{ClientAddr, Forward, ForwardFuture, ForwardLayer, strip_hop_by_hop};
 pub use head_limit::{HeadLimit, HeadLimitFuture, HeadLimitLayer, HeadLimits, head_size};
 pub use observe::{Observe, ObserveFuture, ObserveLayer};

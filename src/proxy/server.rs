@@ -25,6 +25,7 @@ use tower::{Service, ServiceExt};
 
 use super::client::UpstreamClient;
 use super::connection::{Activity, Deadlines, Scope, Slot, Tracked, until_closed};
+use super::discard::DiscardLimits;
 use super::forward::ClientAddr;
 use super::head_limit::{HYPER_DEFAULT_MAX_HEADERS, HeadLimits};
 use super::router::{RouteTable, Routes};
@@ -244,6 +245,7 @@ impl Plane {
             mode,
             Some(self.hotspots.clone()),
             limits,
+            DiscardLimits::new(server),
         );
         tracing::info!(
             addr = %local_addr(&listener),
@@ -317,6 +319,9 @@ pub(crate) fn connection_builder(server: &ServerConfig, heads: HeadLimits) -> Co
         deadlines: Deadlines {
             idle: server.idle_timeout,
             first_request: server.header_read_timeout,
+            // As long as a client may take to send a body, so that it can finish sending one
+            // it was answered before.
+            linger: server.body_read_timeout,
         },
         metered: false,
     }
@@ -392,7 +397,7 @@ pub(crate) async fn serve_connections<S, B>(
             stopped.clone(),
         );
         let tunnel_scope = scope.clone();
-        let requests = activity.clone();
+        let (requests, responses) = (activity.clone(), activity.clone());
         let client = ClientAddr::new(remote);
         let service = service
             .clone()
@@ -404,11 +409,15 @@ pub(crate) async fn serve_connections<S, B>(
                     req.extensions_mut().insert(tunnel_scope.clone());
                 }
                 req
+            })
+            .map_response(move |res: Response<B>| {
+                responses.observe(&res);
+                res
             });
         let connection = connections
             .builder
             .serve_connection_with_upgrades(
-                TokioIo::new(Tracked::new(stream, activity)),
+                TokioIo::new(Tracked::new(stream, activity, connections.deadlines.linger)),
                 TowerToHyperService::new(service),
             )
             .into_owned();

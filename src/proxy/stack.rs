@@ -8,6 +8,7 @@ use tower::util::Either;
 use tower::{Service, ServiceBuilder};
 
 use super::client::UpstreamClient;
+use super::discard::{ClientBody, DiscardLayer, DiscardLimits};
 use super::forward::ForwardLayer;
 use super::head_limit::{HeadLimitLayer, HeadLimits};
 use super::observe::ObserveLayer;
@@ -33,13 +34,15 @@ pub enum Mode<St> {
 /// The proxy's request handling from a client's request to the upstream and back.
 ///
 /// `routes` may be a fixed table (`Arc<RouteTable>`) or a reloadable [`Routes`]; conflicts are
-/// counted in `hotspots`, if given; request heads over `limits` get 431.
+/// counted in `hotspots`, if given; request heads over `limits` get 431; what is left unread
+/// of a request body is discarded within `discard`.
 pub fn stack<St: Store>(
     routes: impl Into<Routes>,
     client: UpstreamClient,
     mode: Mode<St>,
     hotspots: Option<Hotspots>,
     limits: HeadLimits,
+    discard: DiscardLimits,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -53,14 +56,18 @@ pub fn stack<St: Store>(
         Mode::Guard(store) => Either::Left(PreconditionLayer::new(store).policy(Policy::default())),
         Mode::Passthrough => Either::Right(
             ServiceBuilder::new()
-                .map_request(|req: Request<Incoming>| req.map(RequestBody::new))
+                .map_request(|req: Request<ClientBody>| req.map(RequestBody::new))
                 .map_response(|res: Response<Incoming>| res.map(ResponseBody::upstream))
                 .into_inner(),
         ),
     };
     ServiceBuilder::new()
-        // Outermost: it counts the head as the client sent it, before the request id is added,
-        // and a head over the limits costs no routing, store lookup or upstream request (hyper
+        // Outermost: every answer below, the 431 included, is one it may have to hold back
+        // until the body left unread is discarded, or mark as closing the connection; it only
+        // wraps the body, so the head limit still sees the head as the client sent it.
+        .layer(DiscardLayer::new(discard))
+        // Next: it counts the head as the client sent it, before the request id is added, and
+        // a head over the limits costs no routing, store lookup or upstream request (hyper
         // itself only refuses heads past its ceiling). Its 431 echoes the request id itself.
         .layer(HeadLimitLayer::new(limits))
         // Next, so that every other response, the proxy's own problems included, carries the

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use super::discard::ClientBody;
 use crate::guard::RequestBody;
 
 /// The body did not arrive in time: the error the upstream request fails with.
@@ -41,7 +41,7 @@ pin_project! {
     /// A request body with a deadline for its last byte.
     pub struct TimedBody {
         #[pin]
-        body: RequestBody<Incoming>,
+        body: RequestBody<ClientBody>,
         deadline: Instant,
         timeout: Duration,
         // Made on the first wait only: most bodies are empty or already buffered.
@@ -51,7 +51,7 @@ pin_project! {
 
 impl TimedBody {
     /// `body`, which must arrive within `timeout` from now.
-    pub fn new(body: RequestBody<Incoming>, timeout: Duration) -> Self {
+    pub fn new(body: RequestBody<ClientBody>, timeout: Duration) -> Self {
         Self {
             body,
             deadline: Instant::now() + timeout,

@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub mod h2;
 pub mod raw;
 pub mod workload;
 
@@ -88,6 +89,19 @@ pub fn config_with(upstream: SocketAddr, sections: &str) -> Config {
     config_toml(&format!(
         "{sections}\n[[routes]]\nname = \"api\"\nupstream = \"http://{upstream}\"\n"
     ))
+}
+
+/// The value of the first sample of `name` in a Prometheus text exposition `metrics` whose
+/// labels include every one of `labels`.
+pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
 }
 
 /// An address nothing listens on (bound then released): connections to it are refused.
