@@ -17,14 +17,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE, ETAG};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tokio::sync::oneshot;
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
+use super::headers;
+use super::learn::{Established, establish};
 use super::outcome::{outcome_of, related_targets};
-use super::policy::{Policy, UpstreamDeadline};
+use super::policy::{EtagSource, Policy, UpstreamDeadline};
 use super::response::{Rejection, RejectionKind};
 use super::service::resource_key;
 use crate::key::ResourceKey;
@@ -65,8 +68,9 @@ where
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_owned();
-    let representation = super::headers::representation(req.headers())
-        .with_variant(crate::target::query_variant(query_of(&req, &policy)));
+    let variant = crate::target::query_variant(query_of(&req, &policy));
+    let representation = headers::representation(req.headers()).with_variant(variant);
+    let client_method = method.clone();
     req.extensions_mut()
         .insert(UpstreamDeadline(policy.write_outcome_timeout));
     let call = inner.call(req.map(RequestBody::new));
@@ -108,7 +112,9 @@ where
 
     let response_timeout = exchange_timeout(&policy);
     match tokio::time::timeout(response_timeout, answer_rx).await {
-        Ok(Ok(Ok(Ok(response)))) => Ok(response.map(ResponseBody::upstream)),
+        Ok(Ok(Ok(Ok(response)))) => {
+            Ok(present(response, &client_method, &policy, variant, &instance).await)
+        }
         Ok(Ok(Ok(Err(error)))) => Err(error),
         Ok(Ok(Err(_))) | Err(_) => Ok(pending(&policy, &instance)),
         Ok(Err(_gone)) => {
@@ -123,6 +129,63 @@ where
                 detail.to_owned(),
             )
             .into_response())
+        }
+    }
+}
+
+/// The write's response as the client gets it: with the validator the guard accepts next, or
+/// none. A client reuses the ETag of its last write; one the guard would refuse (a weak tag,
+/// or the upstream's own on a route that synthesizes) would earn it a 409 for nothing.
+///
+/// When the upstream sent no usable tag and the body is the new representation (a 2xx to PUT,
+/// PATCH or POST, identity-coded, on a route that synthesizes), the client gets the tag
+/// synthesized from it: the tag the next write's revalidation will find if the upstream
+/// serves the same bytes on GET. It is not recorded: the resource stays unknown until then.
+async fn present<RB>(
+    response: Response<RB>,
+    method: &Method,
+    policy: &Policy,
+    variant: u32,
+    instance: &str,
+) -> Response<ResponseBody<RB>>
+where
+    RB: Body<Data = Bytes>,
+{
+    let (mut parts, body) = response.into_parts();
+    let upstream_tag = headers::strong_etag(&parts.headers);
+    if upstream_tag.is_some() && policy.etag_source != EtagSource::Synthesize {
+        return Response::from_parts(parts, ResponseBody::upstream(body));
+    }
+    let identity = parts
+        .headers
+        .get(CONTENT_ENCODING)
+        .is_none_or(|coding| coding.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let representation = parts.status.is_success()
+        && matches!(*method, Method::PUT | Method::PATCH | Method::POST)
+        && parts.headers.contains_key(CONTENT_TYPE)
+        && identity;
+    parts.headers.remove(ETAG);
+    match establish(&parts, body, policy, variant, representation).await {
+        Established::Tag {
+            validator,
+            synthesized: true,
+            body,
+        } => {
+            headers::set_etag(&mut parts.headers, &validator.tag);
+            Response::from_parts(parts, body)
+        }
+        Established::Tag { body, .. }
+        | Established::TooLarge { body }
+        | Established::Nothing { body } => Response::from_parts(parts, body),
+        Established::Failed => {
+            let detail = format!(
+                "the upstream answered this write {} but its response body failed midway; the \
+                 write may have applied: GET the resource before retrying",
+                parts.status
+            );
+            let status = StatusCode::BAD_GATEWAY;
+            Rejection::new(RejectionKind::UpstreamUnavailable, status, instance, detail)
+                .into_response()
         }
     }
 }

@@ -15,6 +15,7 @@ mod exchange;
 mod hash;
 mod headers;
 mod layer;
+mod learn;
 mod outcome;
 mod policy;
 mod read;

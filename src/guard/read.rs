@@ -6,16 +6,16 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower::Service;
 
-use super::body::{RequestBody, ResponseBody, Tail};
-use super::hash::{Hashed, hash_body};
+use super::body::{RequestBody, ResponseBody};
 use super::headers;
+use super::learn::{Established, establish};
 use super::policy::EtagSource;
 use super::response::{Rejection, RejectionKind};
 use super::service::Guarded;
 use crate::etag::EntityTag;
 use crate::key::ResourceKey;
-use crate::precondition::TagCondition;
-use crate::store::{KeyState, Observation, Snapshot, Store, Validator};
+use crate::precondition::{Decision, Preconditions, RequestKind, ResourceState, evaluate};
+use crate::store::{KeyState, Observation, Snapshot, Store};
 use crate::telemetry;
 
 pub(crate) async fn read<S, St, B, RB>(
@@ -77,62 +77,52 @@ where
     if !status.is_success() {
         return Ok(upstream(parts, body));
     }
-    let representation = headers::representation(&parts.headers).with_variant(variant);
-    let last_modified = headers::last_modified(&parts.headers);
-    if policy.etag_source != EtagSource::Synthesize {
-        if let Some(tag) = headers::strong_etag(&parts.headers) {
-            let validator = Validator {
-                tag,
-                representation,
-            };
+    let hash = hash && status == StatusCode::OK;
+    match establish(&parts, body, &policy, variant, hash).await {
+        Established::Tag {
+            validator,
+            synthesized,
+            body,
+        } => {
             let observation = Observation::Validator {
-                validator,
-                last_modified,
+                validator: validator.clone(),
+                last_modified: headers::last_modified(&parts.headers),
             };
             learn(&store, key, &snapshot, observation).await;
-            return Ok(upstream(parts, body));
-        }
-    }
-    if !is_get {
-        // HEAD has no body to hash: it carries the validator already known, if any.
-        if let Some(tag) = known_tag(&snapshot, representation) {
-            headers::set_etag(&mut parts.headers, tag);
-        }
-        return Ok(upstream(parts, body));
-    }
-    if !hash || status != StatusCode::OK {
-        return Ok(upstream(parts, body));
-    }
-
-    match hash_body(body, representation, policy.max_hash_bytes).await {
-        Hashed::Complete { frames, tag } => {
+            if !synthesized {
+                return Ok(Response::from_parts(parts, body));
+            }
             metrics::counter!(telemetry::ETAGS_SYNTHESIZED, "route" => route).increment(1);
-            let validator = Validator {
-                tag: tag.clone(),
-                representation,
+            headers::set_etag(&mut parts.headers, &validator.tag);
+            let current = [validator.tag];
+            let state = ResourceState::Present {
+                validators: &current,
+                last_modified: None,
             };
-            let observation = Observation::Validator {
-                validator,
-                last_modified,
+            let pre = Preconditions {
+                if_none_match: client_inm,
+                ..Preconditions::default()
             };
-            learn(&store, key, &snapshot, observation).await;
-            headers::set_etag(&mut parts.headers, &tag);
-            if client_inm.is_some_and(|inm| none_match_fails(&inm, &tag)) {
+            if evaluate(RequestKind::Read, &state, &pre) == Decision::NotModified {
                 parts.status = StatusCode::NOT_MODIFIED;
                 for name in [CONTENT_LENGTH, CONTENT_TYPE, CONTENT_ENCODING] {
                     parts.headers.remove(name);
                 }
                 return Ok(Response::from_parts(parts, ResponseBody::empty()));
             }
-            Ok(Response::from_parts(
-                parts,
-                ResponseBody::buffered(frames, Tail::Done),
-            ))
+            Ok(Response::from_parts(parts, body))
         }
-        Hashed::Incomplete {
-            rest: Tail::Failed(_),
-            ..
-        } => {
+        Established::Nothing { body } => {
+            if !is_get {
+                // HEAD has no body to hash: it carries the validator already known, if any.
+                let representation = headers::representation(&parts.headers).with_variant(variant);
+                if let Some(tag) = known_tag(&snapshot, representation) {
+                    headers::set_etag(&mut parts.headers, tag);
+                }
+            }
+            Ok(Response::from_parts(parts, body))
+        }
+        Established::Failed => {
             // Nothing was sent to the client yet: answer 502 rather than pass on a body that
             // ends short (the client might not notice), and learn nothing from it.
             tracing::warn!(%key, "upstream body failed while it was hashed");
@@ -148,17 +138,12 @@ where
             response.extensions_mut().remove::<Rejection>();
             Ok(response)
         }
-        Hashed::Incomplete { frames, rest } => {
-            if !matches!(rest, Tail::Failed(_)) {
-                // Too large to hash: whatever was known no longer describes this resource.
-                tracing::debug!(%key, limit = policy.max_hash_bytes, "body too large to hash");
-                metrics::counter!(telemetry::ETAGS_SKIPPED, "route" => route).increment(1);
-                learn(&store, key, &snapshot, Observation::Unknown).await;
-            }
-            Ok(Response::from_parts(
-                parts,
-                ResponseBody::buffered(frames, rest),
-            ))
+        Established::TooLarge { body } => {
+            // Too large to hash: whatever was known no longer describes this resource.
+            tracing::debug!(%key, limit = policy.max_hash_bytes, "body too large to hash");
+            metrics::counter!(telemetry::ETAGS_SKIPPED, "route" => route).increment(1);
+            learn(&store, key, &snapshot, Observation::Unknown).await;
+            Ok(Response::from_parts(parts, body))
         }
     }
 }
@@ -203,12 +188,4 @@ fn known_tag(
                 .find(|v| v.representation.variant() == representation.variant())
         })
         .map(|v| &v.tag)
-}
-
-/// `If-None-Match` is false when it is `*` or lists a tag that weakly matches the current one.
-pub(crate) fn none_match_fails(inm: &TagCondition, current: &EntityTag) -> bool {
-    match inm {
-        TagCondition::Any => true,
-        TagCondition::Tags(tags) => tags.iter().any(|tag| tag.weak_eq(current)),
-    }
 }

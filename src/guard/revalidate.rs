@@ -17,13 +17,13 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use tower::{Service, ServiceExt};
 
-use super::body::{RequestBody, ResponseBody, Tail};
-use super::hash::{Hashed, hash_body};
+use super::body::{RequestBody, ResponseBody};
 use super::headers;
+use super::learn::{Established, establish};
 use super::policy::{EtagSource, Policy};
 use super::response::{Rejection, RejectionKind};
 use crate::key::ResourceKey;
-use crate::store::{KeyState, Observation, Store, Validator};
+use crate::store::{KeyState, Observation, Store};
 use crate::telemetry;
 
 /// Establishes an unknown resource's state with a GET through the same inner service.
@@ -151,39 +151,26 @@ impl<S, St> Revalidation<'_, S, St> {
             )));
         }
 
-        let representation = headers::representation(&parts.headers).with_variant(variant);
+        let hash = hash && status == StatusCode::OK;
         let last_modified = headers::last_modified(&parts.headers);
-        let upstream_tag = match policy.etag_source {
-            EtagSource::Synthesize => None,
-            _ => headers::strong_etag(&parts.headers),
-        };
-        let tag = match upstream_tag {
-            Some(tag) => tag,
-            None if hash && status == StatusCode::OK => {
-                match hash_body(body, representation, policy.max_hash_bytes).await {
-                    Hashed::Complete { tag, .. } => tag,
-                    Hashed::Incomplete {
-                        rest: Tail::Failed(_),
-                        ..
-                    } => {
-                        outcome("upstream-error");
-                        return Ok(Err(unavailable("its body failed midway")));
-                    }
-                    Hashed::Incomplete { .. } => {
-                        outcome("too-large");
-                        let detail = format!(
-                            "this resource's representation is larger than the route's \
-                             max_hash_bytes ({} bytes), so its current state cannot be \
-                             established and the precondition cannot be checked: raise \
-                             max_hash_bytes for this route, or set on_unknown = \"forward\" to \
-                             let the upstream decide",
-                            policy.max_hash_bytes
-                        );
-                        return Ok(Err(conflict(RejectionKind::TooLargeToHash, detail)));
-                    }
-                }
+        let validator = match establish(&parts, body, policy, variant, hash).await {
+            Established::Tag { validator, .. } => validator,
+            Established::Failed => {
+                outcome("upstream-error");
+                return Ok(Err(unavailable("its body failed midway")));
             }
-            None => {
+            Established::TooLarge { .. } => {
+                outcome("too-large");
+                let detail = format!(
+                    "this resource's representation is larger than the route's max_hash_bytes \
+                     ({} bytes), so its current state cannot be established and the \
+                     precondition cannot be checked: raise max_hash_bytes for this route, or \
+                     set on_unknown = \"forward\" to let the upstream decide",
+                    policy.max_hash_bytes
+                );
+                return Ok(Err(conflict(RejectionKind::TooLargeToHash, detail)));
+            }
+            Established::Nothing { .. } => {
                 outcome("no-etag");
                 let detail = "the upstream sent no strong ETag for this resource, so its \
                               current state cannot be established: set the route's etag_source \
@@ -191,10 +178,6 @@ impl<S, St> Revalidation<'_, S, St> {
                     .to_owned();
                 return Ok(Err(conflict(RejectionKind::UnknownState, detail)));
             }
-        };
-        let validator = Validator {
-            tag,
-            representation,
         };
         let state = KeyState::Present {
             validators: vec![validator.clone()],

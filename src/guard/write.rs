@@ -22,8 +22,11 @@ use super::policy::{FailedOpen, OnStoreUnavailable, OnUnknown, Policy};
 use super::response::{Rejection, RejectionKind};
 use super::revalidate::{Revalidation, revalidation_request};
 use super::service::Guarded;
+use crate::etag::EntityTag;
 use crate::key::ResourceKey;
-use crate::precondition::{Decision, Failure, Preconditions, RequestKind, ResourceState, evaluate};
+use crate::precondition::{
+    Decision, Failure, Preconditions, RequestKind, ResourceState, TagCondition, evaluate,
+};
 use crate::store::{KeyState, Outcome, Store, StoreError};
 use crate::telemetry;
 
@@ -335,6 +338,13 @@ fn check(
         .map_or_else(|| "none".to_owned(), ToString::to_string);
     let sent = rejection_sent(pre).unwrap_or_default();
     let (kind, detail) = match failure {
+        Failure::StaleIfMatch if weak_match(pre, &tags) => (
+            RejectionKind::StalePrecondition,
+            format!(
+                "{sent} is a weak entity-tag, and weak tags never match If-Match (RFC 9110 \
+                 §13.1.1): nothing changed, send the strong one, If-Match: {shown}"
+            ),
+        ),
         Failure::StaleIfMatch => (
             RejectionKind::StalePrecondition,
             format!(
@@ -377,6 +387,15 @@ fn check(
             .with_current_etag(current)
             .with_sent(rejection_sent(pre)),
     )
+}
+
+/// Whether `If-Match` failed only because it sent a current tag as weak.
+fn weak_match(pre: &Preconditions, current: &[EntityTag]) -> bool {
+    let Some(TagCondition::Tags(sent)) = &pre.if_match else {
+        return false;
+    };
+    sent.iter()
+        .any(|tag| tag.is_weak() && current.iter().any(|c| c.weak_eq(tag)))
 }
 
 /// The precondition as the client sent it, for details and logs.
