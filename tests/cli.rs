@@ -77,6 +77,43 @@ async fn check_config_lists_every_error() {
 }
 
 #[tokio::test]
+async fn check_config_refuses_a_lease_ttl_the_write_bounds_do_not_fit_in() {
+    // 10 s revalidation + 40 s exchange + 3 x 1 s store calls = 53 s: a 50 s lease could lapse
+    // while its write may still apply.
+    let config = |lease_ttl: &str| {
+        format!(
+            r#"
+            [server]
+            response_timeout = "10s"
+            write_outcome_timeout = "40s"
+
+            [store]
+            kind = "redis"
+            url = "redis://127.0.0.1:6379"
+            timeout = "1s"
+            lease_ttl = "{lease_ttl}"
+
+            [[routes]]
+            name = "a"
+            upstream = "http://127.0.0.1:3000"
+            "#
+        )
+    };
+    let path = temp_file("cli-lease-short.toml", &config("50s"));
+    let out = run(ifmatch().arg("check-config").arg(&path)).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .contains("store.lease_ttl: must exceed the longest time a write holds its lease, 53s"),
+        "{stderr}"
+    );
+    let path = temp_file("cli-lease-fits.toml", &config("54s"));
+    let out = run(ifmatch().arg("check-config").arg(&path)).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
 async fn check_config_reports_a_missing_file() {
     let out = run(ifmatch().args(["check-config", "no/such/file.toml"])).await;
     assert_eq!(out.status.code(), Some(1));

@@ -8,7 +8,8 @@
 //! write updates what is known.
 //!
 //! The guard never touches sockets: it works in any tower stack, in front of an axum app as
-//! well as in front of a proxy client.
+//! well as in front of a proxy client. It needs a tokio runtime: a forwarded write runs to its
+//! outcome in a task of its own, so that a client that goes away cannot end its lease early.
 
 mod body;
 mod exchange;
