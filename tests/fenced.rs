@@ -422,15 +422,7 @@ async fn writers_that_give_up_mid_write_lose_no_update() {
                 give_up,
             )
             .await;
-            let run =
-                format!("give_up={give_up} response_timeout={response_timeout:?}: {through:?}");
-            assert_eq!(through.lost, 0, "{run}");
-            assert!(through.acknowledged > 0, "{run}");
-            assert_eq!(
-                through.uncertain > 0,
-                give_up || response_timeout.is_some(),
-                "{run}"
-            );
+            through.assert_none_lost(give_up, response_timeout);
         }
     })
     .await

@@ -151,15 +151,7 @@ async fn two_replicas_lose_no_update_when_writers_give_up_mid_write() {
             let (a, b) = (replica(config()).await, replica(config()).await);
             let bases = [a.url(""), b.url("")];
             let through = log_storm(&bases, &docs, keys, writers, cycles, true, give_up).await;
-            let run =
-                format!("give_up={give_up} response_timeout={response_timeout:?}: {through:?}");
-            assert_eq!(through.lost, 0, "{run}");
-            assert!(through.acknowledged > 0, "{run}");
-            assert_eq!(
-                through.uncertain > 0,
-                give_up || response_timeout.is_some(),
-                "{run}"
-            );
+            through.assert_none_lost(give_up, response_timeout);
         }
     })
     .await

@@ -68,7 +68,7 @@ impl<S, St> Revalidation<'_, S, St> {
         RB: Body<Data = Bytes>,
     {
         let (bound, route, instance) = (self.policy.response_timeout, self.route, self.instance);
-        match tokio::time::timeout(bound, self.establish(key, generation, get)).await {
+        match tokio::time::timeout(bound, self.current_state(key, generation, get)).await {
             Ok(result) => result,
             Err(_elapsed) => {
                 metrics::counter!(telemetry::REVALIDATIONS, "route" => route.clone(), "outcome" => "timeout")
@@ -90,7 +90,7 @@ impl<S, St> Revalidation<'_, S, St> {
         }
     }
 
-    async fn establish<B, RB>(
+    async fn current_state<B, RB>(
         self,
         key: ResourceKey,
         generation: u64,

@@ -174,6 +174,22 @@ pub struct Storm {
     pub lost: usize,
 }
 
+impl Storm {
+    /// Asserts a storm through the proxy lost nothing, acknowledged something, and was
+    /// uncertain about some writes exactly when writers gave up or got a short response timeout
+    /// (in milliseconds).
+    pub fn assert_none_lost(&self, give_up: bool, response_timeout: Option<u64>) {
+        let run = format!("give_up={give_up} response_timeout={response_timeout:?}: {self:?}");
+        assert_eq!(self.lost, 0, "{run}");
+        assert!(self.acknowledged > 0, "{run}");
+        assert_eq!(
+            self.uncertain > 0,
+            give_up || response_timeout.is_some(),
+            "{run}"
+        );
+    }
+}
+
 /// How long a slow writer's write takes upstream; every other write takes 1 ms.
 pub const SLOW_WRITE: Duration = Duration::from_millis(40);
 
