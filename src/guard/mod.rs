@@ -23,6 +23,7 @@ mod read;
 mod response;
 mod revalidate;
 mod service;
+mod short_circuit;
 mod write;
 
 pub use body::{RequestBody, ResponseBody, Tail};
@@ -33,3 +34,4 @@ pub use policy::{
 };
 pub use response::{MAX_ECHO_BYTES, Rejection, RejectionKind, bounded};
 pub use service::{Precondition, resource_key};
+pub use short_circuit::ShortCircuit;

@@ -12,10 +12,14 @@ use super::body::{RequestBody, ResponseBody};
 use super::headers::SentLines;
 use super::policy::{Policy, RouteContext};
 use super::response::{Rejection, RejectionKind};
+use super::short_circuit::ShortCircuit;
 use super::{read, write};
 use crate::key::ResourceKey;
 use crate::store::Store;
 use crate::target::{normalize_path, normalize_query, query_variant};
+
+/// A read or write that awaits the store and the inner service.
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The precondition guard around an inner service. See the [module docs](super).
 #[derive(Debug, Clone)]
@@ -38,8 +42,6 @@ impl<S, St> Precondition<S, St> {
         }
     }
 }
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Everything one guarded request needs besides the request itself.
 pub(crate) struct Guarded<S, St> {
@@ -68,7 +70,7 @@ where
 {
     type Response = Response<ResponseBody<RB>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+    type Future = ShortCircuit<BoxFuture<Result<Self::Response, S::Error>>, Self::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -87,16 +89,31 @@ where
         );
         if !is_read && !is_write {
             if let Some(rejection) = miscased_write(method, req.uri()) {
-                return Box::pin(async move { Ok(rejection.into_response()) });
+                return ShortCircuit::answered(rejection.into_response());
             }
             // OPTIONS, TRACE, extension methods: neither teach nor change a validator.
             let future = inner.call(req.map(RequestBody::new));
-            return Box::pin(async move { Ok(future.await?.map(ResponseBody::upstream)) });
+            return ShortCircuit::called(Box::pin(async move {
+                Ok(future.await?.map(ResponseBody::upstream))
+            }));
         }
 
         let (route, policy) = match req.extensions().get::<RouteContext>() {
             Some(route) => (route.id.clone(), route.policy.clone()),
             None => (self.no_route.clone(), self.policy.clone()),
+        };
+        // A write refused for its preconditions alone (400, 428) costs no key, store or box.
+        let pre = if is_write {
+            let instance = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            match write::admit(req.method(), req.headers(), &policy, instance) {
+                Ok(pre) => Some(pre),
+                Err(mut rejection) => {
+                    show_malformed(&mut rejection, req.headers());
+                    return ShortCircuit::answered(rejection.into_response());
+                }
+            }
+        } else {
+            None
         };
         let uri = req.uri();
         let headers = key_headers(&policy, &req);
@@ -110,31 +127,18 @@ where
             route,
             uri: req.uri().clone(),
         };
-        if is_read {
-            return Box::pin(read::read(guarded, req));
-        }
-        match SentLines::capture(req.headers()) {
-            None => Box::pin(write::write(guarded, req)),
-            Some(sent) => {
-                let written = write::write(guarded, req);
-                Box::pin(async move {
-                    let mut response = written.await?;
-                    show_malformed(&mut response, &sent);
-                    Ok(response)
-                })
-            }
+        match pre {
+            Some(pre) => ShortCircuit::called(Box::pin(write::write(guarded, req, pre))),
+            None => ShortCircuit::called(Box::pin(read::read(guarded, req))),
         }
     }
 }
 
 /// A precondition that did not parse has no parsed form to show: the rejection says what was
 /// sent on the wire instead, so the log line shows `If-Match: nope`, not nothing.
-fn show_malformed<B>(response: &mut Response<B>, sent: &SentLines) {
-    if let Some(rejection) = response.extensions_mut().get_mut::<Rejection>()
-        && rejection.kind == RejectionKind::MalformedPrecondition
-        && rejection.sent.is_none()
-    {
-        rejection.sent = Some(sent.describe());
+fn show_malformed(rejection: &mut Rejection, headers: &http::HeaderMap) {
+    if rejection.kind == RejectionKind::MalformedPrecondition && rejection.sent.is_none() {
+        rejection.sent = SentLines::capture(headers).map(|sent| sent.describe());
     }
 }
 

@@ -30,9 +30,11 @@ use crate::precondition::{
 use crate::store::{KeyState, Outcome, Store, StoreError};
 use crate::telemetry;
 
+/// A write `admit`ted with preconditions `pre`.
 pub(crate) async fn write<S, St, B, RB>(
     guarded: Guarded<S, St>,
     mut req: Request<B>,
+    pre: Preconditions,
 ) -> Result<Response<ResponseBody<RB>>, S::Error>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Clone,
@@ -51,12 +53,6 @@ where
         uri,
     } = guarded;
     let instance = uri.path_and_query().map_or("/", |pq| pq.as_str());
-
-    // 1. Malformed preconditions, then missing ones.
-    let pre = match admit(req.method(), req.headers(), &policy, instance) {
-        Ok(pre) => pre,
-        Err(rejection) => return Ok(rejection.into_response()),
-    };
 
     // 2. At most one write per resource in flight, including unconditional ones: a write the
     // guard did not serialize could change the resource under a conditional one.
@@ -116,8 +112,9 @@ where
     exchange::forward(inner, req, exchange).await
 }
 
-/// RFC 9110 §13.2.2 step 1, before any I/O: the preconditions, or the 400/428 answer.
-fn admit(
+/// RFC 9110 §13.2.2 step 1, before any I/O: malformed preconditions, then missing ones. The
+/// preconditions, or the 400/428 answer.
+pub(crate) fn admit(
     method: &Method,
     headers: &HeaderMap,
     policy: &Policy,

@@ -31,8 +31,8 @@ use http_body::Body;
 use tower::{Layer, Service};
 
 use super::request_id::{self, X_REQUEST_ID};
-use super::short_circuit::ShortCircuit;
 use crate::config::ServerConfig;
+use crate::guard::ShortCircuit;
 use crate::guard::{Rejection, RejectionKind, ResponseBody};
 
 /// hyper's read buffer cannot be smaller than this (it panics otherwise).

@@ -39,11 +39,11 @@ mod request_id;
 mod rescue;
 mod router;
 mod server;
-mod short_circuit;
 mod stack;
 mod timed_body;
 mod upgrade;
 
+pub use crate::guard::ShortCircuit;
 pub use client::{ResponseFuture, UpstreamClient, UpstreamError, UpstreamRequest};
 pub use discard::{ClientBody, Discard, DiscardFuture, DiscardLayer, DiscardLimits};
 pub use forward::{ClientAddr, Forward, ForwardFuture, ForwardLayer, strip_hop_by_hop};
@@ -55,5 +55,4 @@ pub use rescue::{Chain, Rescue, RescueFuture, RescueLayer, rescue};
 pub use router::{RouteTable, Router, RouterFuture, RouterLayer, Routes, Target};
 pub use server::{ServeError, Server, bind};
 pub(crate) use server::{connection_builder, local_addr, serve_connections};
-pub use short_circuit::ShortCircuit;
 pub use stack::{Mode, ProxyBody, stack};

@@ -10,8 +10,8 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use tower::{Layer, Service};
 
-use super::short_circuit::ShortCircuit;
 use crate::config::Route;
+use crate::guard::ShortCircuit;
 use crate::guard::{Rejection, RejectionKind, ResponseBody, RouteContext};
 
 /// Where a routed request goes: put in its extensions next to the guard's [`RouteContext`].
