@@ -18,7 +18,25 @@ use crate::telemetry;
 pub fn reload(path: &Path, overrides: &Overrides, routes: &Routes) -> Result<usize, ConfigError> {
     let result = Config::load(path, overrides).and_then(|config| config.routes());
     match result {
-        Ok(new) => {
+        Ok(mut new) => {
+            // The store's lease TTL was checked against the bounds the server started with,
+            // and only a restart changes it: a reload must not lengthen a write's run past it.
+            if let Some((response, outcome)) = routes.load().write_bounds() {
+                let mut changed = false;
+                for route in &mut new {
+                    let policy = std::sync::Arc::make_mut(&mut route.policy);
+                    changed |= (policy.response_timeout, policy.write_outcome_timeout)
+                        != (response, outcome);
+                    policy.response_timeout = response;
+                    policy.write_outcome_timeout = outcome;
+                }
+                if changed {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "server timeouts changed: they take effect on restart"
+                    );
+                }
+            }
             let n = new.len();
             telemetry::register(new.iter().map(|route| &*route.id));
             routes.replace(RouteTable::new(new));

@@ -100,6 +100,13 @@ impl RouteTable {
         upstreams
     }
 
+    /// The bounds of a forwarded write (`response_timeout`, `write_outcome_timeout`) that the
+    /// routes were built with: properties of the running server, the same for every route.
+    pub fn write_bounds(&self) -> Option<(std::time::Duration, std::time::Duration)> {
+        let policy = &self.entries.first()?.context.policy;
+        Some((policy.response_timeout, policy.write_outcome_timeout))
+    }
+
     /// Number of routes.
     pub fn len(&self) -> usize {
         self.entries.len()
