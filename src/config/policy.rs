@@ -1,0 +1,251 @@
+//! `[defaults]`: the guard policy keys every route starts from, their checks, and their
+//! conversion to the guard's [`Policy`].
+
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+use serde::Deserialize;
+
+use super::validate::{MAX_TIMEOUT, Report, check_field};
+use crate::guard::{Aliases, EtagSource, OnStoreUnavailable, OnUnknown, Policy, QueryMode};
+
+/// What to do with a conditional write to a resource in an unknown state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnknownSetting {
+    /// GET the resource first, with the writer's credentials.
+    #[default]
+    Revalidate,
+    /// Forward the write and let the upstream decide.
+    Forward,
+    /// Reject the write until the resource has been read.
+    Reject,
+}
+
+impl From<OnUnknownSetting> for OnUnknown {
+    fn from(setting: OnUnknownSetting) -> Self {
+        match setting {
+            OnUnknownSetting::Revalidate => Self::Revalidate,
+            OnUnknownSetting::Forward => Self::Forward,
+            OnUnknownSetting::Reject => Self::Reject,
+        }
+    }
+}
+
+/// What the query string is to the resource a request names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuerySetting {
+    /// The path names the resource; each query a view of it.
+    #[default]
+    Variant,
+    /// Each query string names a resource of its own.
+    Identity,
+    /// The query is ignored.
+    Ignore,
+}
+
+impl From<QuerySetting> for QueryMode {
+    fn from(setting: QuerySetting) -> Self {
+        match setting {
+            QuerySetting::Variant => Self::Variant,
+            QuerySetting::Identity => Self::Identity,
+            QuerySetting::Ignore => Self::Ignore,
+        }
+    }
+}
+
+/// Where validators come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtagSourceSetting {
+    /// Only the upstream's strong ETags.
+    Upstream,
+    /// Always a blake3 hash of the body.
+    Synthesize,
+    /// The upstream's strong ETag when it sends one, else a hash of the body.
+    #[default]
+    Both,
+}
+
+impl From<EtagSourceSetting> for EtagSource {
+    fn from(setting: EtagSourceSetting) -> Self {
+        match setting {
+            EtagSourceSetting::Upstream => Self::Upstream,
+            EtagSourceSetting::Synthesize => Self::Synthesize,
+            EtagSourceSetting::Both => Self::Both,
+        }
+    }
+}
+
+/// `[defaults]`: the guard policy of every route, unless the route overrides a field.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Status for a failed precondition on a write: 409 (Conflict) or 412 (Precondition Failed).
+    pub conflict_status: u16,
+    /// Whether an unconditional write (a `require_methods` method without `If-Match`,
+    /// `If-Unmodified-Since` or `If-None-Match: *`) gets 428 Precondition Required.
+    pub require_if_match: bool,
+    /// The methods `require_if_match` applies to: any of PUT, PATCH, DELETE, POST.
+    pub require_methods: Vec<String>,
+    /// Conditional write to a resource in an unknown state: "revalidate", "forward" or "reject".
+    pub on_unknown: OnUnknownSetting,
+    /// Where validators come from: "upstream", "synthesize" or "both".
+    pub etag_source: EtagSourceSetting,
+    /// Largest body hashed to synthesize an ETag, in bytes; larger bodies stream through
+    /// unhashed and leave the resource unknown.
+    pub max_hash_bytes: usize,
+    /// Request headers whose values (hashed, never stored raw) are part of the resource key,
+    /// e.g. `["authorization"]` for per-user resources.
+    pub key_headers: Vec<String>,
+    /// What the query string is to the resource: `"variant"` (the path names the resource,
+    /// each query a view of it with its own validators; a write through any query replaces them
+    /// all), `"identity"` (each query string names a resource of its own, as in `/api?id=5`), or
+    /// `"ignore"`.
+    pub query: QuerySetting,
+    /// Whether `//a///b` names `/a/b` (runs of slashes are one).
+    pub merge_slashes: bool,
+    /// Whether `/a/` names `/a`.
+    pub ignore_trailing_slash: bool,
+    /// Whether `/A` names `/a` (ASCII letters), for upstreams with case-insensitive paths.
+    pub case_insensitive_paths: bool,
+    /// How long a write waits for another write to the same resource before getting 409.
+    #[serde(with = "humantime_serde")]
+    pub lease_wait: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        let policy = Policy::default();
+        Self {
+            conflict_status: policy.conflict_status.as_u16(),
+            require_if_match: false,
+            require_methods: Policy::default_required_methods()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            on_unknown: OnUnknownSetting::Revalidate,
+            etag_source: EtagSourceSetting::Both,
+            max_hash_bytes: policy.max_hash_bytes,
+            key_headers: Vec::new(),
+            query: QuerySetting::Variant,
+            merge_slashes: policy.aliases.merge_slashes,
+            ignore_trailing_slash: policy.aliases.ignore_trailing_slash,
+            case_insensitive_paths: policy.aliases.case_insensitive,
+            lease_wait: policy.lease_wait,
+        }
+    }
+}
+
+/// The largest hash buffer accepted.
+const MAX_HASH_BYTES: usize = 1 << 30;
+
+impl PolicyConfig {
+    /// Checks every field, reporting under `at`; the resolved policy if all are valid.
+    pub(super) fn check(&self, at: &str, report: &mut Report) -> Option<Policy> {
+        let before = report.len();
+        let conflict_status = check_field(
+            at,
+            "conflict_status",
+            parse_conflict_status(self.conflict_status),
+            report,
+        );
+        let methods = check_field(
+            at,
+            "require_methods",
+            parse_methods(&self.require_methods),
+            report,
+        );
+        let key_headers = check_field(
+            at,
+            "key_headers",
+            parse_header_names(&self.key_headers),
+            report,
+        );
+        check_field(
+            at,
+            "max_hash_bytes",
+            parse_max_hash_bytes(self.max_hash_bytes),
+            report,
+        );
+        check_field(at, "lease_wait", parse_lease_wait(self.lease_wait), report);
+        if report.len() > before {
+            return None;
+        }
+        Some(Policy {
+            conflict_status: conflict_status?,
+            require_precondition: if self.require_if_match {
+                methods?
+            } else {
+                Vec::new()
+            },
+            on_unknown: self.on_unknown.into(),
+            etag_source: self.etag_source.into(),
+            max_hash_bytes: self.max_hash_bytes,
+            key_headers: key_headers?,
+            query: self.query.into(),
+            aliases: Aliases {
+                merge_slashes: self.merge_slashes,
+                ignore_trailing_slash: self.ignore_trailing_slash,
+                case_insensitive: self.case_insensitive_paths,
+            },
+            lease_wait: self.lease_wait,
+            // Set from `[store]` and `[server]` once the route is built.
+            on_store_unavailable: OnStoreUnavailable::default(),
+            response_timeout: Policy::default().response_timeout,
+            write_outcome_timeout: Policy::default().write_outcome_timeout,
+        })
+    }
+}
+
+/// A hash buffer per request in flight: beyond 1 GiB one client could exhaust memory.
+pub(super) fn parse_max_hash_bytes(bytes: usize) -> Result<usize, String> {
+    if (1..=MAX_HASH_BYTES).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(format!("must be between 1 and {MAX_HASH_BYTES} (1 GiB)"))
+    }
+}
+
+/// Zero is allowed: a write to a busy resource then gets 409 at once.
+pub(super) fn parse_lease_wait(wait: Duration) -> Result<Duration, String> {
+    if wait <= MAX_TIMEOUT {
+        Ok(wait)
+    } else {
+        Err("must be at most 1 day".to_owned())
+    }
+}
+
+pub(super) fn parse_conflict_status(status: u16) -> Result<StatusCode, String> {
+    match status {
+        409 => Ok(StatusCode::CONFLICT),
+        412 => Ok(StatusCode::PRECONDITION_FAILED),
+        other => Err(format!("must be 409 or 412, not {other}")),
+    }
+}
+
+pub(super) fn parse_methods(methods: &[String]) -> Result<Vec<Method>, String> {
+    methods
+        .iter()
+        .map(|m| match m.to_ascii_uppercase().as_str() {
+            "PUT" => Ok(Method::PUT),
+            "PATCH" => Ok(Method::PATCH),
+            "DELETE" => Ok(Method::DELETE),
+            "POST" => Ok(Method::POST),
+            _ => Err(format!(
+                "{m:?} is not a write method; expected PUT, PATCH, DELETE or POST"
+            )),
+        })
+        .collect()
+}
+
+pub(super) fn parse_header_names(names: &[String]) -> Result<Vec<HeaderName>, String> {
+    names
+        .iter()
+        .map(|name| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("{name:?} is not a valid header name"))
+        })
+        .collect()
+}
