@@ -78,65 +78,93 @@ impl From<EtagSourceSetting> for EtagSource {
     }
 }
 
-/// `[defaults]`: the guard policy of every route, unless the route overrides a field.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// Status for a failed precondition on a write: 409 (Conflict) or 412 (Precondition Failed).
-    pub conflict_status: u16,
-    /// Whether an unconditional write (a `require_methods` method without `If-Match`,
-    /// `If-Unmodified-Since` or `If-None-Match: *`) gets 428 Precondition Required.
-    pub require_if_match: bool,
-    /// The methods `require_if_match` applies to: any of PUT, PATCH, DELETE, POST.
-    pub require_methods: Vec<String>,
-    /// Conditional write to a resource in an unknown state: "revalidate", "forward" or "reject".
-    pub on_unknown: OnUnknownSetting,
-    /// Where validators come from: "upstream", "synthesize" or "both".
-    pub etag_source: EtagSourceSetting,
-    /// Largest body hashed to synthesize an ETag, in bytes; larger bodies stream through
-    /// unhashed and leave the resource unknown.
-    pub max_hash_bytes: usize,
-    /// Request headers whose values (hashed, never stored raw) are part of the resource key,
-    /// e.g. `["authorization"]` for per-user resources.
-    pub key_headers: Vec<String>,
-    /// What the query string is to the resource: `"variant"` (the path names the resource,
-    /// each query a view of it with its own validators; a write through any query replaces them
-    /// all), `"identity"` (each query string names a resource of its own, as in `/api?id=5`), or
-    /// `"ignore"`.
-    pub query: QuerySetting,
-    /// Whether `//a///b` names `/a/b` (runs of slashes are one).
-    pub merge_slashes: bool,
-    /// Whether `/a/` names `/a`.
-    pub ignore_trailing_slash: bool,
-    /// Whether `/A` names `/a` (ASCII letters), for upstreams with case-insensitive paths.
-    pub case_insensitive_paths: bool,
-    /// How long a write waits for another write to the same resource before getting 409.
-    #[serde(with = "humantime_serde")]
-    pub lease_wait: Duration,
+/// The policy keys, each declared once: doc comment, serde attributes, type and default.
+///
+/// `policy_keys!(generate! { args })` calls `generate! { args keys { ... } }`, so every section
+/// that holds policy keys is generated from this one list: `[defaults]` ([`PolicyConfig`],
+/// below) and each route's overrides ([`RouteConfig`](super::RouteConfig)). Types are written
+/// in full: they are expanded where the generator is invoked.
+macro_rules! policy_keys {
+    ($generate:ident! { $($args:tt)* }) => {
+        $generate! {
+            $($args)*
+            keys {
+                /// Status for a failed precondition on a write: 409 (Conflict) or 412
+                /// (Precondition Failed).
+                conflict_status: u16 = Policy::default().conflict_status.as_u16();
+                /// Whether an unconditional write (a `require_methods` method without
+                /// `If-Match`, `If-Unmodified-Since` or `If-None-Match: *`) gets 428
+                /// Precondition Required.
+                require_if_match: bool = false;
+                /// The methods `require_if_match` applies to: any of PUT, PATCH, DELETE, POST.
+                require_methods: Vec<String> = Policy::default_required_methods()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                /// Conditional write to a resource in an unknown state: "revalidate",
+                /// "forward" or "reject".
+                on_unknown: $crate::config::OnUnknownSetting = OnUnknownSetting::Revalidate;
+                /// Where validators come from: "upstream", "synthesize" or "both".
+                etag_source: $crate::config::EtagSourceSetting = EtagSourceSetting::Both;
+                /// Largest body hashed to synthesize an ETag, in bytes; larger bodies stream
+                /// through unhashed and leave the resource unknown.
+                max_hash_bytes: usize = Policy::default().max_hash_bytes;
+                /// Request headers whose values (hashed, never stored raw) are part of the
+                /// resource key, e.g. `["authorization"]` for per-user resources.
+                key_headers: Vec<String> = Vec::new();
+                /// What the query string is to the resource: `"variant"` (the path names the
+                /// resource, each query a view of it with its own validators; a write through
+                /// any query replaces them all), `"identity"` (each query string names a
+                /// resource of its own, as in `/api?id=5`), or `"ignore"`.
+                query: $crate::config::QuerySetting = QuerySetting::Variant;
+                /// Whether `//a///b` names `/a/b` (runs of slashes are one).
+                merge_slashes: bool = Policy::default().aliases.merge_slashes;
+                /// Whether `/a/` names `/a`.
+                ignore_trailing_slash: bool = Policy::default().aliases.ignore_trailing_slash;
+                /// Whether `/A` names `/a` (ASCII letters), for upstreams with
+                /// case-insensitive paths.
+                case_insensitive_paths: bool = Policy::default().aliases.case_insensitive;
+                /// How long a write waits for another write to the same resource before
+                /// getting 409.
+                #[serde(with = "humantime_serde")]
+                lease_wait: std::time::Duration = Policy::default().lease_wait;
+            }
+        }
+    };
+}
+pub(super) use policy_keys;
+
+/// Generates [`PolicyConfig`] and its defaults from the keys.
+macro_rules! defaults_section {
+    (keys {
+        $(
+            $(#[doc = $doc:literal])*
+            $(#[serde($($serde:tt)*)])*
+            $key:ident: $ty:ty = $default:expr;
+        )*
+    }) => {
+        /// `[defaults]`: the guard policy of every route, unless the route overrides a field.
+        #[derive(Debug, Clone, PartialEq, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct PolicyConfig {
+            $(
+                $(#[doc = $doc])*
+                $(#[serde($($serde)*)])*
+                pub $key: $ty,
+            )*
+        }
+
+        impl Default for PolicyConfig {
+            fn default() -> Self {
+                Self {
+                    $($key: $default,)*
+                }
+            }
+        }
+    };
 }
 
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        let policy = Policy::default();
-        Self {
-            conflict_status: policy.conflict_status.as_u16(),
-            require_if_match: false,
-            require_methods: Policy::default_required_methods()
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            on_unknown: OnUnknownSetting::Revalidate,
-            etag_source: EtagSourceSetting::Both,
-            max_hash_bytes: policy.max_hash_bytes,
-            key_headers: Vec::new(),
-            query: QuerySetting::Variant,
-            merge_slashes: policy.aliases.merge_slashes,
-            ignore_trailing_slash: policy.aliases.ignore_trailing_slash,
-            case_insensitive_paths: policy.aliases.case_insensitive,
-            lease_wait: policy.lease_wait,
-        }
-    }
-}
+policy_keys!(defaults_section! {});
 
 /// The largest hash buffer accepted.
 const MAX_HASH_BYTES: usize = 1 << 30;
@@ -200,7 +228,7 @@ impl PolicyConfig {
 }
 
 /// A hash buffer per request in flight: beyond 1 GiB one client could exhaust memory.
-pub(super) fn parse_max_hash_bytes(bytes: usize) -> Result<usize, String> {
+fn parse_max_hash_bytes(bytes: usize) -> Result<usize, String> {
     if (1..=MAX_HASH_BYTES).contains(&bytes) {
         Ok(bytes)
     } else {
@@ -209,7 +237,7 @@ pub(super) fn parse_max_hash_bytes(bytes: usize) -> Result<usize, String> {
 }
 
 /// Zero is allowed: a write to a busy resource then gets 409 at once.
-pub(super) fn parse_lease_wait(wait: Duration) -> Result<Duration, String> {
+fn parse_lease_wait(wait: Duration) -> Result<Duration, String> {
     if wait <= MAX_TIMEOUT {
         Ok(wait)
     } else {
@@ -217,7 +245,7 @@ pub(super) fn parse_lease_wait(wait: Duration) -> Result<Duration, String> {
     }
 }
 
-pub(super) fn parse_conflict_status(status: u16) -> Result<StatusCode, String> {
+fn parse_conflict_status(status: u16) -> Result<StatusCode, String> {
     match status {
         409 => Ok(StatusCode::CONFLICT),
         412 => Ok(StatusCode::PRECONDITION_FAILED),
@@ -225,7 +253,7 @@ pub(super) fn parse_conflict_status(status: u16) -> Result<StatusCode, String> {
     }
 }
 
-pub(super) fn parse_methods(methods: &[String]) -> Result<Vec<Method>, String> {
+fn parse_methods(methods: &[String]) -> Result<Vec<Method>, String> {
     methods
         .iter()
         .map(|m| match m.to_ascii_uppercase().as_str() {
@@ -240,7 +268,7 @@ pub(super) fn parse_methods(methods: &[String]) -> Result<Vec<Method>, String> {
         .collect()
 }
 
-pub(super) fn parse_header_names(names: &[String]) -> Result<Vec<HeaderName>, String> {
+fn parse_header_names(names: &[String]) -> Result<Vec<HeaderName>, String> {
     names
         .iter()
         .map(|name| {

@@ -2,114 +2,91 @@
 //! [`Route`]s for the router.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::Uri;
 use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 
-use super::policy::{
-    EtagSourceSetting, OnUnknownSetting, PolicyConfig, QuerySetting, parse_conflict_status,
-    parse_header_names, parse_lease_wait, parse_max_hash_bytes, parse_methods,
-};
+use super::policy::{PolicyConfig, policy_keys};
 use super::validate::{Report, check_field};
 use crate::guard::Policy;
 
-/// `[[routes]]`: requests for one host and path prefix, sent to one upstream.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RouteConfig {
-    /// Unique route id (letters, digits, `-`, `_`, `.`); part of every resource key.
-    pub name: String,
-    /// Only requests for this host (without port, case-insensitive); absent: any host.
-    pub host: Option<String>,
-    /// Only requests whose path is this prefix or below it ("/api" matches "/api" and
-    /// "/api/x", not "/apix"). The longest matching prefix wins.
-    pub path_prefix: String,
-    /// Where matching requests go: `http://host:port`, no path.
-    pub upstream: String,
-    /// Whether the upstream sees the client's `Host` (else the upstream's own authority).
-    pub preserve_host: bool,
-    /// Overrides `defaults.conflict_status`.
-    pub conflict_status: Option<u16>,
-    /// Overrides `defaults.require_if_match`.
-    pub require_if_match: Option<bool>,
-    /// Overrides `defaults.require_methods`.
-    pub require_methods: Option<Vec<String>>,
-    /// Overrides `defaults.on_unknown`.
-    pub on_unknown: Option<OnUnknownSetting>,
-    /// Overrides `defaults.etag_source`.
-    pub etag_source: Option<EtagSourceSetting>,
-    /// Overrides `defaults.max_hash_bytes`.
-    pub max_hash_bytes: Option<usize>,
-    /// Overrides `defaults.key_headers`.
-    pub key_headers: Option<Vec<String>>,
-    /// Overrides `defaults.query`.
-    pub query: Option<QuerySetting>,
-    /// Overrides `defaults.merge_slashes`.
-    pub merge_slashes: Option<bool>,
-    /// Overrides `defaults.ignore_trailing_slash`.
-    pub ignore_trailing_slash: Option<bool>,
-    /// Overrides `defaults.case_insensitive_paths`.
-    pub case_insensitive_paths: Option<bool>,
-    /// Overrides `defaults.lease_wait`.
-    #[serde(with = "humantime_serde::option")]
-    pub lease_wait: Option<Duration>,
+/// Generates [`RouteConfig`]: its own fields, then an override of every policy key inline
+/// (`#[serde(flatten)]` does not work with `deny_unknown_fields`), and the merge.
+macro_rules! route_section {
+    (
+        route {
+            $(
+                $(#[doc = $field_doc:literal])*
+                $field:ident: $field_ty:ty = $field_default:expr;
+            )*
+        }
+        keys {
+            $(
+                $(#[doc = $doc:literal])*
+                $(#[serde($($serde:tt)*)])*
+                $key:ident: $ty:ty = $default:expr;
+            )*
+        }
+    ) => {
+        /// `[[routes]]`: requests for one host and path prefix, sent to one upstream.
+        #[derive(Debug, Clone, PartialEq, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct RouteConfig {
+            $(
+                $(#[doc = $field_doc])*
+                pub $field: $field_ty,
+            )*
+            $(
+                #[doc = concat!("Overrides `defaults.", stringify!($key), "`.")]
+                $(#[serde($($serde)*)])*
+                pub $key: Option<$ty>,
+            )*
+        }
+
+        impl Default for RouteConfig {
+            fn default() -> Self {
+                Self {
+                    $($field: $field_default,)*
+                    $($key: None,)*
+                }
+            }
+        }
+
+        impl RouteConfig {
+            /// The defaults with this route's overrides applied.
+            pub fn policy(&self, defaults: &PolicyConfig) -> PolicyConfig {
+                PolicyConfig {
+                    $($key: Clone::clone(self.$key.as_ref().unwrap_or(&defaults.$key)),)*
+                }
+            }
+
+            /// Whether this route sets the policy key `key` itself.
+            fn overrides(&self, key: &str) -> bool {
+                match key {
+                    $(stringify!($key) => self.$key.is_some(),)*
+                    _ => false,
+                }
+            }
+        }
+    };
 }
 
-impl Default for RouteConfig {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            host: None,
-            path_prefix: "/".to_owned(),
-            upstream: String::new(),
-            preserve_host: true,
-            conflict_status: None,
-            require_if_match: None,
-            require_methods: None,
-            on_unknown: None,
-            etag_source: None,
-            max_hash_bytes: None,
-            key_headers: None,
-            query: None,
-            merge_slashes: None,
-            ignore_trailing_slash: None,
-            case_insensitive_paths: None,
-            lease_wait: None,
-        }
+policy_keys!(route_section! {
+    route {
+        /// Unique route id (letters, digits, `-`, `_`, `.`); part of every resource key.
+        name: String = String::new();
+        /// Only requests for this host (without port, case-insensitive); absent: any host.
+        host: Option<String> = None;
+        /// Only requests whose path is this prefix or below it ("/api" matches "/api" and
+        /// "/api/x", not "/apix"). The longest matching prefix wins.
+        path_prefix: String = "/".to_owned();
+        /// Where matching requests go: `http://host:port`, no path.
+        upstream: String = String::new();
+        /// Whether the upstream sees the client's `Host` (else the upstream's own authority).
+        preserve_host: bool = true;
     }
-}
-
-impl RouteConfig {
-    /// The defaults with this route's overrides applied.
-    pub fn policy(&self, defaults: &PolicyConfig) -> PolicyConfig {
-        PolicyConfig {
-            conflict_status: self.conflict_status.unwrap_or(defaults.conflict_status),
-            require_if_match: self.require_if_match.unwrap_or(defaults.require_if_match),
-            require_methods: self
-                .require_methods
-                .clone()
-                .unwrap_or_else(|| defaults.require_methods.clone()),
-            on_unknown: self.on_unknown.unwrap_or(defaults.on_unknown),
-            etag_source: self.etag_source.unwrap_or(defaults.etag_source),
-            max_hash_bytes: self.max_hash_bytes.unwrap_or(defaults.max_hash_bytes),
-            key_headers: self
-                .key_headers
-                .clone()
-                .unwrap_or_else(|| defaults.key_headers.clone()),
-            query: self.query.unwrap_or(defaults.query),
-            merge_slashes: self.merge_slashes.unwrap_or(defaults.merge_slashes),
-            ignore_trailing_slash: self
-                .ignore_trailing_slash
-                .unwrap_or(defaults.ignore_trailing_slash),
-            case_insensitive_paths: self
-                .case_insensitive_paths
-                .unwrap_or(defaults.case_insensitive_paths),
-            lease_wait: self.lease_wait.unwrap_or(defaults.lease_wait),
-        }
-    }
-}
+});
 
 /// A validated route, ready for the router.
 #[derive(Debug, Clone)]
@@ -164,23 +141,19 @@ impl RouteConfig {
         } else {
             check_field(at, "upstream", parse_upstream(&self.upstream), report)
         };
-        // Only the fields this route sets are reported here; the defaults report their own.
-        if let Some(status) = self.conflict_status {
-            check_field(at, "conflict_status", parse_conflict_status(status), report);
+        // The merged policy is checked whole, but only the keys this route sets are its
+        // problems: the defaults report their own, once.
+        let mut policy_report = Report::default();
+        let policy = self.policy(defaults).check(at, &mut policy_report);
+        for issue in policy_report.into_issues() {
+            let key = issue
+                .path
+                .strip_prefix(at)
+                .and_then(|key| key.strip_prefix('.'));
+            if key.is_some_and(|key| self.overrides(key)) {
+                report.error(&issue.path, &issue.message);
+            }
         }
-        if let Some(methods) = &self.require_methods {
-            check_field(at, "require_methods", parse_methods(methods), report);
-        }
-        if let Some(headers) = &self.key_headers {
-            check_field(at, "key_headers", parse_header_names(headers), report);
-        }
-        if let Some(bytes) = self.max_hash_bytes {
-            check_field(at, "max_hash_bytes", parse_max_hash_bytes(bytes), report);
-        }
-        if let Some(wait) = self.lease_wait {
-            check_field(at, "lease_wait", parse_lease_wait(wait), report);
-        }
-        let policy = self.policy(defaults).check(at, &mut Report::default());
         if report.len() > before {
             return None;
         }

@@ -114,6 +114,10 @@ impl Report {
         self.issues.len()
     }
 
+    pub(super) fn into_issues(self) -> Vec<Issue> {
+        self.issues
+    }
+
     pub(super) fn finish(self) -> Result<(), ConfigError> {
         if self.issues.is_empty() {
             Ok(())
