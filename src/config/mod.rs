@@ -42,7 +42,7 @@ mod store;
 mod validate;
 
 pub use admin::AdminConfig;
-pub use policy::{EtagSourceSetting, OnUnknownSetting, PolicyConfig, QuerySetting};
+pub use policy::PolicyConfig;
 pub use routes::{Route, RouteConfig, parse_upstream};
 pub use server::ServerConfig;
 pub use store::{FailurePolicy, StoreConfig, StoreKind, lease_budget};

@@ -9,75 +9,6 @@ use serde::Deserialize;
 use super::validate::{MAX_TIMEOUT, Report, check_field};
 use crate::guard::{Aliases, EtagSource, OnStoreUnavailable, OnUnknown, Policy, QueryMode};
 
-/// What to do with a conditional write to a resource in an unknown state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnUnknownSetting {
-    /// GET the resource first, with the writer's credentials.
-    #[default]
-    Revalidate,
-    /// Forward the write and let the upstream decide.
-    Forward,
-    /// Reject the write until the resource has been read.
-    Reject,
-}
-
-impl From<OnUnknownSetting> for OnUnknown {
-    fn from(setting: OnUnknownSetting) -> Self {
-        match setting {
-            OnUnknownSetting::Revalidate => Self::Revalidate,
-            OnUnknownSetting::Forward => Self::Forward,
-            OnUnknownSetting::Reject => Self::Reject,
-        }
-    }
-}
-
-/// What the query string is to the resource a request names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QuerySetting {
-    /// The path names the resource; each query a view of it.
-    #[default]
-    Variant,
-    /// Each query string names a resource of its own.
-    Identity,
-    /// The query is ignored.
-    Ignore,
-}
-
-impl From<QuerySetting> for QueryMode {
-    fn from(setting: QuerySetting) -> Self {
-        match setting {
-            QuerySetting::Variant => Self::Variant,
-            QuerySetting::Identity => Self::Identity,
-            QuerySetting::Ignore => Self::Ignore,
-        }
-    }
-}
-
-/// Where validators come from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EtagSourceSetting {
-    /// Only the upstream's strong ETags.
-    Upstream,
-    /// Always a blake3 hash of the body.
-    Synthesize,
-    /// The upstream's strong ETag when it sends one, else a hash of the body.
-    #[default]
-    Both,
-}
-
-impl From<EtagSourceSetting> for EtagSource {
-    fn from(setting: EtagSourceSetting) -> Self {
-        match setting {
-            EtagSourceSetting::Upstream => Self::Upstream,
-            EtagSourceSetting::Synthesize => Self::Synthesize,
-            EtagSourceSetting::Both => Self::Both,
-        }
-    }
-}
-
 /// The policy keys, each declared once: doc comment, serde attributes, type and default.
 ///
 /// `policy_keys!(generate! { args })` calls `generate! { args keys { ... } }`, so every section
@@ -103,9 +34,9 @@ macro_rules! policy_keys {
                     .collect();
                 /// Conditional write to a resource in an unknown state: "revalidate",
                 /// "forward" or "reject".
-                on_unknown: $crate::config::OnUnknownSetting = OnUnknownSetting::Revalidate;
+                on_unknown: $crate::guard::OnUnknown = OnUnknown::Revalidate;
                 /// Where validators come from: "upstream", "synthesize" or "both".
-                etag_source: $crate::config::EtagSourceSetting = EtagSourceSetting::Both;
+                etag_source: $crate::guard::EtagSource = EtagSource::Both;
                 /// Largest body hashed to synthesize an ETag, in bytes; larger bodies stream
                 /// through unhashed and leave the resource unknown.
                 max_hash_bytes: usize = Policy::default().max_hash_bytes;
@@ -116,7 +47,7 @@ macro_rules! policy_keys {
                 /// resource, each query a view of it with its own validators; a write through
                 /// any query replaces them all), `"identity"` (each query string names a
                 /// resource of its own, as in `/api?id=5`), or `"ignore"`.
-                query: $crate::config::QuerySetting = QuerySetting::Variant;
+                query: $crate::guard::QueryMode = QueryMode::Variant;
                 /// Whether `//a///b` names `/a/b` (runs of slashes are one).
                 merge_slashes: bool = Policy::default().aliases.merge_slashes;
                 /// Whether `/a/` names `/a`.
@@ -208,11 +139,11 @@ impl PolicyConfig {
             } else {
                 Vec::new()
             },
-            on_unknown: self.on_unknown.into(),
-            etag_source: self.etag_source.into(),
+            on_unknown: self.on_unknown,
+            etag_source: self.etag_source,
             max_hash_bytes: self.max_hash_bytes,
             key_headers: key_headers?,
-            query: self.query.into(),
+            query: self.query,
             aliases: Aliases {
                 merge_slashes: self.merge_slashes,
                 ignore_trailing_slash: self.ignore_trailing_slash,
