@@ -6,7 +6,9 @@
 //! [`ConfigError::Invalid`] listing every problem. Command-line [`Overrides`] are applied between
 //! parsing and validation, so `--upstream` can complete a file that has no routes.
 //!
-//! No tokio, no hyper: this module only turns text into plain values and [`Route`]s.
+//! No tokio, no hyper: this module only turns text into plain values and [`Route`]s. Each
+//! section's file holds its keys and their checks; a policy key is declared once, for both
+//! `[defaults]` ([`PolicyConfig`]) and the routes that override it ([`RouteConfig`]).
 //!
 //! ```
 //! use ifmatch::config::{Config, Overrides};

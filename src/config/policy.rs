@@ -7,7 +7,7 @@ use http::{HeaderName, Method, StatusCode};
 use serde::Deserialize;
 
 use super::validate::{MAX_TIMEOUT, Report, check_field};
-use crate::guard::{Aliases, EtagSource, OnStoreUnavailable, OnUnknown, Policy, QueryMode};
+use crate::guard::{Aliases, OnStoreUnavailable, Policy};
 
 /// The policy keys, each declared once: doc comment, serde attributes, type and default.
 ///
@@ -34,9 +34,9 @@ macro_rules! policy_keys {
                     .collect();
                 /// Conditional write to a resource in an unknown state: "revalidate",
                 /// "forward" or "reject".
-                on_unknown: $crate::guard::OnUnknown = OnUnknown::Revalidate;
+                on_unknown: $crate::guard::OnUnknown = Policy::default().on_unknown;
                 /// Where validators come from: "upstream", "synthesize" or "both".
-                etag_source: $crate::guard::EtagSource = EtagSource::Both;
+                etag_source: $crate::guard::EtagSource = Policy::default().etag_source;
                 /// Largest body hashed to synthesize an ETag, in bytes; larger bodies stream
                 /// through unhashed and leave the resource unknown.
                 max_hash_bytes: usize = Policy::default().max_hash_bytes;
@@ -47,7 +47,7 @@ macro_rules! policy_keys {
                 /// resource, each query a view of it with its own validators; a write through
                 /// any query replaces them all), `"identity"` (each query string names a
                 /// resource of its own, as in `/api?id=5`), or `"ignore"`.
-                query: $crate::guard::QueryMode = QueryMode::Variant;
+                query: $crate::guard::QueryMode = Policy::default().query;
                 /// Whether `//a///b` names `/a/b` (runs of slashes are one).
                 merge_slashes: bool = Policy::default().aliases.merge_slashes;
                 /// Whether `/a/` names `/a`.
