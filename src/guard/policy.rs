@@ -8,7 +8,8 @@ use http::{HeaderName, Method, StatusCode};
 pub use crate::target::Aliases;
 
 /// What to do with a conditional write to a resource whose state is unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnUnknown {
     /// GET the resource through the same inner service first (with the writer's credentials).
     #[default]
@@ -36,7 +37,8 @@ pub enum OnStoreUnavailable {
 pub struct FailedOpen;
 
 /// What the query string is to the resource a request names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum QueryMode {
     /// The path names the resource; each query names a view of it (`?fields=`, `?page=`),
     /// with validators of its own. A write through any query is a write to the path's resource:
@@ -69,7 +71,8 @@ impl QueryMode {
 }
 
 /// Where validators come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EtagSource {
     /// Only the upstream's strong ETags; never hash bodies.
     Upstream,
