@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use http::{Method, StatusCode};
 use ifmatch::config::Overrides;
 use support::{
@@ -319,6 +321,36 @@ async fn request_id_is_kept_or_generated_and_reaches_the_upstream() {
         assert_eq!(rejected.header("x-request-id").len(), 32);
     })
     .await;
+}
+
+#[tokio::test]
+async fn reload_keeps_the_running_write_bounds() {
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("admin-bounds.toml");
+    let file = |timeouts: &str| {
+        format!(
+            "[server]\n{timeouts}\n[[routes]]\nname = \"a\"\nupstream = \"http://127.0.0.1:1\"\n"
+        )
+    };
+    std::fs::write(&path, file("")).unwrap();
+    let config = ifmatch::config::Config::load(&path, &Overrides::default()).unwrap();
+    let started = Duration::from_secs(30);
+    let routes =
+        ifmatch::proxy::Routes::new(ifmatch::proxy::RouteTable::new(config.routes().unwrap()));
+    assert_eq!(
+        routes.load().write_bounds(),
+        Some((started, Duration::from_secs(60)))
+    );
+    // A longer run than the lease TTL the store started with was checked against: not applied.
+    std::fs::write(
+        &path,
+        file("response_timeout = \"90s\"\nwrite_outcome_timeout = \"300s\""),
+    )
+    .unwrap();
+    ifmatch::proxy::reload(&path, &Overrides::default(), &routes).unwrap();
+    assert_eq!(
+        routes.load().write_bounds(),
+        Some((started, Duration::from_secs(60)))
+    );
 }
 
 #[tokio::test]
