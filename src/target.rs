@@ -6,7 +6,8 @@
 //! computed from the target after RFC 3986 §6.2.2 normalization, which every upstream honours:
 //! percent-encoded unreserved characters are decoded (`%7Euser` is `~user`), the hex digits of
 //! the other percent-encodings are uppercased (`%2f` is `%2F`), and dot segments are removed
-//! (`/a/./b/../c` is `/a/c`). Beyond the RFC, [`Aliases`] names what a route's upstream also
+//! (`/a/./b/../c` is `/a/c`); and, since frameworks decode path parameters, every escaped
+//! printable ASCII character that delimits nothing is decoded too (`%40` is `@`). Beyond the RFC, [`Aliases`] names what a route's upstream also
 //! treats as one resource: runs of slashes, a trailing slash, letter case.
 //!
 //! Normalizing too much is safe (two resources sharing a key only serialize their writes and
@@ -50,7 +51,7 @@ pub fn normalize_path(path: &str, aliases: Aliases) -> Cow<'_, str> {
     if is_normal_path(path.as_bytes(), aliases) {
         return Cow::Borrowed(path);
     }
-    let decoded = normalize_percent(path.as_bytes());
+    let decoded = normalize_percent(path.as_bytes(), Part::Path);
     let mut out = remove_dot_segments(&decoded);
     if aliases.merge_slashes {
         out.dedup_by(|b, a| *a == b'/' && *b == b'/');
@@ -72,16 +73,18 @@ pub fn normalize_query(query: &str) -> Cow<'_, str> {
     if !query.as_bytes().contains(&b'%') {
         return Cow::Borrowed(query);
     }
-    Cow::Owned(into_string(normalize_percent(query.as_bytes())))
+    Cow::Owned(into_string(normalize_percent(
+        query.as_bytes(),
+        Part::Query,
+    )))
 }
 
-/// A 24-bit digest of a normalized query, never 0 (0 stands for "no query").
+/// A 32-bit digest of a normalized query, never 0 (0 stands for "no query").
 pub fn query_variant(query: Option<&str>) -> u32 {
     let Some(query) = query else { return 0 };
     let digest = blake3::hash(normalize_query(query).as_bytes());
     let bytes = digest.as_bytes();
-    let value = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0]);
-    value.max(1)
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]).max(1)
 }
 
 /// Resolves a reference found in a response (`Location`, `Content-Location`) against the
@@ -179,9 +182,13 @@ fn is_normal_path(path: &[u8], aliases: Aliases) -> bool {
     !(aliases.ignore_trailing_slash && path.len() > 1 && previous == b'/')
 }
 
-/// Decodes percent-encoded unreserved characters and uppercases the hex of the others
-/// (RFC 3986 §2.3, §6.2.2.1-2). Malformed escapes are kept as sent.
-fn normalize_percent(input: &[u8]) -> Vec<u8> {
+/// Decodes percent-encodings and uppercases the hex of those it keeps (RFC 3986 §2.3,
+/// §6.2.2.1-2). Beyond the RFC's unreserved characters, every printable ASCII character is
+/// decoded except the delimiters whose escaping changes what the target says (`/`, `?`, `#`,
+/// `%`, and in a query `&`, `=`, `+`, `;`): frameworks decode `%40` in a path parameter to `@`,
+/// so both spellings must be one key. Bytes past ASCII stay escaped (a raw one cannot appear
+/// in a request target). Malformed escapes are kept as sent.
+fn normalize_percent(input: &[u8], part: Part) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
@@ -192,7 +199,7 @@ fn normalize_percent(input: &[u8]) -> Vec<u8> {
                 input.get(i + 2).copied().and_then(hex),
             ) {
                 let decoded = hi << 4 | lo;
-                if is_unreserved(decoded) {
+                if part.decodes(decoded) {
                     out.push(decoded);
                 } else {
                     out.push(b'%');
@@ -241,8 +248,23 @@ fn remove_dot_segments(path: &[u8]) -> Vec<u8> {
     out
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+/// The part of a request target being normalized.
+#[derive(Clone, Copy)]
+enum Part {
+    Path,
+    Query,
+}
+
+impl Part {
+    /// Whether an escaped byte is decoded for the key: printable ASCII that delimits nothing
+    /// in this part.
+    fn decodes(self, b: u8) -> bool {
+        let delimits = match self {
+            Self::Path => matches!(b, b'/' | b'?' | b'#' | b'%'),
+            Self::Query => matches!(b, b'#' | b'%' | b'&' | b'=' | b'+' | b';'),
+        };
+        b.is_ascii_graphic() && !delimits
+    }
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -276,6 +298,9 @@ mod tests {
             ("/items/1", "/items/1"),
             ("/items/%31", "/items/1"),
             ("/%7Euser/%2f", "/~user/%2F"),
+            ("/users/a%40b.com", "/users/a@b.com"),
+            ("/a%2Cb%3Ac%24", "/a,b:c$"),
+            ("/a%3fb%23c%25d%20e", "/a%3Fb%23c%25d%20e"),
             ("/a%2Fb", "/a%2Fb"),
             ("/a/./b/../c", "/a/c"),
             ("/a/b/..", "/a/"),
@@ -338,12 +363,12 @@ mod tests {
 
     #[test]
     fn queries_and_variants() {
-        assert_eq!(normalize_query("a=%7e&b=%2f"), "a=~&b=%2F");
+        assert_eq!(normalize_query("a=%7e&b=%2f"), "a=~&b=/");
+        assert_eq!(normalize_query("a=%26%3d%2b&b=%40"), "a=%26%3D%2B&b=@");
         assert_eq!(query_variant(None), 0);
         assert_ne!(query_variant(Some("")), 0);
         assert_eq!(query_variant(Some("x=%31")), query_variant(Some("x=1")));
         assert_ne!(query_variant(Some("x=1")), query_variant(Some("x=2")));
-        assert!(query_variant(Some("x=1")) < 1 << 24);
     }
 
     #[test]

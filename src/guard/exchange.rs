@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, ETAG};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
@@ -52,6 +52,7 @@ pub(crate) async fn forward<S, St, B, RB>(
     mut inner: S,
     mut req: Request<B>,
     exchange: Exchange<St>,
+    permit: OwnedSemaphorePermit,
 ) -> Result<Response<ResponseBody<RB>>, S::Error>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<RB>>,
@@ -106,6 +107,7 @@ where
             }
         };
         exchange.end(outcome).await;
+        drop(permit);
         // Nobody may be waiting any more (the client went away, or got 504).
         let _ = answer_tx.send(answer);
     });

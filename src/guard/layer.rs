@@ -1,15 +1,17 @@
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use tower::Layer;
 
 use super::policy::Policy;
-use super::service::Precondition;
+use super::service::{DEFAULT_MAX_WRITES_IN_FLIGHT, Precondition};
 
 /// Applies the [`Precondition`] guard, backed by a validator store, to a service.
 #[derive(Debug, Clone)]
 pub struct PreconditionLayer<St> {
     store: St,
     policy: Arc<Policy>,
+    writes: Arc<Semaphore>,
 }
 
 impl<St> PreconditionLayer<St> {
@@ -18,7 +20,16 @@ impl<St> PreconditionLayer<St> {
         Self {
             store,
             policy: Arc::new(Policy::default()),
+            writes: Arc::new(Semaphore::new(DEFAULT_MAX_WRITES_IN_FLIGHT)),
         }
+    }
+
+    /// At most `n` forwarded writes run at once (each may outlive its client, see
+    /// [`super::exchange`]); past it a write gets 503 before it is forwarded. Default
+    /// [`DEFAULT_MAX_WRITES_IN_FLIGHT`].
+    pub fn max_writes_in_flight(mut self, n: usize) -> Self {
+        self.writes = Arc::new(Semaphore::new(n));
+        self
     }
 
     /// The policy for requests that carry no [`super::RouteContext`].
@@ -32,6 +43,7 @@ impl<S, St: Clone> Layer<S> for PreconditionLayer<St> {
     type Service = Precondition<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Precondition::new(inner, self.store.clone(), self.policy.clone())
+        let writes = Arc::clone(&self.writes);
+        Precondition::sharing(inner, self.store.clone(), self.policy.clone(), writes)
     }
 }

@@ -33,5 +33,5 @@ pub use policy::{
     RouteContext, UpstreamDeadline,
 };
 pub use response::{MAX_ECHO_BYTES, Rejection, RejectionKind, bounded};
-pub use service::{Precondition, resource_key};
+pub use service::{DEFAULT_MAX_WRITES_IN_FLIGHT, Precondition, resource_key};
 pub use short_circuit::ShortCircuit;

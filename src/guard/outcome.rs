@@ -21,7 +21,12 @@ pub(crate) fn outcome_of(
 ) -> Outcome {
     if status.is_success() && status != StatusCode::ACCEPTED {
         if method == Method::DELETE {
-            return Outcome::Deleted;
+            // Through a query view, what was deleted is not known to be the whole resource.
+            return if request_representation.variant() == 0 {
+                Outcome::Deleted
+            } else {
+                Outcome::Unknown
+            };
         }
         // A POST's ETag describes what it created, not the collection it was sent to; a
         // synthesizing route cannot know the new tag without reading the resource again.
@@ -120,7 +125,8 @@ mod tests {
                 Outcome::Unknown,
             ),
             (Method::POST, 201, &json, Outcome::Unknown),
-            (Method::DELETE, 204, &bare, Outcome::Deleted),
+            // Through a view: what was deleted is not known to be the resource.
+            (Method::DELETE, 204, &bare, Outcome::Unknown),
             (Method::PUT, 202, &json, Outcome::Unknown),
             (Method::PUT, 400, &bare, Outcome::Unchanged),
             (Method::PUT, 404, &bare, Outcome::Unchanged),
@@ -133,6 +139,19 @@ mod tests {
             let got = outcome_of(&method, sent, status, response, &policy);
             assert_eq!(got, want, "{method} {status}");
         }
+    }
+
+    #[test]
+    fn a_delete_of_the_plain_path_leaves_the_resource_absent() {
+        let plain = Representation::new(b"", b"");
+        let got = outcome_of(
+            &Method::DELETE,
+            plain,
+            StatusCode::NO_CONTENT,
+            &HeaderMap::new(),
+            &Policy::default(),
+        );
+        assert_eq!(got, Outcome::Deleted);
     }
 
     #[test]

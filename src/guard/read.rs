@@ -35,6 +35,7 @@ where
         variant,
         route,
         uri,
+        ..
     } = guarded;
     let is_get = req.method() == Method::GET;
     let hash = is_get && policy.etag_source != EtagSource::Upstream;

@@ -46,6 +46,8 @@ pub enum RejectionKind {
     RequestTimeout,
     /// The proxy serves as many connections as it may (503).
     TooManyConnections,
+    /// As many forwarded writes are running as the guard allows (503).
+    TooManyWrites,
 }
 
 impl RejectionKind {
@@ -68,6 +70,7 @@ impl RejectionKind {
             Self::HeadersTooLarge => "headers-too-large",
             Self::RequestTimeout => "request-timeout",
             Self::TooManyConnections => "too-many-connections",
+            Self::TooManyWrites => "too-many-writes",
         }
     }
 
@@ -90,6 +93,7 @@ impl RejectionKind {
             Self::HeadersTooLarge => "Request header fields too large",
             Self::RequestTimeout => "Request body timed out",
             Self::TooManyConnections => "Too many connections",
+            Self::TooManyWrites => "Too many writes in flight",
         }
     }
 }
@@ -262,6 +266,7 @@ mod tests {
             HeadersTooLarge,
             RequestTimeout,
             TooManyConnections,
+            TooManyWrites,
         ];
         for kind in all {
             match kind {
@@ -280,7 +285,8 @@ mod tests {
                 | BadRequest
                 | HeadersTooLarge
                 | RequestTimeout
-                | TooManyConnections => {}
+                | TooManyConnections
+                | TooManyWrites => {}
             }
         }
         all.to_vec()

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
+use tokio::sync::Semaphore;
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
@@ -29,19 +30,37 @@ pub struct Precondition<S, St> {
     policy: Arc<Policy>,
     /// The route label of requests without a route context, allocated once.
     no_route: Arc<str>,
+    /// Permits for forwarded writes in flight, shared by every clone of the layer.
+    writes: Arc<Semaphore>,
 }
 
 impl<S, St> Precondition<S, St> {
     /// Guards `inner` with `store`; `policy` applies to requests without a route context.
     pub fn new(inner: S, store: St, policy: Arc<Policy>) -> Self {
+        let writes = Arc::new(Semaphore::new(DEFAULT_MAX_WRITES_IN_FLIGHT));
+        Self::sharing(inner, store, policy, writes)
+    }
+
+    /// As [`Precondition::new`], drawing write permits from `writes`.
+    pub(crate) fn sharing(
+        inner: S,
+        store: St,
+        policy: Arc<Policy>,
+        writes: Arc<Semaphore>,
+    ) -> Self {
         Self {
             inner,
             store,
             policy,
             no_route: Arc::from(""),
+            writes,
         }
     }
 }
+
+/// How many forwarded writes may run at once by default (see
+/// [`super::PreconditionLayer::max_writes_in_flight`]).
+pub const DEFAULT_MAX_WRITES_IN_FLIGHT: usize = 10_000;
 
 /// Everything one guarded request needs besides the request itself.
 pub(crate) struct Guarded<S, St> {
@@ -56,6 +75,8 @@ pub(crate) struct Guarded<S, St> {
     pub(crate) route: Arc<str>,
     /// The request target, for problem details and revalidation.
     pub(crate) uri: Uri,
+    /// Permits for forwarded writes in flight.
+    pub(crate) writes: Arc<Semaphore>,
 }
 
 impl<S, St, B, RB> Service<Request<B>> for Precondition<S, St>
@@ -126,6 +147,7 @@ where
             variant,
             route,
             uri: req.uri().clone(),
+            writes: Arc::clone(&self.writes),
         };
         match pre {
             Some(pre) => ShortCircuit::called(Box::pin(write::write(guarded, req, pre))),

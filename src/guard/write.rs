@@ -51,6 +51,7 @@ where
         variant,
         route,
         uri,
+        writes,
     } = guarded;
     let instance = uri.path_and_query().map_or("/", |pq| pq.as_str());
 
@@ -107,9 +108,26 @@ where
         return Ok(answer);
     }
 
-    // 5. Forward, 6. record the outcome.
+    // 5. Forward, 6. record the outcome. The exchange may outlive its client: their number
+    // is bounded.
+    let Ok(permit) = writes.try_acquire_owned() else {
+        exchange.end(Outcome::Unchanged).await;
+        let detail = "the proxy has as many writes in flight as it allows; retry shortly";
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        let mut response = Rejection::new(
+            RejectionKind::TooManyWrites,
+            status,
+            instance,
+            detail.to_owned(),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(response);
+    };
     headers::strip_synthesized(req.headers_mut(), &pre);
-    exchange::forward(inner, req, exchange).await
+    exchange::forward(inner, req, exchange, permit).await
 }
 
 /// RFC 9110 §13.2.2 step 1, before any I/O: malformed preconditions, then missing ones. The
@@ -281,8 +299,29 @@ impl<St: Store, B> Vetting<'_, St, B> {
 
 /// The state as a write through query `variant` sees it: only the validators of that view.
 /// A resource known without one for this view is unknown to this write (it revalidates), not
-/// changed: the view may simply not have been read yet.
+/// changed: the view may simply not have been read yet. Through a view, absence and the
+/// resource's `Last-Modified` are not known: only the plain path teaches them (a `?id=6` view
+/// of a path whose `?id=5` view was deleted may well exist).
 fn state_of(state: KeyState, variant: u32) -> KeyState {
+    if variant != 0 {
+        return match state {
+            KeyState::Present { validators, .. } => {
+                let validators: Vec<_> = validators
+                    .into_iter()
+                    .filter(|v| v.representation.variant() == variant)
+                    .collect();
+                if validators.is_empty() {
+                    KeyState::Unknown
+                } else {
+                    KeyState::Present {
+                        validators,
+                        last_modified: None,
+                    }
+                }
+            }
+            KeyState::Absent | KeyState::Unknown => KeyState::Unknown,
+        };
+    }
     match state {
         KeyState::Present {
             mut validators,

@@ -537,9 +537,13 @@ impl Store for RedisStore {
     }
 
     async fn complete(&self, mut lease: RedisLease, outcome: Outcome) -> Result<(), StoreError> {
-        // Whatever happens now, dropping the lease must not release it a second time.
+        let result = lease.inner.complete(lease.key, &lease.id, outcome).await;
+        // Only once the call is over: a caller that goes away during it (a client that hung
+        // up while its rejection's lease was released) drops the lease, which releases it as
+        // unknown, rather than leave the key locked until the lease lapses. After a failed
+        // call, the lease is left to lapse.
         lease.completed = true;
-        lease.inner.complete(lease.key, &lease.id, outcome).await
+        result
     }
 
     async fn purge(&self, key: ResourceKey) -> Result<bool, StoreError> {
