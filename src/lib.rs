@@ -27,19 +27,19 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod demo;
 pub mod etag;
 pub mod guard;
-pub mod hotspots;
 pub mod key;
 pub mod precondition;
 pub mod proxy;
+pub mod serve;
 pub mod store;
 pub mod storm;
 pub mod target;
 pub mod telemetry;
-pub mod topk;
 
 pub use etag::EntityTag;
 pub use guard::{Policy, Precondition, PreconditionLayer, Rejection, RequestBody, ResponseBody};
