@@ -7,8 +7,11 @@
 //! `409 Conflict` *before it reaches the backend*. Of N concurrent writers holding the same tag,
 //! exactly one gets through.
 //!
-//! The crate has a pure core ([`etag`], [`precondition`], [`key`]), a tower middleware
-//! ([`guard`], over any [`store::Store`]), and an I/O edge ([`proxy`], the `ifmatch` binary).
+//! The crate has a pure core ([`etag`], [`precondition`], [`key`], [`target`]), a tower
+//! middleware ([`guard`], over any [`store::Store`]), and an I/O edge: the accept loop
+//! ([`serve`]), the proxy's layers ([`proxy`]) and the [`admin`] API, wired together from a
+//! [`config::Config`] by the composition root, [`app`], which the `ifmatch` binary runs.
+//! Dependencies point one way, from the edge inwards (ARCHITECTURE.md).
 //!
 //! ```
 //! use ifmatch::{MemoryStore, PreconditionLayer, Policy};
