@@ -4,8 +4,7 @@
 //! each request, lingering closes, and graceful shutdown.
 //!
 //! This module knows sockets and hyper, not what is served: the proxy's stack, the admin API
-//! and the demo are services handed to [`serve_connections`] by the [composition
-//! root](crate::app).
+//! and the demo API are services handed to its accept loop by their callers, above it.
 
 mod accept;
 mod client_addr;
