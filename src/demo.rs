@@ -37,8 +37,7 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
-use crate::config::ServerConfig;
-use crate::proxy::{HeadLimits, connection_builder, local_addr, serve_connections};
+use crate::serve::{local_addr, serve_with_defaults};
 
 /// Largest request body the demo accepts.
 const MAX_BODY: usize = 1024 * 1024;
@@ -51,15 +50,7 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + S
         let items = items.clone();
         async move { Ok::<_, Infallible>(handle(&items, req).await) }
     });
-    let server = ServerConfig::default();
-    serve_connections(
-        listener,
-        connection_builder(&server, HeadLimits::new(&server)),
-        service,
-        shutdown,
-        Duration::from_secs(5),
-    )
-    .await;
+    serve_with_defaults(listener, service, shutdown, Duration::from_secs(5)).await;
 }
 
 #[derive(Clone, Default)]

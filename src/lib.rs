@@ -7,8 +7,11 @@
 //! `409 Conflict` *before it reaches the backend*. Of N concurrent writers holding the same tag,
 //! exactly one gets through.
 //!
-//! The crate has a pure core ([`etag`], [`precondition`], [`key`]), a tower middleware
-//! ([`guard`], over any [`store::Store`]), and an I/O edge ([`proxy`], the `ifmatch` binary).
+//! The crate has a pure core ([`etag`], [`precondition`], [`key`], [`target`]), a tower
+//! middleware ([`guard`], over any [`store::Store`]), and an I/O edge: the accept loop
+//! ([`serve`]), the proxy's layers ([`proxy`]) and the [`admin`] API, wired together from a
+//! [`config::Config`] by the composition root, [`app`], which the `ifmatch` binary runs.
+//! Dependencies point one way, from the edge inwards (ARCHITECTURE.md).
 //!
 //! ```
 //! use ifmatch::{MemoryStore, PreconditionLayer, Policy};
@@ -27,19 +30,19 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod demo;
 pub mod etag;
 pub mod guard;
-pub mod hotspots;
 pub mod key;
 pub mod precondition;
 pub mod proxy;
+pub mod serve;
 pub mod store;
 pub mod storm;
 pub mod target;
 pub mod telemetry;
-pub mod topk;
 
 pub use etag::EntityTag;
 pub use guard::{Policy, Precondition, PreconditionLayer, Rejection, RequestBody, ResponseBody};

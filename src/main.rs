@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use futures_util::FutureExt;
+use ifmatch::app::{self, Server};
 use ifmatch::config::{self, Config, ConfigError, Overrides};
-use ifmatch::proxy::{Chain, Routes, Server, bind};
-use ifmatch::store::AnyStore;
+use ifmatch::proxy::Chain;
 use tracing_subscriber::EnvFilter;
 
 /// Optimistic concurrency for any HTTP API: a reverse proxy that rejects stale writes with
@@ -217,42 +216,17 @@ async fn run(args: RunArgs) -> Result<(), String> {
         None => Config::from_overrides(&overrides),
     }
     .map_err(describe)?;
-    let store = AnyStore::from_config(&config.store).map_err(|e| Chain(&*e).to_string())?;
-    tracing::info!(kind = ?config.store.kind, key_prefix = %config.store.key_prefix, "store");
     let server = Server::new(config)
-        .map_err(describe)?
-        .store(store)
+        .map_err(|e| Chain(&e).to_string())?
         .passthrough(args.passthrough);
     let reloader = args
         .config
-        .map(|path| tokio::spawn(reload_on_sighup(path, overrides, server.routes())));
+        .map(|path| tokio::spawn(app::reload_on_sighup(path, overrides, server.routes())));
     let served = server.run(shutdown_signal()).await;
     if let Some(reloader) = reloader {
         reloader.abort();
     }
     served.map_err(|e| Chain(&e).to_string())
-}
-
-/// Reloads routes and policies from `path` on each SIGHUP; a bad file is logged and ignored.
-async fn reload_on_sighup(path: PathBuf, overrides: Overrides, routes: Routes) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for sighup: reload disabled");
-                return;
-            }
-        };
-        tracing::info!(file = %path.display(), "send SIGHUP to reload routes and policies");
-        while hangups.recv().await.is_some() {
-            // reload() logs both outcomes.
-            let _ = ifmatch::proxy::reload(&path, &overrides, &routes);
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (path, overrides, routes);
 }
 
 /// GET /healthz on the admin listener, bounded: the container image has no curl.
@@ -282,45 +256,18 @@ async fn healthcheck(mut addr: SocketAddr) -> Result<(), String> {
 }
 
 async fn demo(args: DemoArgs) -> Result<(), String> {
-    let shutdown = shutdown_signal().shared();
-    let api = bind(args.api_listen)
-        .await
-        .map_err(|e| Chain(&e).to_string())?;
-    let api_url = format!("http://{}", local_addr(&api));
-    if args.api_only {
-        tracing::info!(api = %api_url, hint = %format!("curl -i {api_url}/items/1"), "demo api only");
-        ifmatch::demo::serve(api, shutdown).await;
-        return Ok(());
-    }
-    let config = Config::from_overrides(&Overrides {
-        upstream: Some(api_url.clone()),
+    let proxy = Overrides {
+        upstream: None,
         listen: Some(args.listen),
         admin_listen: Some(args.admin_listen),
         conflict_status: args.conflict_status.map(ConflictStatus::code),
         require_if_match: args.require_if_match,
         admin_token: None,
         store: None,
-    })
-    .map_err(describe)?;
-    let proxy = bind(config.server.listen)
+    };
+    app::demo(args.api_listen, proxy, args.api_only, shutdown_signal())
         .await
-        .map_err(|e| Chain(&e).to_string())?;
-    let admin = bind(config.server.admin_listen)
-        .await
-        .map_err(|e| Chain(&e).to_string())?;
-    let proxy_url = format!("http://{}", local_addr(&proxy));
-    let server = Server::new(config).map_err(describe)?;
-    tracing::info!(
-        api = %api_url,
-        proxy = %proxy_url,
-        hint = %format!("curl -i {proxy_url}/items/1"),
-        "demo running"
-    );
-    let (_, served) = tokio::join!(
-        ifmatch::demo::serve(api, shutdown.clone()),
-        server.serve_with_admin(proxy, admin, shutdown),
-    );
-    served.map_err(|e| Chain(&e).to_string())
+        .map_err(|e| Chain(&e).to_string())
 }
 
 /// The exit status of a storm that detected lost updates (without `--allow-lost`).
@@ -346,12 +293,6 @@ async fn storm(args: ifmatch::storm::StormArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn local_addr(listener: &tokio::net::TcpListener) -> String {
-    listener
-        .local_addr()
-        .map_or_else(|_| "?".to_owned(), |addr| addr.to_string())
 }
 
 /// Config errors are shown whole: every problem, one per line.

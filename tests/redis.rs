@@ -8,9 +8,8 @@ mod support;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use ifmatch::app::Server;
 use ifmatch::config::Config;
-use ifmatch::proxy::Server;
-use ifmatch::store::AnyStore;
 use redis_server::RedisServer;
 use serde_json::json;
 use support::workload::{Tally, read_modify_write, slow_logs, storm as log_storm};
@@ -39,9 +38,7 @@ fn redis_config(demo: &DemoHandle, url: &str, failure_policy: &str, timeout: &st
 /// A replica: its own server and its own store (its own connection to Redis), as the binary
 /// builds them.
 async fn replica(config: Config) -> ProxyHandle {
-    let store = AnyStore::from_config(&config.store).expect("store");
-    let server = Server::new(config).expect("valid config").store(store);
-    Proxy::spawn_server(server).await
+    Proxy::spawn_server(Server::new(config).expect("valid config")).await
 }
 
 /// Reads a counter through the proxy: its value and ETag.
@@ -109,6 +106,19 @@ async fn two_replicas_sharing_redis_lose_no_updates_and_unshared_stores_do() {
     .expect("workload finished in time");
     // Both replicas kept their state in the one Redis.
     assert!(redis.cli(&["DBSIZE"]).trim().parse::<u64>().expect("count") >= KEYS as u64);
+}
+
+#[tokio::test]
+async fn the_library_api_builds_the_store_the_config_names() {
+    // `Server::new` on a `kind = "redis"` config: no store handed in, as a library user
+    // writes it. Its state must land in Redis, not in a memory store nobody configured.
+    let redis = RedisServer::start();
+    let demo = DemoHandle::spawn().await;
+    let proxy = Proxy::spawn(redis_config(&demo, &redis.url(), "fail_closed", "5s")).await;
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0");
+    let read = Client::http1().get(&proxy.url("/items/1")).await;
+    assert_eq!(read.status, StatusCode::OK, "{read:?}");
+    assert!(redis.cli(&["DBSIZE"]).trim().parse::<u64>().expect("count") >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

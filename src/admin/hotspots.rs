@@ -3,7 +3,7 @@
 use http::{Response, StatusCode};
 
 use super::reply::{AdminBody, json, problem};
-use crate::hotspots::Hotspots;
+use crate::proxy::Hotspots;
 
 /// How many hot spots are listed without `n`.
 const DEFAULT_N: usize = 10;

@@ -31,11 +31,8 @@ use tokio::net::TcpListener;
 pub use auth::Token;
 pub use reply::AdminBody;
 
-use crate::config::ServerConfig;
-use crate::hotspots::Hotspots;
-use crate::proxy::{
-    HeadLimits, Routes, ServeError, connection_builder, local_addr, serve_connections,
-};
+use crate::proxy::{Hotspots, Routes};
+use crate::serve::{ServeError, local_addr, serve_with_defaults};
 use crate::store::{MemoryStore, Store};
 
 /// What the admin API serves: each part is optional, so a bare health endpoint is
@@ -222,15 +219,7 @@ pub async fn serve_admin<St: Store>(
         let admin = admin.clone();
         async move { Ok::<_, Infallible>(admin.respond(req).await) }
     });
-    let server = ServerConfig::default();
-    serve_connections(
-        listener,
-        connection_builder(&server, HeadLimits::new(&server)),
-        service,
-        shutdown,
-        Duration::from_secs(1),
-    )
-    .await;
+    serve_with_defaults(listener, service, shutdown, Duration::from_secs(1)).await;
     if let Some(upkeep) = upkeep {
         upkeep.abort();
     }

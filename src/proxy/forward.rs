@@ -4,7 +4,6 @@
 //! tunnel (see [`upgrade`](super::upgrade)).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -17,32 +16,7 @@ use tower::{Layer, Service};
 use super::client::UpstreamError;
 use super::router::Target;
 use super::upgrade::Handshake;
-
-/// The client's address, put in each request's extensions by the server.
-///
-/// Made once per connection: it carries the address already formatted for
-/// `X-Forwarded-For`, so that each request only clones it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientAddr {
-    addr: SocketAddr,
-    forwarded_for: Option<HeaderValue>,
-}
-
-impl ClientAddr {
-    /// The client at `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
-        let forwarded_for = HeaderValue::from_str(&addr.ip().to_canonical().to_string()).ok();
-        Self {
-            addr,
-            forwarded_for,
-        }
-    }
-
-    /// The client's socket address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
+use crate::serve::ClientAddr;
 
 /// Headers meaningful only for one connection (RFC 9110 §7.6.1), besides those `Connection`
 /// names. `Proxy-Connection` and `Keep-Alive` are obsolete but still sent by old clients.
@@ -145,7 +119,7 @@ fn address<B>(req: &mut Request<B>) -> Result<(), UpstreamError> {
     let forwarded_for = req
         .extensions()
         .get::<ClientAddr>()
-        .and_then(|client| client.forwarded_for.clone());
+        .and_then(|client| client.forwarded_for().cloned());
 
     // RFC 9112 §3.2.2: an absolute-form target overrides Host; h2 has only :authority.
     let client_host = match req.uri().authority() {

@@ -31,69 +31,18 @@ use http_body::Body;
 use tower::{Layer, Service};
 
 use super::request_id::{self, X_REQUEST_ID};
-use crate::config::ServerConfig;
 use crate::guard::ShortCircuit;
 use crate::guard::{Rejection, RejectionKind, ResponseBody};
+use crate::serve::HeadLimits;
 
-/// hyper's read buffer cannot be smaller than this (it panics otherwise).
-const HYPER_MIN_BUF_SIZE: usize = 8192;
-/// How far past the configured limits hyper's ceiling sits, at most: the extra a client can
-/// make the proxy parse before it is refused.
-const MAX_EXTRA_BYTES: usize = 1 << 20;
-const MAX_EXTRA_HEADERS: usize = 100;
-/// hyper's own field limit, which it parses into a stack array; a higher one costs a heap
-/// allocation per request.
-pub(crate) const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
-
-/// The largest request head accepted: its size in bytes and its number of fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeadLimits {
-    /// Most bytes in a request head, counted as the module docs say.
-    pub max_bytes: usize,
-    /// Most header fields in a request.
-    pub max_headers: usize,
-}
-
-impl HeadLimits {
-    /// The limits of `server` (`max_header_bytes`, `max_headers`).
-    pub fn new(server: &ServerConfig) -> Self {
-        Self {
-            max_bytes: server.max_header_bytes,
-            max_headers: server.max_headers,
-        }
+/// Which limit `req` is over, if any. O(fields), no allocation.
+fn exceeded<B>(limits: HeadLimits, req: &Request<B>) -> Option<Exceeded> {
+    let fields = req.headers().len();
+    if fields > limits.max_headers {
+        return Some(Exceeded::Headers(fields));
     }
-
-    /// hyper's hard limits: twice the bytes (at most 1 MiB more); for fields, hyper's own
-    /// limit of 100, or, for a configured limit above it, twice that (at most 100 more).
-    ///
-    /// The field ceiling stays at hyper's default whenever it can: a higher one costs every
-    /// request a heap allocation, so past 100 fields (never a browser's or an SDK's request)
-    /// the answer is hyper's bare 431.
-    pub fn ceiling(self) -> Self {
-        let max_headers = if self.max_headers <= HYPER_DEFAULT_MAX_HEADERS {
-            HYPER_DEFAULT_MAX_HEADERS
-        } else {
-            self.max_headers
-                .saturating_add(self.max_headers.min(MAX_EXTRA_HEADERS))
-        };
-        Self {
-            max_bytes: self
-                .max_bytes
-                .saturating_add(self.max_bytes.min(MAX_EXTRA_BYTES))
-                .max(HYPER_MIN_BUF_SIZE),
-            max_headers,
-        }
-    }
-
-    /// Which limit `req` is over, if any. O(fields), no allocation.
-    fn exceeded<B>(self, req: &Request<B>) -> Option<Exceeded> {
-        let fields = req.headers().len();
-        if fields > self.max_headers {
-            return Some(Exceeded::Headers(fields));
-        }
-        let size = head_size(req);
-        (size > self.max_bytes).then_some(Exceeded::Bytes(size))
-    }
+    let size = head_size(req);
+    (size > limits.max_bytes).then_some(Exceeded::Bytes(size))
 }
 
 /// Which limit a head is over, and by what it was measured.
@@ -171,7 +120,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.limits.exceeded(&req) {
+        match exceeded(self.limits, &req) {
             None => ShortCircuit::called(self.inner.call(req)),
             Some(exceeded) => ShortCircuit::answered(too_large(&req, exceeded, self.limits)),
         }
@@ -261,30 +210,14 @@ mod tests {
             .body(())
             .unwrap();
         let size = head_size(&req);
-        assert!(limits(size, 2).exceeded(&req).is_none());
+        assert!(exceeded(limits(size, 2), &req).is_none());
         assert!(matches!(
-            limits(size - 1, 2).exceeded(&req),
+            exceeded(limits(size - 1, 2), &req),
             Some(Exceeded::Bytes(s)) if s == size
         ));
         assert!(matches!(
-            limits(size, 1).exceeded(&req),
+            exceeded(limits(size, 1), &req),
             Some(Exceeded::Headers(2))
         ));
-    }
-
-    #[test]
-    fn the_ceiling_is_twice_the_limits_capped() {
-        // Fields: hyper's own 100 up to it, so that no request pays for a larger array.
-        assert_eq!(limits(65536, 100).ceiling(), limits(131_072, 100));
-        assert_eq!(limits(8192, 1).ceiling(), limits(16384, 100));
-        assert_eq!(limits(8192, 101).ceiling(), limits(16384, 201));
-        assert_eq!(
-            limits(16 << 20, 10_000).ceiling(),
-            limits((16 << 20) + (1 << 20), 10_100)
-        );
-        // Below hyper's minimum read buffer (config validation refuses it anyway).
-        assert_eq!(limits(100, 5).ceiling().max_bytes, HYPER_MIN_BUF_SIZE);
-        // No upper bound in the config for the field count: no overflow either.
-        assert_eq!(limits(1, usize::MAX).ceiling().max_headers, usize::MAX);
     }
 }

@@ -13,10 +13,10 @@ use metrics::SharedString;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use super::hotspots::Hotspots;
 use super::log_budget::{Admit, LogBudget, REJECTION_LINES_PER_SEC};
 use super::request_id::RequestId;
 use crate::guard::{FailedOpen, MAX_ECHO_BYTES, Rejection, RejectionKind, RouteContext, bounded};
-use crate::hotspots::Hotspots;
 use crate::telemetry::{self, method_label, status_class};
 
 /// Applies [`Observe`].

@@ -10,13 +10,14 @@ use tower::{Service, ServiceBuilder};
 use super::client::UpstreamClient;
 use super::discard::{ClientBody, DiscardLayer, DiscardLimits};
 use super::forward::ForwardLayer;
-use super::head_limit::{HeadLimitLayer, HeadLimits};
+use super::head_limit::HeadLimitLayer;
+use super::hotspots::Hotspots;
 use super::observe::ObserveLayer;
 use super::request_id::RequestIdLayer;
 use super::rescue::RescueLayer;
 use super::router::{RouterLayer, Routes};
 use crate::guard::{Policy, PreconditionLayer, RequestBody, ResponseBody};
-use crate::hotspots::Hotspots;
+use crate::serve::HeadLimits;
 use crate::store::Store;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or one it made.

@@ -15,7 +15,7 @@ use http::{Method, Request, Response, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::connection::Scope;
+use crate::serve::connection::Scope;
 
 /// A client's WebSocket handshake, waiting for the upstream's answer.
 #[derive(Debug)]

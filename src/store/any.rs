@@ -1,17 +1,15 @@
-//! A store chosen at runtime (from the config): the embedded one or the shared one.
+//! A store chosen at runtime: the embedded one or the shared one.
 
 use std::time::Duration;
 
 use super::{
-    BoxError, MemoryLease, MemoryStore, Observation, Outcome, Snapshot, Store, StoreError,
-    StoreStats,
+    MemoryLease, MemoryStore, Observation, Outcome, Snapshot, Store, StoreError, StoreStats,
 };
 #[cfg(feature = "redis")]
 use super::{RedisLease, RedisStore};
-use crate::config::{StoreConfig, StoreKind};
 use crate::key::ResourceKey;
 
-/// Either backend behind one type, so the binary picks one from its config.
+/// Either backend behind one type, so that the composition root can pick one at runtime.
 #[derive(Debug, Clone)]
 pub enum AnyStore {
     /// The in-memory store (one process).
@@ -29,24 +27,6 @@ pub enum AnyLease {
     /// From the Redis store.
     #[cfg(feature = "redis")]
     Redis(RedisLease),
-}
-
-impl AnyStore {
-    /// The store `config` (validated) describes. A Redis store connects lazily, so Redis
-    /// need not be up yet: until it is, the store is unavailable. Must be called within a
-    /// tokio runtime.
-    ///
-    /// # Errors
-    /// The Redis URL is invalid, or this build has no Redis support.
-    pub fn from_config(config: &StoreConfig) -> Result<Self, BoxError> {
-        match config.kind {
-            StoreKind::Memory => Ok(Self::Memory(MemoryStore::new(config.memory()))),
-            #[cfg(feature = "redis")]
-            StoreKind::Redis => Ok(Self::Redis(RedisStore::new(config.redis())?)),
-            #[cfg(not(feature = "redis"))]
-            StoreKind::Redis => Err("this build has no redis support".into()),
-        }
-    }
 }
 
 impl From<MemoryStore> for AnyStore {

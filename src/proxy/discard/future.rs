@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use super::DiscardLimits;
 use super::body::{Returned, Unread};
 use super::decide::{self, Decision};
-use crate::proxy::connection::Linger;
+use crate::serve::connection::Linger;
 use crate::telemetry;
 
 /// What the future watches of a request with a body.

@@ -7,7 +7,7 @@
 //! frequency, never below it; every item seen more than `total / capacity` times is held.
 //!
 //! ```
-//! use ifmatch::topk::SpaceSaving;
+//! use ifmatch::proxy::hotspots::topk::SpaceSaving;
 //! let mut top = SpaceSaving::new(2);
 //! for item in ["a", "b", "a", "c", "a"] {
 //!     top.record(item);

@@ -1,6 +1,5 @@
-//! Serves a tower service on a TCP listener: HTTP/1.1 and h2c, bounded header reads, at most
-//! `max_connections` at once (503 past it), idle connections closed, WebSocket upgrades, the
-//! client's address in each request, and graceful shutdown.
+//! The accept loop: connections accepted and served, HTTP/1.1 and h2c, at most
+//! `max_connections` at once (503 past it), each closed once idle, and graceful shutdown.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -10,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
@@ -23,255 +21,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 
-use super::client::UpstreamClient;
+use super::client_addr::ClientAddr;
 use super::connection::{Activity, Deadlines, Scope, Slot, Tracked, until_closed};
-use super::discard::DiscardLimits;
-use super::forward::ClientAddr;
-use super::head_limit::{HYPER_DEFAULT_MAX_HEADERS, HeadLimits};
-use super::router::{RouteTable, Routes};
-use super::stack::{Mode, stack};
-use crate::admin::{self, Admin, Token, serve_admin};
-use crate::config::{Config, ConfigError, Route, ServerConfig};
+use super::head_limits::{HYPER_DEFAULT_MAX_HEADERS, HeadLimits};
+use crate::config::ServerConfig;
 use crate::guard::{Rejection, RejectionKind, ResponseBody};
-use crate::hotspots::Hotspots;
-use crate::store::{MemoryStore, Store};
 use crate::telemetry;
-
-/// Why the proxy could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// Binds a listener, naming the address in the error.
-///
-/// # Errors
-/// [`ServeError::Bind`] when the address is taken or not local.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
-}
-
-type MakeStore<St> = Box<dyn FnOnce(&Config) -> St + Send>;
-
-/// The proxy, configured and ready to serve.
-///
-/// ```no_run
-/// # async fn run(config: ifmatch::config::Config) -> Result<(), Box<dyn std::error::Error>> {
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-/// ifmatch::proxy::Server::new(config)?
-///     .passthrough(true)
-///     .serve(listener, std::future::pending())
-///     .await?;
-/// # Ok(()) }
-/// ```
-pub struct Server<St = MemoryStore> {
-    config: Config,
-    routes: Vec<Route>,
-    passthrough: bool,
-    make_store: MakeStore<St>,
-    /// The live table: [`reload`](super::reload) swaps it while serving.
-    table: Routes,
-    hotspots: Hotspots,
-}
-
-impl Server<MemoryStore> {
-    /// A proxy for `config`, guarding writes with the in-memory store.
-    ///
-    /// # Errors
-    /// The config is invalid.
-    pub fn new(config: Config) -> Result<Self, ConfigError> {
-        let routes = config.routes()?;
-        Ok(Self {
-            config,
-            table: Routes::new(RouteTable::new(routes.clone())),
-            routes,
-            passthrough: false,
-            make_store: Box::new(|config| MemoryStore::new(config.store.memory())),
-            hotspots: Hotspots::default(),
-        })
-    }
-}
-
-impl<St: Store> Server<St> {
-    /// Forwards everything unchecked (no guard, no store): a baseline for benchmarks.
-    #[must_use]
-    pub fn passthrough(mut self, on: bool) -> Self {
-        self.passthrough = on;
-        self
-    }
-
-    /// Guards writes with `store` instead of the configured one.
-    #[must_use]
-    pub fn store<T: Store>(self, store: T) -> Server<T> {
-        Server {
-            config: self.config,
-            routes: self.routes,
-            passthrough: self.passthrough,
-            make_store: Box::new(move |_| store),
-            table: self.table,
-            hotspots: self.hotspots,
-        }
-    }
-
-    /// The configuration served.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// The live route table, for [`reload`](super::reload).
-    pub fn routes(&self) -> Routes {
-        self.table.clone()
-    }
-
-    /// The conflict hot spots the data plane counts.
-    pub fn hotspots(&self) -> Hotspots {
-        self.hotspots.clone()
-    }
-
-    /// Serves the data plane on `listener` until `shutdown` completes, then drains in-flight
-    /// requests for at most `server.shutdown_timeout`.
-    ///
-    /// # Errors
-    /// None yet: accept errors are logged and retried. (A networked store will fail here.)
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ServeError> {
-        let (store, plane) = self.split();
-        plane.serve(store, listener, shutdown).await
-    }
-
-    /// Serves the data plane on `listener` and the admin API on `admin` until `shutdown`,
-    /// sharing one store, route table and hot-spot tracker.
-    ///
-    /// # Errors
-    /// As [`Server::serve`].
-    pub async fn serve_with_admin(
-        self,
-        listener: TcpListener,
-        admin: TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ServeError> {
-        let (store, plane) = self.split();
-        let metrics = admin::prometheus::handle();
-        // Every documented series from the first scrape on, at zero.
-        telemetry::register(plane.routes.iter().map(|route| &*route.id));
-        let mut api = Admin::default()
-            .token(plane.config.admin.token.as_deref().map(Token::new))
-            .routes(plane.table.clone())
-            .hotspots(plane.hotspots.clone())
-            .metrics(metrics)
-            .probe_timeout(plane.config.server.connect_timeout);
-        if let Some(store) = &store {
-            api = api.store(store.clone());
-        }
-        let shutdown = shutdown.shared();
-        tokio::try_join!(
-            plane.serve(store, listener, shutdown.clone()),
-            serve_admin(admin, api, shutdown)
-        )?;
-        Ok(())
-    }
-
-    /// Binds `server.listen` and `server.admin_listen` and serves both until `shutdown`.
-    ///
-    /// # Errors
-    /// A listener cannot be bound.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
-        let listener = bind(self.config.server.listen).await?;
-        let admin = bind(self.config.server.admin_listen).await?;
-        self.serve_with_admin(listener, admin, shutdown).await
-    }
-
-    /// The store (none in passthrough mode), and everything else the data plane needs.
-    fn split(self) -> (Option<St>, Plane) {
-        let store = (!self.passthrough).then(|| (self.make_store)(&self.config));
-        let plane = Plane {
-            config: self.config,
-            routes: self.routes,
-            passthrough: self.passthrough,
-            table: self.table,
-            hotspots: self.hotspots,
-        };
-        (store, plane)
-    }
-}
-
-/// The data plane, without its store.
-struct Plane {
-    config: Config,
-    routes: Vec<Route>,
-    passthrough: bool,
-    table: Routes,
-    hotspots: Hotspots,
-}
-
-impl Plane {
-    async fn serve<St: Store>(
-        self,
-        store: Option<St>,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ServeError> {
-        let server = &self.config.server;
-        for route in &self.routes {
-            tracing::info!(
-                route = %route.id,
-                host = route.host.as_deref().unwrap_or("*"),
-                path_prefix = %route.path_prefix,
-                upstream = %route.upstream,
-                "route"
-            );
-        }
-        let mode = match store {
-            Some(store) => Mode::Guard(store),
-            None => Mode::Passthrough,
-        };
-        let limits = HeadLimits::new(server);
-        let service = stack(
-            self.table.clone(),
-            UpstreamClient::new(server),
-            mode,
-            Some(self.hotspots.clone()),
-            limits,
-            DiscardLimits::new(server),
-        );
-        tracing::info!(
-            addr = %local_addr(&listener),
-            passthrough = self.passthrough,
-            "proxy listening"
-        );
-        serve_connections(
-            listener,
-            connection_builder(server, limits.ceiling()).metered(),
-            service,
-            shutdown,
-            server.shutdown_timeout,
-        )
-        .await;
-        tracing::info!("proxy stopped");
-        Ok(())
-    }
-}
-
-/// The listener's address, for logs.
-pub(crate) fn local_addr(listener: &TcpListener) -> String {
-    listener.local_addr().map_or_else(
-        |error| format!("unknown ({error})"),
-        |addr| addr.to_string(),
-    )
-}
 
 /// How client connections are served: an HTTP/1.1 + h2c (prior knowledge) builder with the
 /// header limits of `server`, and the connection limits.
@@ -294,7 +49,7 @@ impl Connections {
 
 /// How [`serve_connections`] serves each connection, with the limits of `server`; hyper
 /// refuses request heads over `heads` itself, with its bare 431 (the data plane passes a
-/// ceiling above the configured limits, which [`HeadLimit`](super::HeadLimit) enforces).
+/// ceiling above the configured limits, which the proxy's head limit layer enforces).
 pub(crate) fn connection_builder(server: &ServerConfig, heads: HeadLimits) -> Connections {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let mut http1 = builder.http1();

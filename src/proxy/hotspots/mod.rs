@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 
-use crate::topk::SpaceSaving;
+pub mod topk;
+
+use topk::SpaceSaving;
 
 /// Default number of resources tracked.
 pub const DEFAULT_CAPACITY: usize = 256;
