@@ -5,13 +5,14 @@
 //!   counts the entries: entries come in only through [`Inner::insert`] and leave only through
 //!   [`Inner::make_room`].
 //! - Every removal raises its key's watermark to a generation stamped under the shard lock,
-//!   before the entry goes: a read of a missing key that began before the removal sees
-//!   [`Watermarks::removed_since`] its generation.
+//!   before the entry goes: [`Watermarks::removed_since`] tells a read of a missing key
+//!   whether a removal came after its load.
 //! - Leased entries are never evicted; the work per insertion is bounded (a few passes over at
 //!   most [`EVICTION_BUDGET`] candidates), whatever the map size.
 //!
 //! Lock order: ring, then `entries` shard (then `spilled`): no ring lock is taken under a shard
-//! lock, so callers must have let go of every map reference before inserting or making room.
+//! lock. Callers hold no map reference when making room, and hand [`Inner::insert`] the vacant
+//! slot as their only one (it lets go of it before locking the ring).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
