@@ -30,19 +30,21 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, Script, ScriptInvocation};
+use redis::{FromRedisValue, ScriptInvocation};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::{
-    BoxError, KeyState, Observation, Outcome, Representation, Snapshot, Store, StoreError,
-    Validator,
-};
-use crate::etag::EntityTag;
+mod codec;
+mod scripts;
+
+use codec::{decode_generation, decode_state, encode_time, encode_validator, malformed, millis};
+use scripts::Scripts;
+
+use super::{Observation, Outcome, Snapshot, Store, StoreError};
 use crate::key::ResourceKey;
 
 /// First pause of a lease waiter; doubled up to [`MAX_BACKOFF`].
@@ -114,186 +116,6 @@ struct Inner {
     /// Lease ids: a per-process random prefix and a counter.
     id_seed: u64,
     id_counter: AtomicU64,
-}
-
-struct Scripts {
-    load: Script,
-    learn: Script,
-    acquire: Script,
-    complete: Script,
-    purge: Script,
-}
-
-/// Shared by every script: the server clock, settling of lapsed leases and expired states,
-/// generations, and the hash's own lifetime. `ARGV[1]` is always the state TTL in ms.
-const PRELUDE: &str = r#"
-pcall(redis.replicate_commands) -- Redis < 5: TIME before writes needs effects replication
-local k = KEYS[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[1])
-local function num(field) return tonumber(redis.call('HGET', k, field) or '0') end
--- A new hash starts from the clock in µs, so a key that expired and came back never reuses
--- a generation (nor, with it, a stale reader's).
-local function bump()
-  if redis.call('HEXISTS', k, 'g') == 0 then
-    redis.call('HINCRBY', k, 'g', t[1] .. string.format('%06d', tonumber(t[2])))
-  else
-    redis.call('HINCRBY', k, 'g', 1)
-  end
-end
-local function set(s, v, m)
-  redis.call('HSET', k, 's', s)
-  if s == 'p' then
-    redis.call('HSET', k, 'v', v)
-    if m ~= '' then redis.call('HSET', k, 'm', m) else redis.call('HDEL', k, 'm') end
-  else
-    redis.call('HDEL', k, 'v', 'm')
-  end
-end
--- What time decided: a lapsed lease means a write of unknown outcome (new generation, so no
--- read that started before it can record); an expired state is no longer trusted.
-local function settle()
-  local x = redis.call('HGET', k, 'x')
-  if x and tonumber(x) <= now then
-    redis.call('HDEL', k, 'l', 'x')
-    set('u')
-    bump()
-  end
-  local e = redis.call('HGET', k, 'e')
-  if not e or tonumber(e) <= now then
-    if redis.call('HGET', k, 's') ~= 'u' then set('u') end
-  end
-end
-local function view()
-  local e = redis.call('HGET', k, 'e')
-  if not e or tonumber(e) <= now then return 'u', '', '' end
-  return redis.call('HGET', k, 's') or 'u', redis.call('HGET', k, 'v') or '',
-    redis.call('HGET', k, 'm') or ''
-end
-local function trust() redis.call('HSET', k, 'e', string.format('%d', now + ttl)) end
--- The hash outlives what it holds by a TTL: long enough that no read straddles its removal.
-local function keep()
-  local last = math.max(num('e'), num('x'), now)
-  redis.call('PEXPIRE', k, string.format('%d', last + ttl - now))
-end
-"#;
-
-/// -> {generation, state, validators, last_modified, leased}
-const LOAD: &str = r#"
-if redis.call('EXISTS', k) == 0 then return {'0', 'u', '', '', '0'} end
-settle()
-local s, v, m = view()
-local leased = redis.call('HEXISTS', k, 'l') == 1 and '1' or '0'
-return {redis.call('HGET', k, 'g'), s, v, m, leased}
-"#;
-
-/// ARGV: ttl, generation, kind (v|a|u), representation, opaque, last_modified -> 1 recorded
-const LEARN: &str = r#"
-local gen, kind, rep, tag, lm = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local s, v, m = 'u', '', ''
-if redis.call('EXISTS', k) == 0 then
-  if gen ~= '0' then return 0 end
-  if kind == 'u' then return 1 end
-else
-  settle()
-  if redis.call('HGET', k, 'g') ~= gen then return 0 end
-  s, v, m = view()
-end
-local ns, nv
-if kind == 'u' then
-  if s ~= 'u' then ns = 'u' end
-elseif kind == 'a' then
-  if s ~= 'a' then ns = 'a' end
-else
-  local rec = rep .. tag .. '\n'
-  ns, nv = 'p', rec
-  if s == 'p' then
-    local found, count = nil, 0
-    for r in string.gmatch(v, '[^\n]*\n') do
-      count = count + 1
-      if string.sub(r, 1, 16) == rep then found = r end
-    end
-    if found == rec then
-      -- The same validator: a change only if Last-Modified moved.
-      if m == lm then ns = nil else nv = v end
-    elseif not found and count < 4 then
-      nv = v .. rec
-    end
-  end
-end
-if ns then
-  set(ns, nv, lm)
-  bump()
-end
-trust()
-keep()
-return 1
-"#;
-
-/// ARGV: ttl, lease ms, lease id -> {'0'} held, or {'1', generation, state, validators, lm}
-const ACQUIRE: &str = r#"
-if redis.call('EXISTS', k) == 1 then
-  settle()
-  if redis.call('HEXISTS', k, 'l') == 1 then return {'0'} end
-end
-redis.call('HSET', k, 'l', ARGV[3], 'x', string.format('%d', now + tonumber(ARGV[2])))
-bump()
-local s, v, m = view()
-keep()
-return {'1', redis.call('HGET', k, 'g'), s, v, m}
-"#;
-
-/// ARGV: ttl, lease id, kind (r|d|u|n), representation, opaque, last_modified
-/// -> 1 recorded, 0 ignored (not the holder, or the lease lapsed)
-const COMPLETE: &str = r#"
-if redis.call('HGET', k, 'l') ~= ARGV[2] then return 0 end
-if num('x') <= now then
-  settle()
-  keep()
-  return 0
-end
-settle()
-redis.call('HDEL', k, 'l', 'x')
-local kind = ARGV[3]
-if kind == 'r' then
-  set('p', ARGV[4] .. ARGV[5] .. '\n', ARGV[6])
-  trust()
-elseif kind == 'd' then
-  set('a')
-  trust()
-elseif kind == 'u' then
-  set('u')
-  trust()
-end
-bump()
-keep()
-return 1
-"#;
-
-/// ARGV: ttl -> 1 if something was known
-const PURGE: &str = r#"
-if redis.call('EXISTS', k) == 0 then return 0 end
-settle()
-local s = view()
-set('u')
-bump()
-keep()
-if s ~= 'u' then return 1 end
-return 0
-"#;
-
-impl Scripts {
-    fn new() -> Self {
-        let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
-        Self {
-            load: script(LOAD),
-            learn: script(LEARN),
-            acquire: script(ACQUIRE),
-            complete: script(COMPLETE),
-            purge: script(PURGE),
-        }
-    }
 }
 
 impl RedisStore {
@@ -621,72 +443,12 @@ async fn bounded<T>(
     }
 }
 
-fn malformed(script: &str) -> StoreError {
-    let error: BoxError = format!("unexpected reply from the {script} script").into();
-    StoreError::Unavailable(error)
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
-
-fn encode_validator(validator: Option<&Validator>) -> (String, &str) {
-    match validator {
-        Some(v) => (format!("{:016x}", v.representation.0), v.tag.opaque()),
-        None => (String::new(), ""),
-    }
-}
-
-/// `secs.nanos` since the epoch; a time before it is dropped (no HTTP-date can say it).
-fn encode_time(time: Option<SystemTime>) -> String {
-    time.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or_else(String::new, |d| {
-            format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
-        })
-}
-
-fn decode_time(text: &str) -> Option<SystemTime> {
-    let (secs, nanos) = text.split_once('.')?;
-    let duration = Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
-    UNIX_EPOCH.checked_add(duration)
-}
-
-fn decode_generation(text: &str) -> Result<u64, StoreError> {
-    text.parse().map_err(|_| malformed("generation"))
-}
-
-fn decode_state(s: &str, validators: &str, last_modified: &str) -> Result<KeyState, StoreError> {
-    match s {
-        "a" => Ok(KeyState::Absent),
-        "p" => {
-            let validators = validators
-                .split_terminator('\n')
-                .map(decode_validator)
-                .collect::<Option<Vec<_>>>()
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| malformed("validators"))?;
-            Ok(KeyState::Present {
-                validators,
-                last_modified: decode_time(last_modified),
-            })
-        }
-        _ => Ok(KeyState::Unknown),
-    }
-}
-
-fn decode_validator(record: &str) -> Option<Validator> {
-    let representation = u64::from_str_radix(record.get(..16)?, 16).ok()?;
-    let tag = EntityTag::strong(record.get(16..)?).ok()?;
-    Some(Validator {
-        tag,
-        representation: Representation(representation),
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::codec::{decode_time, decode_validator};
+    use crate::store::KeyState;
     use std::sync::OnceLock;
 
     use super::*;
@@ -694,7 +456,7 @@ mod tests {
 
     #[allow(dead_code)]
     mod redis_server {
-        include!("../../tests/support/redis_server.rs");
+        include!("../../../tests/support/redis_server.rs");
     }
     use redis_server::RedisServer;
 
