@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -270,6 +271,111 @@ async fn spellings_of_one_resource_share_its_key() {
                 "{alias}: the write through the alias was kept"
             );
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn escaped_characters_a_framework_decodes_are_one_resource() {
+    bounded(async {
+        let demo = DemoHandle::spawn().await;
+        let proxy = Proxy::spawn(config(demo.addr)).await;
+        let client = Client::http1();
+        let create = request(Method::PUT, &proxy.url("/items/a@b.com"))
+            .header("if-none-match", "*")
+            .header("content-type", "application/json")
+            .body(full(json!({"n": 0}).to_string()))
+            .unwrap();
+        assert_eq!(client.send(create).await.status, StatusCode::CREATED);
+        let stale = client
+            .get(proxy.url("/items/a@b.com"))
+            .await
+            .header("etag")
+            .to_owned();
+        let encoded = request(Method::PUT, &proxy.url("/items/a%40b.com"))
+            .header("if-match", &stale)
+            .header("content-type", "application/json")
+            .body(full(json!({"n": 1}).to_string()))
+            .unwrap();
+        assert_eq!(client.send(encoded).await.status, StatusCode::OK);
+        let raw = request(Method::PUT, &proxy.url("/items/a@b.com"))
+            .header("if-match", &stale)
+            .header("content-type", "application/json")
+            .body(full(json!({"n": "lost"}).to_string()))
+            .unwrap();
+        client
+            .send(raw)
+            .await
+            .assert_problem(409, "stale-precondition");
+        assert_eq!(client.get(demo.url("/items/a@b.com")).await.json()["n"], 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_view_deleted_does_not_make_other_views_absent() {
+    bounded(async {
+        // An API that addresses records by query (`/api?id=5`), left at the default
+        // `query = "variant"`: every id is a view of `/api`.
+        let records = Arc::new(Mutex::new(HashMap::from([
+            ("5".to_owned(), "five".to_owned()),
+            ("6".to_owned(), "six".to_owned()),
+        ])));
+        let id_of = |req: &http::Request<Incoming>| {
+            req.uri()
+                .query()
+                .unwrap_or_default()
+                .trim_start_matches("id=")
+                .to_owned()
+        };
+        let (get, put, delete) = (records.clone(), records.clone(), records.clone());
+        let backend = Backend::new()
+            .route_fn(Method::GET, "/api", move |req| {
+                let record = get.lock().unwrap().get(&id_of(&req)).cloned();
+                async move {
+                    match record {
+                        Some(text) => Reply::ok(text).response(),
+                        None => Reply::status(404).response(),
+                    }
+                }
+            })
+            .route_fn(Method::PUT, "/api", move |req: http::Request<Incoming>| {
+                let (records, id) = (put.clone(), id_of(&req));
+                async move {
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    records.lock().unwrap().insert(id, text);
+                    Reply::status(204).response()
+                }
+            })
+            .route_fn(Method::DELETE, "/api", move |req| {
+                delete.lock().unwrap().remove(&id_of(&req));
+                async move { Reply::status(204).response() }
+            })
+            .spawn()
+            .await;
+        let proxy = Proxy::spawn(config(backend.addr)).await;
+        let client = Client::http1();
+        let tag = client
+            .get(proxy.url("/api?id=5"))
+            .await
+            .header("etag")
+            .to_owned();
+        let delete = request(Method::DELETE, &proxy.url("/api?id=5"))
+            .header("if-match", &tag)
+            .body(full(""))
+            .unwrap();
+        assert_eq!(client.send(delete).await.status, StatusCode::NO_CONTENT);
+        // Create-only on another id: it exists, so it must not pass.
+        let create = request(Method::PUT, &proxy.url("/api?id=6"))
+            .header("if-none-match", "*")
+            .body(full("replaced"))
+            .unwrap();
+        client
+            .send(create)
+            .await
+            .assert_problem(409, "already-exists");
+        assert_eq!(records.lock().unwrap()["6"], "six");
     })
     .await;
 }

@@ -771,6 +771,37 @@ async fn a_write_abandoned_midway_keeps_the_resource_fenced_until_its_outcome() 
 }
 
 #[tokio::test]
+async fn forwarded_writes_in_flight_are_bounded() {
+    let origin = Origin::new(Tags::Strong).with("/a", "x").with("/b", "y");
+    let inner = {
+        let origin = origin.clone();
+        tower::service_fn(move |req| {
+            let origin = origin.clone();
+            async move { Ok::<_, Infallible>(origin.handle(req).await) }
+        })
+    };
+    let mut svc = PreconditionLayer::new(MemoryStore::default())
+        .max_writes_in_flight(1)
+        .layer(tower::util::BoxCloneService::new(inner));
+    let (entered, release) = origin.pause_next(Method::PUT);
+    let mut first = svc.clone();
+    let running = tokio::spawn(async move { put(&mut first, "/a", "\"v1\"", "a2").await });
+    entered.await.unwrap();
+    // Another resource, but the one permit is taken by the write still running upstream.
+    let refused = send(&mut svc, Method::PUT, "/b", &[], "y2").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        refused.json()["type"],
+        "urn:ifmatch:problem:too-many-writes"
+    );
+    assert_eq!(origin.count(Method::PUT), 1);
+    release.send(()).unwrap();
+    assert!(running.await.unwrap().status.is_success());
+    let next = send(&mut svc, Method::PUT, "/b", &[], "y2").await;
+    assert!(next.status.is_success(), "the permit came back");
+}
+
+#[tokio::test]
 async fn bodies_too_large_to_hash_stream_through_and_fail_writes_closed() {
     let big = "x".repeat(4096);
     let origin = Origin::new(Tags::None).with("/big", &big);
