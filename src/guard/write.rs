@@ -113,18 +113,11 @@ where
     let Ok(permit) = writes.try_acquire_owned() else {
         exchange.end(Outcome::Unchanged).await;
         let detail = "the proxy has as many writes in flight as it allows; retry shortly";
-        let status = StatusCode::SERVICE_UNAVAILABLE;
-        let mut response = Rejection::new(
+        return Ok(retry_shortly(
             RejectionKind::TooManyWrites,
-            status,
             instance,
-            detail.to_owned(),
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        return Ok(response);
+            detail,
+        ));
     };
     headers::strip_synthesized(req.headers_mut(), &pre);
     exchange::forward(inner, req, exchange, permit).await
@@ -219,18 +212,25 @@ where
     tracing::warn!(%error, resource = instance, "store unavailable, conditional write refused");
     let detail = "the validator store cannot be reached, so this precondition cannot be checked; \
                   retry shortly";
-    let status = StatusCode::SERVICE_UNAVAILABLE;
-    let mut response = Rejection::new(
+    Ok(retry_shortly(
         RejectionKind::StoreUnavailable,
-        status,
         instance,
-        detail.to_owned(),
-    )
-    .into_response();
+        detail,
+    ))
+}
+
+/// A 503 with `Retry-After: 1`: the write was not forwarded, and may be sent again.
+fn retry_shortly<RB: Body>(
+    kind: RejectionKind,
+    instance: &str,
+    detail: &str,
+) -> Response<ResponseBody<RB>> {
+    let status = StatusCode::SERVICE_UNAVAILABLE;
+    let mut response = Rejection::new(kind, status, instance, detail.to_owned()).into_response();
     response
         .headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    Ok(response)
+    response
 }
 
 /// Steps 3 and 4, under the lease: whether the guard answers the write itself.
