@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, Admin, Token, serve_admin};
 use crate::config::{Config, ConfigError, Overrides, Route, StoreConfig, StoreKind};
+use crate::guard::WritesInFlight;
 use crate::proxy::{
     self, DiscardLimits, Hotspots, Mode, RouteTable, Routes, UpstreamClient, stack,
 };
@@ -247,8 +248,9 @@ impl Plane {
                 "route"
             );
         }
+        let writes = WritesInFlight::default();
         let mode = match store {
-            Some(store) => Mode::Guard(store),
+            Some(store) => Mode::Guard(store, writes.clone()),
             None => Mode::Passthrough,
         };
         let limits = HeadLimits::new(server);
@@ -273,6 +275,21 @@ impl Plane {
             server.shutdown_timeout,
         )
         .await;
+        // A write whose client is gone may still be running upstream: its outcome decides
+        // its resource's state, so it is awaited (each ends within write_outcome_timeout).
+        if writes.in_flight() > 0 {
+            tracing::info!(
+                writes = writes.in_flight(),
+                "waiting for forwarded writes to finish"
+            );
+            let bound = server.write_outcome_timeout;
+            if tokio::time::timeout(bound, writes.drained()).await.is_err() {
+                tracing::warn!(
+                    writes = writes.in_flight(),
+                    "forwarded writes still running at exit"
+                );
+            }
+        }
         tracing::info!("proxy stopped");
         Ok(())
     }

@@ -188,6 +188,36 @@ async fn a_write_answered_504_keeps_its_resource_fenced_until_the_upstream_answe
     bounded(writer_stops_waiting(false)).await;
 }
 
+#[tokio::test]
+async fn a_shutdown_waits_for_a_write_still_running_upstream() {
+    bounded(async {
+        let up = GatedDoc::spawn().await;
+        let mut config = config(up.backend.addr);
+        config.server.response_timeout = Duration::from_millis(200);
+        config.server.body_read_timeout = Duration::from_millis(200);
+        config.server.shutdown_timeout = Duration::from_millis(200);
+        let mut proxy = Proxy::spawn(config).await;
+        let client = Client::http1();
+        let tag = client
+            .get(proxy.url("/doc"))
+            .await
+            .header("etag")
+            .to_owned();
+        let answer = client.send(put(&proxy.url("/doc"), &tag, "a")).await;
+        answer.assert_problem(504, "upstream-timeout");
+
+        let serving = proxy.begin_shutdown();
+        // The upstream has not answered the write: the proxy does not stop. (A wrong proxy
+        // stops at once; a slow machine only makes this check weaker, never fail.)
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut *serving).await;
+        assert!(early.is_err(), "stopped with a write in flight");
+        up.release_one();
+        serving.await.unwrap().unwrap();
+        assert_eq!(up.text(), "a");
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. A resource created by POST
 

@@ -1,17 +1,17 @@
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use tower::Layer;
 
 use super::policy::Policy;
-use super::service::{DEFAULT_MAX_WRITES_IN_FLIGHT, Precondition};
+use super::service::Precondition;
+use super::writes::WritesInFlight;
 
 /// Applies the [`Precondition`] guard, backed by a validator store, to a service.
 #[derive(Debug, Clone)]
 pub struct PreconditionLayer<St> {
     store: St,
     policy: Arc<Policy>,
-    writes: Arc<Semaphore>,
+    writes: WritesInFlight,
 }
 
 impl<St> PreconditionLayer<St> {
@@ -20,15 +20,21 @@ impl<St> PreconditionLayer<St> {
         Self {
             store,
             policy: Arc::new(Policy::default()),
-            writes: Arc::new(Semaphore::new(DEFAULT_MAX_WRITES_IN_FLIGHT)),
+            writes: WritesInFlight::default(),
         }
     }
 
     /// At most `n` forwarded writes run at once (each may outlive its client, see
     /// [`super::exchange`]); past it a write gets 503 before it is forwarded. Default
-    /// [`DEFAULT_MAX_WRITES_IN_FLIGHT`].
+    /// [`super::DEFAULT_MAX_WRITES_IN_FLIGHT`].
     pub fn max_writes_in_flight(mut self, n: usize) -> Self {
-        self.writes = Arc::new(Semaphore::new(n));
+        self.writes = WritesInFlight::new(n);
+        self
+    }
+
+    /// Counts forwarded writes in `writes` (shared with whoever awaits them at shutdown).
+    pub fn writes_in_flight(mut self, writes: WritesInFlight) -> Self {
+        self.writes = writes;
         self
     }
 
@@ -43,7 +49,7 @@ impl<S, St: Clone> Layer<S> for PreconditionLayer<St> {
     type Service = Precondition<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let writes = Arc::clone(&self.writes);
+        let writes = self.writes.clone();
         Precondition::sharing(inner, self.store.clone(), self.policy.clone(), writes)
     }
 }

@@ -25,6 +25,7 @@ mod revalidate;
 mod service;
 mod short_circuit;
 mod write;
+mod writes;
 
 pub use body::{RequestBody, ResponseBody, Tail};
 pub use layer::PreconditionLayer;
@@ -33,5 +34,6 @@ pub use policy::{
     RouteContext, UpstreamDeadline,
 };
 pub use response::{MAX_ECHO_BYTES, Rejection, RejectionKind, bounded};
-pub use service::{DEFAULT_MAX_WRITES_IN_FLIGHT, Precondition, resource_key};
+pub use service::{Precondition, resource_key};
 pub use short_circuit::ShortCircuit;
+pub use writes::{DEFAULT_MAX_WRITES_IN_FLIGHT, WritesInFlight};

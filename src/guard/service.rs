@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use tokio::sync::Semaphore;
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
@@ -14,6 +13,7 @@ use super::headers::SentLines;
 use super::policy::{Policy, RouteContext};
 use super::response::{Rejection, RejectionKind};
 use super::short_circuit::ShortCircuit;
+use super::writes::WritesInFlight;
 use super::{read, write};
 use crate::key::ResourceKey;
 use crate::store::Store;
@@ -30,15 +30,14 @@ pub struct Precondition<S, St> {
     policy: Arc<Policy>,
     /// The route label of requests without a route context, allocated once.
     no_route: Arc<str>,
-    /// Permits for forwarded writes in flight, shared by every clone of the layer.
-    writes: Arc<Semaphore>,
+    /// Forwarded writes in flight, shared by every clone of the layer.
+    writes: WritesInFlight,
 }
 
 impl<S, St> Precondition<S, St> {
     /// Guards `inner` with `store`; `policy` applies to requests without a route context.
     pub fn new(inner: S, store: St, policy: Arc<Policy>) -> Self {
-        let writes = Arc::new(Semaphore::new(DEFAULT_MAX_WRITES_IN_FLIGHT));
-        Self::sharing(inner, store, policy, writes)
+        Self::sharing(inner, store, policy, WritesInFlight::default())
     }
 
     /// As [`Precondition::new`], drawing write permits from `writes`.
@@ -46,7 +45,7 @@ impl<S, St> Precondition<S, St> {
         inner: S,
         store: St,
         policy: Arc<Policy>,
-        writes: Arc<Semaphore>,
+        writes: WritesInFlight,
     ) -> Self {
         Self {
             inner,
@@ -57,10 +56,6 @@ impl<S, St> Precondition<S, St> {
         }
     }
 }
-
-/// How many forwarded writes may run at once by default (see
-/// [`super::PreconditionLayer::max_writes_in_flight`]).
-pub const DEFAULT_MAX_WRITES_IN_FLIGHT: usize = 10_000;
 
 /// Everything one guarded request needs besides the request itself.
 pub(crate) struct Guarded<S, St> {
@@ -75,8 +70,8 @@ pub(crate) struct Guarded<S, St> {
     pub(crate) route: Arc<str>,
     /// The request target, for problem details and revalidation.
     pub(crate) uri: Uri,
-    /// Permits for forwarded writes in flight.
-    pub(crate) writes: Arc<Semaphore>,
+    /// Forwarded writes in flight.
+    pub(crate) writes: WritesInFlight,
 }
 
 impl<S, St, B, RB> Service<Request<B>> for Precondition<S, St>
@@ -147,7 +142,7 @@ where
             variant,
             route,
             uri: req.uri().clone(),
-            writes: Arc::clone(&self.writes),
+            writes: self.writes.clone(),
         };
         match pre {
             Some(pre) => ShortCircuit::called(Box::pin(write::write(guarded, req, pre))),

@@ -110,7 +110,7 @@ where
 
     // 5. Forward, 6. record the outcome. The exchange may outlive its client: their number
     // is bounded.
-    let Ok(permit) = writes.try_acquire_owned() else {
+    let Some(permit) = writes.try_start() else {
         exchange.end(Outcome::Unchanged).await;
         let detail = "the proxy has as many writes in flight as it allows; retry shortly";
         return Ok(retry_shortly(

@@ -16,7 +16,7 @@ use super::observe::ObserveLayer;
 use super::request_id::RequestIdLayer;
 use super::rescue::RescueLayer;
 use super::router::{RouterLayer, Routes};
-use crate::guard::{Policy, PreconditionLayer, RequestBody, ResponseBody};
+use crate::guard::{Policy, PreconditionLayer, RequestBody, ResponseBody, WritesInFlight};
 use crate::serve::HeadLimits;
 use crate::store::Store;
 
@@ -26,8 +26,9 @@ pub type ProxyBody = ResponseBody<Incoming>;
 /// Whether writes are guarded.
 #[derive(Debug, Clone)]
 pub enum Mode<St> {
-    /// Enforce preconditions with this store.
-    Guard(St),
+    /// Enforce preconditions with this store, counting forwarded writes in flight in the
+    /// second (for the shutdown to wait for them).
+    Guard(St, WritesInFlight),
     /// Forward everything unchecked (a baseline for benchmarks): the same stack minus the guard.
     Passthrough,
 }
@@ -54,7 +55,11 @@ pub fn stack<St: Store>(
 + 'static {
     let guard = match mode {
         // The router's RouteContext selects each request's policy; this one is never used.
-        Mode::Guard(store) => Either::Left(PreconditionLayer::new(store).policy(Policy::default())),
+        Mode::Guard(store, writes) => Either::Left(
+            PreconditionLayer::new(store)
+                .policy(Policy::default())
+                .writes_in_flight(writes),
+        ),
         Mode::Passthrough => Either::Right(
             ServiceBuilder::new()
                 .map_request(|req: Request<ClientBody>| req.map(RequestBody::new))
