@@ -3,9 +3,10 @@
 //! Once a write is forwarded, the upstream may apply it whatever happens to the client. If a
 //! client that goes away, or a proxy that stops waiting (504), ended the lease, the next writer
 //! would pass a check that cannot see this write yet, and this write would land on top of it: a
-//! lost update. So the exchange runs in a task of its own, which ends the lease with the
-//! outcome the upstream's answer shows; the client only waits for that answer, at most the
-//! route's `response_timeout`. Until the outcome is known the key stays fenced: other writers
+//! lost update. So the exchange is one future that ends the lease with the outcome the
+//! upstream's answer shows: the client's request drives it while it waits (at most the
+//! route's `response_timeout`), and when it stops waiting or goes away, the rest of the
+//! exchange is spawned as a task of its own. Until the outcome is known the key stays fenced: other writers
 //! wait (`lease_wait`) and then get 409 "update in progress". If no answer comes within
 //! `write_outcome_timeout`, the task gives up on the exchange and the key becomes unknown (the
 //! next writer revalidates).
@@ -14,13 +15,16 @@
 //! `Content-Location`), those become unknown too, so a resource created by a POST is never left
 //! "absent".
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, ETAG};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
@@ -46,8 +50,8 @@ pub(crate) struct Exchange<St: Store> {
     pub(crate) key_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// Forwards `req` through `inner` in a task of its own and waits for the answer, at most the
-/// route's `response_timeout` (then 504; the exchange goes on).
+/// Forwards `req` through `inner` and waits for the answer, at most the route's
+/// `response_timeout` (then 504, and the exchange goes on in a task of its own).
 pub(crate) async fn forward<S, St, B, RB>(
     mut inner: S,
     mut req: Request<B>,
@@ -76,8 +80,7 @@ where
         .insert(UpstreamDeadline(policy.write_outcome_timeout));
     let call = inner.call(req.map(RequestBody::new));
 
-    let (answer_tx, answer_rx) = oneshot::channel();
-    tokio::spawn(async move {
+    let run = async move {
         let answer = tokio::time::timeout(exchange.policy.write_outcome_timeout, call).await;
         let outcome = match &answer {
             Ok(Ok(response)) => {
@@ -108,29 +111,75 @@ where
         };
         exchange.end(outcome).await;
         drop(permit);
-        // Nobody may be waiting any more (the client went away, or got 504).
-        let _ = answer_tx.send(answer);
-    });
+        answer
+    };
+    // Driven here while the client waits; if it stops waiting (504) or goes away, the rest
+    // of the exchange is handed to a task of its own (see `Detachable`).
+    let mut run = Detachable::new(run);
 
     let response_timeout = exchange_timeout(&policy);
-    match tokio::time::timeout(response_timeout, answer_rx).await {
-        Ok(Ok(Ok(Ok(response)))) => {
+    match tokio::time::timeout(response_timeout, &mut run).await {
+        Ok(Ok(Ok(response))) => {
             Ok(present(response, &client_method, &policy, variant, &instance).await)
         }
-        Ok(Ok(Ok(Err(error)))) => Err(error),
-        Ok(Ok(Err(_))) | Err(_) => Ok(pending(&policy, &instance)),
-        Ok(Err(_gone)) => {
-            // The task was dropped unfinished (the runtime is shutting down): its lease was
-            // dropped with it, which marks the key unknown.
-            let detail = "the proxy stopped before the upstream answered this write; it may or \
-                          may not have applied: GET the resource before retrying";
-            Ok(Rejection::new(
-                RejectionKind::UpstreamUnavailable,
-                StatusCode::BAD_GATEWAY,
-                &instance,
-                detail.to_owned(),
-            )
-            .into_response())
+        Ok(Ok(Err(error))) => Err(error),
+        Ok(Err(_)) | Err(_) => Ok(pending(&policy, &instance)),
+    }
+}
+
+/// A future that, dropped before it completed, is spawned to run to completion on its own:
+/// the exchange goes on whoever stops waiting for it. The common case (the client waits for
+/// the answer) costs no task and no cross-task wake-up.
+struct Detachable<F: Future + Send + 'static>
+where
+    F::Output: Send,
+{
+    future: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future + Send + 'static> Detachable<F>
+where
+    F::Output: Send,
+{
+    fn new(future: F) -> Self {
+        Self {
+            future: Some(Box::pin(future)),
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Future for Detachable<F>
+where
+    F::Output: Send,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(future) = self.future.as_mut() else {
+            // Polled after it completed: a caller's bug, never a request's doing.
+            return Poll::Pending;
+        };
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detachable<F>
+where
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        let Some(future) = self.future.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(future);
+            }
+            // No runtime (it is shutting down): the future is dropped, and with it the lease,
+            // which marks the key unknown.
+            Err(_) => drop(future),
         }
     }
 }
