@@ -87,6 +87,19 @@ impl GatedDoc {
     }
 }
 
+/// `PUT url` with a JSON body and one precondition header.
+fn json_put(
+    url: &str,
+    (name, value): (&str, &str),
+    body: serde_json::Value,
+) -> http::Request<TestBody> {
+    request(Method::PUT, url)
+        .header(name, value)
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
+}
+
 fn put(url: &str, if_match: &str, body: &str) -> http::Request<TestBody> {
     request(Method::PUT, url)
         .header("if-match", if_match)
@@ -238,11 +251,11 @@ async fn a_resource_created_by_post_is_not_left_absent() {
         assert_eq!(created.header("location"), "/items/2");
 
         // Create-only must now fail: the item exists.
-        let replace = request(Method::PUT, &proxy.url("/items/2"))
-            .header("if-none-match", "*")
-            .header("content-type", "application/json")
-            .body(full(json!({"name": "second"}).to_string()))
-            .unwrap();
+        let replace = json_put(
+            &proxy.url("/items/2"),
+            ("if-none-match", "*"),
+            json!({"name": "second"}),
+        );
         client
             .send(replace)
             .await
@@ -278,19 +291,15 @@ async fn spellings_of_one_resource_share_its_key() {
                 .header("etag")
                 .to_owned();
             // A write through the alias, with the current tag of the canonical spelling.
-            let via_alias = request(Method::PUT, &proxy.url(alias))
-                .header("if-match", &stale)
-                .header("content-type", "application/json")
-                .body(full(json!({"n": n}).to_string()))
-                .unwrap();
+            let via_alias = json_put(&proxy.url(alias), ("if-match", &stale), json!({"n": n}));
             let answer = client.send(via_alias).await;
             assert_eq!(answer.status, StatusCode::OK, "{alias}: {answer:?}");
             // The canonical spelling's old tag is now stale.
-            let stale_write = request(Method::PUT, &proxy.url("/items/1"))
-                .header("if-match", &stale)
-                .header("content-type", "application/json")
-                .body(full(json!({"lost": alias}).to_string()))
-                .unwrap();
+            let stale_write = json_put(
+                &proxy.url("/items/1"),
+                ("if-match", &stale),
+                json!({"lost": alias}),
+            );
             client
                 .send(stale_write)
                 .await
@@ -311,28 +320,28 @@ async fn escaped_characters_a_framework_decodes_are_one_resource() {
         let demo = DemoHandle::spawn().await;
         let proxy = Proxy::spawn(config(demo.addr)).await;
         let client = Client::http1();
-        let create = request(Method::PUT, &proxy.url("/items/a@b.com"))
-            .header("if-none-match", "*")
-            .header("content-type", "application/json")
-            .body(full(json!({"n": 0}).to_string()))
-            .unwrap();
+        let create = json_put(
+            &proxy.url("/items/a@b.com"),
+            ("if-none-match", "*"),
+            json!({"n": 0}),
+        );
         assert_eq!(client.send(create).await.status, StatusCode::CREATED);
         let stale = client
             .get(proxy.url("/items/a@b.com"))
             .await
             .header("etag")
             .to_owned();
-        let encoded = request(Method::PUT, &proxy.url("/items/a%40b.com"))
-            .header("if-match", &stale)
-            .header("content-type", "application/json")
-            .body(full(json!({"n": 1}).to_string()))
-            .unwrap();
+        let encoded = json_put(
+            &proxy.url("/items/a%40b.com"),
+            ("if-match", &stale),
+            json!({"n": 1}),
+        );
         assert_eq!(client.send(encoded).await.status, StatusCode::OK);
-        let raw = request(Method::PUT, &proxy.url("/items/a@b.com"))
-            .header("if-match", &stale)
-            .header("content-type", "application/json")
-            .body(full(json!({"n": "lost"}).to_string()))
-            .unwrap();
+        let raw = json_put(
+            &proxy.url("/items/a@b.com"),
+            ("if-match", &stale),
+            json!({"n": "lost"}),
+        );
         client
             .send(raw)
             .await
@@ -429,18 +438,14 @@ async fn query_views_keep_their_own_validators_until_a_write() {
         // Same bytes, same tag: the demo API ignores the query.
         assert_eq!(plain, view);
         // A write through the view replaces every view's validator.
-        let write = request(Method::PUT, &proxy.url("/items/1?view=a"))
-            .header("if-match", &view)
-            .header("content-type", "application/json")
-            .body(full(json!({"n": 1}).to_string()))
-            .unwrap();
+        let write = json_put(
+            &proxy.url("/items/1?view=a"),
+            ("if-match", &view),
+            json!({"n": 1}),
+        );
         assert_eq!(client.send(write).await.status, StatusCode::OK);
         for target in ["/items/1", "/items/1?view=a", "/items/1?view=b"] {
-            let stale = request(Method::PUT, &proxy.url(target))
-                .header("if-match", &plain)
-                .header("content-type", "application/json")
-                .body(full(json!({"n": 2}).to_string()))
-                .unwrap();
+            let stale = json_put(&proxy.url(target), ("if-match", &plain), json!({"n": 2}));
             client
                 .send(stale)
                 .await
