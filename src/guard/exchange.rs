@@ -48,6 +48,8 @@ pub(crate) struct Exchange<St: Store> {
     pub(crate) policy: Arc<Policy>,
     /// The key header values of the request, for the keys of related resources.
     pub(crate) key_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The write's query variant, as the key was computed (see `resource_key`).
+    pub(crate) variant: u32,
 }
 
 /// Forwards `req` through `inner` and waits for the answer, at most the route's
@@ -67,13 +69,9 @@ where
 {
     let policy = Arc::clone(&exchange.policy);
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let instance = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    let variant = crate::target::query_variant(query_of(&req, &policy));
+    // Clones share the target's bytes: no copy on the common path.
+    let (target, uri) = (req.uri().clone(), req.uri().clone());
+    let variant = exchange.variant;
     let representation = headers::representation(req.headers()).with_variant(variant);
     let client_method = method.clone();
     req.extensions_mut()
@@ -93,7 +91,7 @@ where
                     policy: &exchange.policy,
                     key_headers: &exchange.key_headers,
                 };
-                forget_related(&exchange.store, scope, &outcome, &path, headers).await;
+                forget_related(&exchange.store, scope, &outcome, target.path(), headers).await;
                 outcome
             }
             // The write may or may not have applied.
@@ -117,13 +115,14 @@ where
     // of the exchange is handed to a task of its own (see `Detachable`).
     let mut run = Detachable::new(run);
 
+    let instance = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let response_timeout = exchange_timeout(&policy);
     match tokio::time::timeout(response_timeout, &mut run).await {
         Ok(Ok(Ok(response))) => {
-            Ok(present(response, &client_method, &policy, variant, &instance).await)
+            Ok(present(response, &client_method, &policy, variant, instance).await)
         }
         Ok(Ok(Err(error))) => Err(error),
-        Ok(Err(_)) | Err(_) => Ok(pending(&policy, &instance)),
+        Ok(Err(_)) | Err(_) => Ok(pending(&policy, instance)),
     }
 }
 
@@ -262,10 +261,6 @@ fn pending<RB: Body>(policy: &Policy, instance: &str) -> Response<ResponseBody<R
         detail,
     )
     .into_response()
-}
-
-fn query_of<'a, B>(req: &'a Request<B>, policy: &Policy) -> Option<&'a str> {
-    policy.query.variant(req.uri().query())
 }
 
 impl<St: Store> Exchange<St> {

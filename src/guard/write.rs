@@ -86,6 +86,7 @@ where
         route,
         policy,
         key_headers,
+        variant,
     };
 
     // 3. Establish the state, 4. evaluate against it.
