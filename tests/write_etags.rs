@@ -59,6 +59,19 @@ async fn express_like() -> BackendHandle {
         .await
 }
 
+/// The express-like upstream behind a proxy, a client, and the tag it read of `/posts/2`.
+async fn read_through_proxy() -> (BackendHandle, support::ProxyHandle, Client, String) {
+    let backend = express_like().await;
+    let proxy = Proxy::spawn(config(backend.addr)).await;
+    let client = Client::http1();
+    let tag = client
+        .get(proxy.url("/posts/2"))
+        .await
+        .header("etag")
+        .to_owned();
+    (backend, proxy, client, tag)
+}
+
 fn put(url: &str, if_match: &str, title: &str) -> http::Request<support::TestBody> {
     request(Method::PUT, url)
         .header("if-match", if_match)
@@ -103,14 +116,7 @@ async fn a_write_response_carries_the_tag_the_next_write_needs() {
 #[tokio::test]
 async fn a_response_without_the_representation_carries_no_tag_the_guard_refuses() {
     bounded(async {
-        let backend = express_like().await;
-        let proxy = Proxy::spawn(config(backend.addr)).await;
-        let client = Client::http1();
-        let tag = client
-            .get(proxy.url("/posts/2"))
-            .await
-            .header("etag")
-            .to_owned();
+        let (_backend, proxy, client, tag) = read_through_proxy().await;
         let delete = request(Method::DELETE, &proxy.url("/posts/2"))
             .header("if-match", &tag)
             .body(full(""))
@@ -125,14 +131,7 @@ async fn a_response_without_the_representation_carries_no_tag_the_guard_refuses(
 #[tokio::test]
 async fn a_weak_if_match_is_told_weak_tags_never_match() {
     bounded(async {
-        let backend = express_like().await;
-        let proxy = Proxy::spawn(config(backend.addr)).await;
-        let client = Client::http1();
-        let tag = client
-            .get(proxy.url("/posts/2"))
-            .await
-            .header("etag")
-            .to_owned();
+        let (backend, proxy, client, tag) = read_through_proxy().await;
         let weak = format!("W/{tag}");
         let refused = client.send(put(&proxy.url("/posts/2"), &weak, "b")).await;
         let problem = refused.assert_problem(409, "stale-precondition");
