@@ -43,6 +43,7 @@ pub mod store;
 pub mod storm;
 pub mod target;
 pub mod telemetry;
+pub mod validator;
 
 pub use etag::EntityTag;
 pub use guard::{Policy, Precondition, PreconditionLayer, Rejection, RequestBody, ResponseBody};

@@ -13,7 +13,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Pure core, and the metric names every layer records under.
     (
         "core",
-        &["etag", "precondition", "key", "target", "telemetry"],
+        &[
+            "etag",
+            "precondition",
+            "key",
+            "target",
+            "telemetry",
+            "validator",
+        ],
     ),
     ("store", &["store"]),
     ("guard", &["guard"]),

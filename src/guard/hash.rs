@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 
 use super::body::Tail;
 use crate::etag::EntityTag;
-use crate::store::Representation;
+use crate::validator::Representation;
 
 /// A body read as far as the hash buffer allows.
 pub(crate) enum Hashed<B: Body> {

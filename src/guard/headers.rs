@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::response::{MAX_ECHO_BYTES, bounded};
 use crate::etag::EntityTag;
 use crate::precondition::{Field, PreconditionError, Preconditions, TagCondition};
-use crate::store::Representation;
+use crate::validator::Representation;
 
 const FIELDS: [(HeaderName, Field); 4] = [
     (IF_MATCH, Field::IfMatch),

@@ -14,7 +14,7 @@ use super::hash::{Hashed, hash_body};
 use super::headers;
 use super::policy::{EtagSource, Policy};
 use crate::etag::EntityTag;
-use crate::store::{Representation, Validator};
+use crate::validator::{Representation, Validator};
 
 /// What a response established, and its body to send on.
 pub(crate) enum Established<B: Body> {

@@ -6,7 +6,8 @@ use http::{HeaderMap, Method, StatusCode};
 
 use super::headers;
 use super::policy::{EtagSource, Policy};
-use crate::store::{Outcome, Representation, Validator};
+use crate::store::Outcome;
+use crate::validator::{Representation, Validator};
 
 /// The write's own resource, from its response's status and headers.
 ///

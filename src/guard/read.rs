@@ -171,7 +171,7 @@ fn upstream<RB: Body>(parts: http::response::Parts, body: RB) -> Response<Respon
 /// The validator known for `representation`, else any known one of the same view.
 fn known_tag(
     snapshot: &Option<Snapshot>,
-    representation: crate::store::Representation,
+    representation: crate::validator::Representation,
 ) -> Option<&EntityTag> {
     let Some(Snapshot {
         state: KeyState::Present { validators, .. },
