@@ -85,8 +85,21 @@ where
             synthesized,
             body,
         } => {
+            // Decided before the validator moves into the store: no copy of the tag.
+            let not_modified = synthesized && {
+                headers::set_etag(&mut parts.headers, &validator.tag);
+                let state = ResourceState::Present {
+                    validators: std::slice::from_ref(&validator.tag),
+                    last_modified: None,
+                };
+                let pre = Preconditions {
+                    if_none_match: client_inm,
+                    ..Preconditions::default()
+                };
+                evaluate(RequestKind::Read, &state, &pre) == Decision::NotModified
+            };
             let observation = Observation::Validator {
-                validator: validator.clone(),
+                validator,
                 last_modified: headers::last_modified(&parts.headers),
             };
             learn(&store, key, &snapshot, observation).await;
@@ -94,17 +107,7 @@ where
                 return Ok(Response::from_parts(parts, body));
             }
             metrics::counter!(telemetry::ETAGS_SYNTHESIZED, "route" => route).increment(1);
-            headers::set_etag(&mut parts.headers, &validator.tag);
-            let current = [validator.tag];
-            let state = ResourceState::Present {
-                validators: &current,
-                last_modified: None,
-            };
-            let pre = Preconditions {
-                if_none_match: client_inm,
-                ..Preconditions::default()
-            };
-            if evaluate(RequestKind::Read, &state, &pre) == Decision::NotModified {
+            if not_modified {
                 parts.status = StatusCode::NOT_MODIFIED;
                 for name in [CONTENT_LENGTH, CONTENT_TYPE, CONTENT_ENCODING] {
                     parts.headers.remove(name);

@@ -63,7 +63,9 @@ where
         .record(waiting.elapsed().as_secs_f64());
     let (lease, snapshot) = match acquired {
         Ok(acquired) => acquired,
-        Err(error) => return unleased(error, &pre, &policy, instance, inner, req).await,
+        // Boxed, as the revalidation below: a rare path's state would otherwise be part of
+        // every write's future (moved on each call).
+        Err(error) => return Box::pin(unleased(error, &pre, &policy, instance, inner, req)).await,
     };
     let key_headers = if policy.key_headers.is_empty() {
         Vec::new()
@@ -274,7 +276,7 @@ impl<St: Store, B> Vetting<'_, St, B> {
                     instance,
                     variant: self.variant,
                 };
-                match revalidation.run(self.key, self.generation, get).await? {
+                match Box::pin(revalidation.run(self.key, self.generation, get)).await? {
                     Ok(state) => state,
                     Err(response) => return Ok(Some(response)),
                 }
