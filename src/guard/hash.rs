@@ -40,15 +40,12 @@ where
             rest: rest_of(body),
         };
     }
-    let mut hasher = blake3::Hasher::new();
-    // The content part only: a query variant with the same bytes gets the same tag.
-    hasher.update(&representation.with_variant(0).0.to_le_bytes());
     let mut frames = VecDeque::new();
     let mut seen = 0usize;
     loop {
         match body.as_mut().frame().await {
             None => {
-                let tag = EntityTag::synthesized(&hasher.finalize());
+                let tag = tag_of(representation, &frames);
                 return Hashed::Complete { frames, tag };
             }
             Some(Err(error)) => {
@@ -60,7 +57,6 @@ where
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     seen = seen.saturating_add(data.len());
-                    hasher.update(data);
                 }
                 frames.push_back(frame);
                 if seen > limit {
@@ -72,6 +68,18 @@ where
             }
         }
     }
+}
+
+/// The tag of a whole body, hashed once it is all buffered: the hasher (about 2 KiB of state)
+/// then lives on the stack for one call, not in every read's future across its awaits.
+fn tag_of(representation: Representation, frames: &VecDeque<Frame<Bytes>>) -> EntityTag {
+    let mut hasher = blake3::Hasher::new();
+    // The content part only: a query variant with the same bytes gets the same tag.
+    hasher.update(&representation.with_variant(0).0.to_le_bytes());
+    for data in frames.iter().filter_map(Frame::data_ref) {
+        hasher.update(data);
+    }
+    EntityTag::synthesized(&hasher.finalize())
 }
 
 fn rest_of<B: Body>(body: Pin<Box<B>>) -> Tail<B> {

@@ -56,9 +56,7 @@ where
             body: ResponseBody::upstream(body),
         };
     }
-    // Boxed: hashing holds buffered frames and a hasher across awaits, and an unboxed state
-    // that size would be copied into every read's and write's future, hashing or not.
-    match Box::pin(hash_body(body, representation, policy.max_hash_bytes)).await {
+    match hash_body(body, representation, policy.max_hash_bytes).await {
         Hashed::Complete { frames, tag } => tagged(
             tag,
             representation,
