@@ -19,7 +19,7 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::json;
-use support::workload::{slow_logs, storm};
+use support::workload::{SHORT_TIMEOUT_MS, slow_logs, storm};
 use support::{
     Backend, BackendHandle, Client, DemoHandle, Proxy, ProxyHandle, Reply, TestBody, bounded,
     config, full, request,
@@ -546,7 +546,9 @@ async fn writers_that_give_up_mid_write_lose_no_update() {
 
         // Through the proxy: patient writers (the control), writers that give up on their slow
         // writes, and slow writes answered 504 by a short response timeout. None lost.
-        for (give_up, response_timeout) in [(false, None), (true, None), (false, Some(10))] {
+        for (give_up, response_timeout) in
+            [(false, None), (true, None), (false, Some(SHORT_TIMEOUT_MS))]
+        {
             let (backend, docs) = slow_logs(keys).await;
             let mut config = config(backend.addr);
             if let Some(ms) = response_timeout {

@@ -12,7 +12,9 @@ use ifmatch::app::Server;
 use ifmatch::config::Config;
 use redis_server::RedisServer;
 use serde_json::json;
-use support::workload::{Tally, read_modify_write, slow_logs, storm as log_storm};
+use support::workload::{
+    SHORT_TIMEOUT_MS, Tally, read_modify_write, slow_logs, storm as log_storm,
+};
 use support::{Client, DemoHandle, Proxy, ProxyHandle, config_toml, full, request};
 
 /// A proxy config in front of `demo`, on the Redis at `url`, giving up on a Redis call after
@@ -141,7 +143,9 @@ async fn two_replicas_lose_no_update_when_writers_give_up_mid_write() {
 
         // Patient writers (the control), writers that give up on their slow writes, and slow
         // writes answered 504 by a short response timeout, each on two replicas. None lost.
-        for (give_up, response_timeout) in [(false, None), (true, None), (false, Some(10))] {
+        for (give_up, response_timeout) in
+            [(false, None), (true, None), (false, Some(SHORT_TIMEOUT_MS))]
+        {
             let (backend, docs) = slow_logs(keys).await;
             let prefix = format!("give-up-{give_up}-{response_timeout:?}:");
             let config = || {

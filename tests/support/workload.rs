@@ -193,6 +193,14 @@ impl Storm {
 /// How long a slow writer's write takes upstream; every other write takes 1 ms.
 pub const SLOW_WRITE: Duration = Duration::from_millis(40);
 
+/// A response timeout (ms) that every slow write exceeds (the upstream sleeps [`SLOW_WRITE`]
+/// before it answers), with room for the 1 ms writes on a loaded machine.
+pub const SHORT_TIMEOUT_MS: u64 = 25;
+
+/// Reads before a storm's writer gives up on a GET answered 504 (possible only with a short
+/// response timeout, on a loaded machine).
+const READ_ATTEMPTS: usize = 100;
+
 /// `writers` writers over `keys` logs, `cycles` read-modify-write cycles each, appending a
 /// unique op id; with `if_match`, they send the ETag they read and retry on 409. Writer `w` goes
 /// through `bases[(w / keys) % bases.len()]`, so with several bases every log has writers on
@@ -220,7 +228,13 @@ pub async fn storm(
                 let slow = (w + cycle) % 3 == 0;
                 let delay = if slow { SLOW_WRITE.as_millis() } else { 1 };
                 let op = (w * 10_000 + cycle) as u64;
-                let read = client.get(&url).await;
+                let mut read = client.get(&url).await;
+                for _ in 1..READ_ATTEMPTS {
+                    if read.status != StatusCode::GATEWAY_TIMEOUT {
+                        break;
+                    }
+                    read = client.get(&url).await;
+                }
                 assert_eq!(read.status, StatusCode::OK, "{read:?}");
                 let mut log: Vec<u64> = serde_json::from_value(read.json()["log"].clone()).unwrap();
                 log.push(op);
