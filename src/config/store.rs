@@ -57,6 +57,10 @@ pub struct StoreConfig {
     pub ttl: Duration,
     /// Redis/Valkey URL, `redis://[user:password@]host:port[/db]` (kind = "redis").
     pub url: Option<String>,
+    /// Seed nodes of a Redis/Valkey Cluster, `["redis://host:port", ...]` (kind = "redis",
+    /// instead of `url`): the store then runs each resource's scripts on the node owning its
+    /// key's hash slot. One reachable seed is enough to find the others.
+    pub cluster_urls: Vec<String>,
     /// Prefix of every Redis key, so deployments can share one Redis.
     pub key_prefix: String,
     /// How long a write lease survives a replica that crashed holding it. Must exceed the
@@ -79,6 +83,7 @@ impl Default for StoreConfig {
             max_entries: 1_000_000,
             ttl: Duration::from_secs(300),
             url: None,
+            cluster_urls: Vec::new(),
             key_prefix: "ifmatch:".to_owned(),
             lease_ttl: Duration::from_secs(120),
             timeout: Duration::from_millis(500),
@@ -101,6 +106,7 @@ impl StoreConfig {
     pub fn redis(&self) -> RedisStoreConfig {
         RedisStoreConfig {
             url: self.url.clone().unwrap_or_default(),
+            cluster_urls: self.cluster_urls.clone(),
             key_prefix: self.key_prefix.clone(),
             ttl: self.ttl,
             lease_ttl: self.lease_ttl,
@@ -144,15 +150,28 @@ impl StoreConfig {
                 "this build has no redis support (cargo feature \"redis\"); use \"memory\"",
             );
         }
-        match self.url.as_deref() {
-            None | Some("") => report.error(
+        let url = self.url.as_deref().filter(|url| !url.is_empty());
+        match (url, self.cluster_urls.is_empty()) {
+            (None, true) => report.error(
                 "store.url",
-                "is required with kind = \"redis\" (or pass --store redis://host:port)",
+                "is required with kind = \"redis\" (or pass --store redis://host:port), or \
+                 store.cluster_urls for a Redis Cluster",
             ),
-            Some(url) if !url.starts_with("redis://") => {
-                report.error("store.url", &format!("{url:?} must start with redis://"));
+            (Some(_), false) => report.error(
+                "store.cluster_urls",
+                "names a Redis Cluster; store.url names a single Redis: set one of them",
+            ),
+            _ => {}
+        }
+        let urls = url.into_iter().map(|url| ("store.url", url));
+        let seeds = self
+            .cluster_urls
+            .iter()
+            .map(|url| ("store.cluster_urls", url.as_str()));
+        for (key, url) in urls.chain(seeds) {
+            if !url.starts_with("redis://") {
+                report.error(key, &format!("{url:?} must start with redis://"));
             }
-            Some(_) => {}
         }
         if self.timeout.is_zero() {
             report.error("store.timeout", "must be greater than zero");

@@ -499,3 +499,30 @@ fn bad_default_is_reported_once_not_per_route() {
     .unwrap_err();
     assert_eq!(paths(&err), vec!["defaults.conflict_status"]);
 }
+
+#[test]
+fn a_redis_cluster_is_named_by_its_seeds_instead_of_a_url() {
+    let toml = |store: &str| {
+        format!(
+            "[store]\nkind = \"redis\"\n{store}\n[[routes]]\nname = \"api\"\nupstream = \"http://127.0.0.1:3000\"\n"
+        )
+    };
+    let config = parse(&toml(
+        r#"cluster_urls = ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]"#,
+    ))
+    .unwrap();
+    let redis = config.store.redis();
+    assert_eq!(redis.cluster_urls.len(), 2);
+    assert_eq!(redis.url, "");
+
+    // One or the other: a cluster and a single node at once is a mistake worth naming.
+    let both = parse(&toml(
+        "url = \"redis://127.0.0.1:6379\"\ncluster_urls = [\"redis://127.0.0.1:7000\"]",
+    ))
+    .unwrap_err();
+    assert_eq!(paths(&both), ["store.cluster_urls"], "{both}");
+    let scheme = parse(&toml(r#"cluster_urls = ["http://127.0.0.1:7000"]"#)).unwrap_err();
+    assert_eq!(paths(&scheme), ["store.cluster_urls"], "{scheme}");
+    let neither = parse(&toml("")).unwrap_err();
+    assert_eq!(paths(&neither), ["store.url"], "{neither}");
+}

@@ -33,15 +33,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, ScriptInvocation};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 mod codec;
+mod connection;
 mod scripts;
 
 use codec::{decode_generation, decode_state, encode_time, encode_validator, malformed, millis};
+use connection::Connection;
 use scripts::Scripts;
 
 use super::{Observation, Outcome, Snapshot, Store, StoreError};
@@ -57,6 +58,9 @@ const MAX_BACKOFF: Duration = Duration::from_millis(25);
 pub struct RedisStoreConfig {
     /// `redis://[user:password@]host:port[/db]`.
     pub url: String,
+    /// Seed nodes of a Redis (or Valkey) Cluster, `redis://host:port` each. When not empty,
+    /// the store uses the cluster they belong to and `url` is not used.
+    pub cluster_urls: Vec<String>,
     /// Prepended to every key, so several deployments can share one Redis.
     pub key_prefix: String,
     /// How long a validator is trusted without seeing the resource.
@@ -71,6 +75,7 @@ impl Default for RedisStoreConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
+            cluster_urls: Vec::new(),
             key_prefix: "ifmatch:".to_owned(),
             ttl: Duration::from_secs(300),
             lease_ttl: Duration::from_secs(75),
@@ -102,7 +107,7 @@ pub struct RedisLease {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: Connection,
     prefix: String,
     ttl_ms: u64,
     lease_ms: u64,
@@ -126,17 +131,7 @@ impl RedisStore {
     /// # Errors
     /// The URL is invalid.
     pub fn new(config: RedisStoreConfig) -> Result<Self, RedisSetupError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(RedisSetupError)?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            // Each operation is bounded by `timeout` anyway; retrying inside it only delays
-            // the failure. The next operation triggers the next attempt.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(config.timeout);
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, manager).map_err(RedisSetupError)?;
+        let conn = Connection::open(&config).map_err(RedisSetupError)?;
         let random = std::collections::hash_map::RandomState::new();
         let inner = Inner {
             conn,
