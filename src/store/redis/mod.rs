@@ -39,7 +39,10 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 mod codec;
+mod idempotency;
 mod scripts;
+
+pub use idempotency::RedisRecords;
 
 use codec::{decode_generation, decode_state, encode_time, encode_validator, malformed, millis};
 use scripts::Scripts;
