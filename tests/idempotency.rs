@@ -479,3 +479,50 @@ async fn redis_down_refuses_idempotent_requests_without_forwarding_them() {
     assert_eq!(refused.header("retry-after"), "1");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_504_holds_the_key_so_no_retry_runs_beside_a_write_that_may_still_apply() {
+    // The upstream never answers: the client gets 504 at response_timeout, and the write may
+    // still apply, so a retry is not forwarded (409 in flight) while the key is held.
+    let backend = Backend::new().hang(Method::POST, "/things").spawn().await;
+    let config = idempotent(
+        backend.addr,
+        "optional",
+        "[server]\nresponse_timeout = \"300ms\"\nbody_read_timeout = \"200ms\"\n",
+    );
+    let proxy = Proxy::spawn(config).await;
+    let client = Client::http1();
+    let url = proxy.url("/things");
+    let first = post(&client, &url, Some("\"k11\""), "{}").await;
+    first.assert_problem(504, "upstream-timeout");
+    let retry = post(&client, &url, Some("\"k11\""), "{}").await;
+    retry.assert_problem(409, "idempotency-in-flight");
+    assert_eq!(backend.hits(Method::POST, "/things"), 1);
+}
+
+#[tokio::test]
+async fn a_trickling_body_gets_408_and_takes_no_key() {
+    let (backend, calls) = things(vec![(201, "{\"id\":1}")]).await;
+    let config = idempotent(
+        backend.addr,
+        "optional",
+        "[server]\nbody_read_timeout = \"300ms\"\n",
+    );
+    let proxy = Proxy::spawn(config).await;
+    // A head announcing 10 bytes, and 2 of them: the rest never comes.
+    let mut conn = support::raw::Conn::open(proxy.addr).await;
+    let head = support::raw::head(
+        "POST",
+        "/things",
+        &[("idempotency-key", "\"k12\""), ("content-type", "application/json")],
+        10,
+    );
+    let answer = conn.exchange(&head, b"{}", Duration::ZERO).await.expect("an answer");
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // Nothing was taken: the same key goes through at once.
+    let client = Client::http1();
+    let retry = post(&client, &proxy.url("/things"), Some("\"k12\""), "{}").await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
+    assert!(!retry.headers.contains_key("idempotency-replayed"));
+}
