@@ -64,7 +64,9 @@ pub enum KeyError {
 /// # Errors
 /// A repeated field or a value that is not a non-empty sf-string of at most
 /// [`MAX_KEY_CHARS`] characters.
-pub fn parse_key<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result<Option<String>, KeyError> {
+pub fn parse_key<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<String>, KeyError> {
     let mut values = values.into_iter();
     let Some(value) = values.next() else {
         return Ok(None);

@@ -39,7 +39,9 @@ async fn post(client: &Client, url: &str, key: Option<&str>, body: &str) -> Answ
     if let Some(key) = key {
         req = req.header("idempotency-key", key);
     }
-    client.send(req.body(full(body.to_owned())).expect("request")).await
+    client
+        .send(req.body(full(body.to_owned())).expect("request"))
+        .await
 }
 
 /// A backend whose `POST /things` answers with `answers[n]` on its n-th call (the last one
@@ -157,7 +159,11 @@ async fn sixteen_posts_with_one_key_through_two_replicas_create_one_item() {
     let mut replays = 0;
     for (_, answer) in &answers {
         assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
-        assert_eq!(answer.header("location"), location, "every answer is the first one");
+        assert_eq!(
+            answer.header("location"),
+            location,
+            "every answer is the first one"
+        );
         assert_eq!(answer.body, answers[0].1.body);
         replays += usize::from(answer.headers.contains_key("idempotency-replayed"));
     }
@@ -173,14 +179,22 @@ async fn a_retry_after_a_500_is_forwarded_and_its_answer_is_the_one_recorded() {
     let first = post(&client, &url, Some("\"k1\""), "{}").await;
     assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
     let second = post(&client, &url, Some("\"k1\""), "{}").await;
-    assert_eq!(second.status, StatusCode::CREATED, "the retry was forwarded");
+    assert_eq!(
+        second.status,
+        StatusCode::CREATED,
+        "the retry was forwarded"
+    );
     assert!(!second.headers.contains_key("idempotency-replayed"));
     let third = post(&client, &url, Some("\"k1\""), "{}").await;
     assert_eq!(third.status, StatusCode::CREATED);
     assert_eq!(third.header("idempotency-replayed"), "true");
     assert_eq!(third.header("location"), "/things/2");
     assert_eq!(third.body, second.body);
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the replay never reached the upstream");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the replay never reached the upstream"
+    );
 }
 
 /// An upstream that drops its first connection after reading the request head, then answers
@@ -231,7 +245,11 @@ async fn a_retry_after_the_upstream_dropped_mid_request_is_forwarded_then_replay
     assert_eq!(second.json()["attempt"], 2);
     let third = post(&client, &url, Some("\"k2\""), "{}").await;
     assert_eq!(third.header("idempotency-replayed"), "true");
-    assert_eq!(third.json()["attempt"], 2, "the second attempt's answer was recorded");
+    assert_eq!(
+        third.json()["attempt"],
+        2,
+        "the second attempt's answer was recorded"
+    );
     assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
 
@@ -244,7 +262,12 @@ async fn bad_keys_and_reuse_are_refused_before_the_upstream() {
 
     let missing = post(&client, &url, None, "{}").await;
     let problem = missing.assert_problem(400, "idempotency-key-missing");
-    assert!(problem["detail"].as_str().unwrap().contains("Idempotency-Key"));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key")
+    );
     for malformed in ["k3", "\"\"", "\"a\\b\"", "\"k\", \"l\""] {
         let answer = post(&client, &url, Some(malformed), "{}").await;
         answer.assert_problem(400, "idempotency-key-malformed");
@@ -255,7 +278,13 @@ async fn bad_keys_and_reuse_are_refused_before_the_upstream() {
     assert_eq!(first.status, StatusCode::CREATED);
     let other_body = post(&client, &url, Some("\"k3\""), "{\"a\":2}").await;
     other_body.assert_problem(422, "idempotency-key-reused");
-    let other_target = post(&client, &proxy.url("/things?x=1"), Some("\"k3\""), "{\"a\":1}").await;
+    let other_target = post(
+        &client,
+        &proxy.url("/things?x=1"),
+        Some("\"k3\""),
+        "{\"a\":1}",
+    )
+    .await;
     other_target.assert_problem(422, "idempotency-key-reused");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // Other methods are not the route's idempotency methods: they pass as usual.
@@ -342,7 +371,10 @@ async fn a_short_retention_expires_and_the_key_can_be_used_again() {
     let proxy = Proxy::spawn(config).await;
     let client = Client::http1();
     let url = proxy.url("/things");
-    assert_eq!(post(&client, &url, Some("\"k6\""), "{}").await.status, StatusCode::CREATED);
+    assert_eq!(
+        post(&client, &url, Some("\"k6\""), "{}").await.status,
+        StatusCode::CREATED
+    );
     let replay = post(&client, &url, Some("\"k6\""), "{}").await;
     assert_eq!(replay.header("idempotency-replayed"), "true");
     // Bounded: each attempt is a replay until the record expires, then it is forwarded.
@@ -405,7 +437,10 @@ async fn the_memory_records_stay_bounded_under_a_flood_of_keys() {
         "ifmatch_idempotency_keys_taken_total",
         "ifmatch_idempotency_replays_total",
     ] {
-        assert!(support::sample(&text, name, &["route=\"api\""]).is_some(), "{name}");
+        assert!(
+            support::sample(&text, name, &["route=\"api\""]).is_some(),
+            "{name}"
+        );
     }
 }
 
@@ -423,7 +458,9 @@ async fn the_admin_api_shows_a_keys_record() {
     assert_eq!(record["state"], "completed", "{record}");
     assert_eq!(record["status"], 201);
     assert_eq!(record["replayable"], true);
-    let bad = client.get(proxy.admin_url("/admin/idempotency?route=api")).await;
+    let bad = client
+        .get(proxy.admin_url("/admin/idempotency?route=api"))
+        .await;
     bad.assert_problem(400, "bad-query");
 }
 
@@ -514,10 +551,16 @@ async fn a_trickling_body_gets_408_and_takes_no_key() {
     let head = support::raw::head(
         "POST",
         "/things",
-        &[("idempotency-key", "\"k12\""), ("content-type", "application/json")],
+        &[
+            ("idempotency-key", "\"k12\""),
+            ("content-type", "application/json"),
+        ],
         10,
     );
-    let answer = conn.exchange(&head, b"{}", Duration::ZERO).await.expect("an answer");
+    let answer = conn
+        .exchange(&head, b"{}", Duration::ZERO)
+        .await
+        .expect("an answer");
     assert_eq!(answer.status, 408, "{answer:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     // Nothing was taken: the same key goes through at once.

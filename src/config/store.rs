@@ -9,9 +9,9 @@ use super::ServerConfig;
 use super::validate::Report;
 use crate::guard::OnStoreUnavailable;
 use crate::store::MemoryStoreConfig;
-use crate::store::idempotency::MemoryRecordsConfig;
 #[cfg(feature = "redis")]
 use crate::store::RedisStoreConfig;
+use crate::store::idempotency::MemoryRecordsConfig;
 
 /// Which validator store backs the guard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -174,7 +174,10 @@ impl StoreConfig {
             report.error("store.idempotency_max_records", "must be at least 1");
         }
         if self.idempotency_max_bytes < 64 * 1024 {
-            report.error("store.idempotency_max_bytes", "must be at least 65536 (64 KiB)");
+            report.error(
+                "store.idempotency_max_bytes",
+                "must be at least 65536 (64 KiB)",
+            );
         }
     }
 

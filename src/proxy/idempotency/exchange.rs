@@ -52,9 +52,7 @@ impl<S, R> Exchange<S, R> {
         req: Request<ClientBody<B>>,
     ) -> Result<Response<ResponseBody<RB>>, S::Error>
     where
-        S: Service<Request<ClientBody<B>>, Response = Response<ResponseBody<RB>>>
-            + Send
-            + 'static,
+        S: Service<Request<ClientBody<B>>, Response = Response<ResponseBody<RB>>> + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Send + 'static,
         R: IdempotencyStore,
@@ -93,7 +91,10 @@ impl<S, R> Exchange<S, R> {
             policy,
             ..
         } = self;
-        let claim = match records.begin(key, fingerprint, policy.idempotency.hold).await {
+        let claim = match records
+            .begin(key, fingerprint, policy.idempotency.hold)
+            .await
+        {
             Ok(Began::Taken(claim)) => claim,
             Ok(Began::Held(held)) => return Ok(answer_held(held, fingerprint, &instance, &route)),
             Err(error) => {
@@ -116,12 +117,20 @@ impl<S, R> Exchange<S, R> {
                 return Ok(with_retry_after(rejection.into_response()));
             }
         };
-        metrics::counter!(telemetry::IDEMPOTENCY_KEYS_TAKEN, "route" => route.clone())
-            .increment(1);
+        metrics::counter!(telemetry::IDEMPOTENCY_KEYS_TAKEN, "route" => route.clone()).increment(1);
         tracing::debug!(%key, "idempotency key taken");
         let settle = async move {
             let answer = inner.call(req).await;
-            settle(answer, &records, &policy, claim, fingerprint, route, &instance).await
+            settle(
+                answer,
+                &records,
+                &policy,
+                claim,
+                fingerprint,
+                route,
+                &instance,
+            )
+            .await
         };
         // Driven here while the client waits; if it goes away, the rest (the upstream's answer,
         // and recording or releasing the key by it) goes on in a task of its own.
@@ -173,8 +182,13 @@ where
                 instance,
             )
             .await;
-            match records.record(&claim, recorded, idempotency.retention).await {
-                Ok(true) => tracing::debug!(key = %claim.key, %status, "idempotent response recorded"),
+            match records
+                .record(&claim, recorded, idempotency.retention)
+                .await
+            {
+                Ok(true) => {
+                    tracing::debug!(key = %claim.key, %status, "idempotent response recorded")
+                }
                 Ok(false) => tracing::warn!(key = %claim.key,
                     "idempotency key expired before its response was recorded"),
                 Err(error) => tracing::warn!(key = %claim.key, %error,
@@ -269,7 +283,11 @@ fn with_retry_after<B>(mut response: Response<B>) -> Response<B> {
 }
 
 /// Reads `body` whole, at most `max` bytes within `timeout`.
-async fn read_bounded<B>(mut body: ClientBody<B>, max: usize, timeout: Duration) -> Result<Bytes, Unread>
+async fn read_bounded<B>(
+    mut body: ClientBody<B>,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, Unread>
 where
     B: Body<Data = Bytes> + Unpin,
 {

@@ -93,8 +93,7 @@ pub struct Idempotency<S, R> {
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The inner service's future, a boxed idempotent exchange, or an answer made at once.
-pub type IdempotencyFuture<F, T, E> =
-    ShortCircuit<Either<F, BoxFuture<Result<T, E>>>, T>;
+pub type IdempotencyFuture<F, T, E> = ShortCircuit<Either<F, BoxFuture<Result<T, E>>>, T>;
 
 impl<S, R, B, RB> Service<Request<ClientBody<B>>> for Idempotency<S, R>
 where

@@ -138,9 +138,8 @@ mod tests {
     use http_body_util::Full;
 
     fn upstream(body: &'static [u8]) -> Response<ResponseBody<Full<Bytes>>> {
-        let mut response = Response::new(ResponseBody::upstream(Full::new(Bytes::from_static(
-            body,
-        ))));
+        let mut response =
+            Response::new(ResponseBody::upstream(Full::new(Bytes::from_static(body))));
         *response.status_mut() = StatusCode::CREATED;
         response
             .headers_mut()
@@ -151,8 +150,14 @@ mod tests {
     #[tokio::test]
     async fn a_small_answer_is_recorded_and_replayed_as_it_was() {
         let fp = Fingerprint([1; 32]);
-        let (client, recorded) =
-            captured(upstream(b"{\"id\":9}"), fp, 1024, Duration::from_secs(5), "/items").await;
+        let (client, recorded) = captured(
+            upstream(b"{\"id\":9}"),
+            fp,
+            1024,
+            Duration::from_secs(5),
+            "/items",
+        )
+        .await;
         let stored = recorded.response.expect("replayable");
         assert_eq!(stored.status, StatusCode::CREATED);
         assert_eq!(&stored.body[..], b"{\"id\":9}");
@@ -162,14 +167,27 @@ mod tests {
         assert_eq!(replayed.status(), StatusCode::CREATED);
         assert_eq!(replayed.headers()["location"], "/items/9");
         assert_eq!(replayed.headers()[REPLAYED_HEADER], "true");
-        let again = replayed.into_body().collect().await.ok().unwrap().to_bytes();
+        let again = replayed
+            .into_body()
+            .collect()
+            .await
+            .ok()
+            .unwrap()
+            .to_bytes();
         assert_eq!(again, first);
     }
 
     #[tokio::test]
     async fn a_large_answer_streams_whole_and_is_not_replayable() {
         let fp = Fingerprint([1; 32]);
-        let (client, recorded) = captured(upstream(b"0123456789"), fp, 4, Duration::from_secs(5), "/items").await;
+        let (client, recorded) = captured(
+            upstream(b"0123456789"),
+            fp,
+            4,
+            Duration::from_secs(5),
+            "/items",
+        )
+        .await;
         assert_eq!(recorded.response, None);
         let body = client.into_body().collect().await.ok().unwrap().to_bytes();
         assert_eq!(&body[..], b"0123456789");

@@ -8,9 +8,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::idempotency::Fingerprint;
 use crate::key::ResourceKey;
-use crate::store::idempotency::{
-    Began, Claim, Held, IdempotencyStore, Recorded, StoredResponse,
-};
+use crate::store::idempotency::{Began, Claim, Held, IdempotencyStore, Recorded, StoredResponse};
 
 /// Long enough never to expire in a passing test.
 const HOLD: Duration = Duration::from_secs(60);
@@ -51,7 +49,11 @@ fn record_key(n: u8) -> ResourceKey {
 }
 
 async fn take<R: IdempotencyStore>(records: &R, key: ResourceKey, hold: Duration) -> Claim {
-    match records.begin(key, fingerprint(1), hold).await.expect("begin") {
+    match records
+        .begin(key, fingerprint(1), hold)
+        .await
+        .expect("begin")
+    {
         Began::Taken(claim) => claim,
         Began::Held(held) => panic!("a free key was held: {held:?}"),
     }
@@ -101,14 +103,15 @@ macro_rules! idempotency_contract_tests {
 pub(crate) use idempotency_contract_tests;
 
 /// The first take gets the key; a second, same fingerprint or not, sees the first in flight.
-pub(crate) async fn first_take_wins_and_the_rest_see_it_in_flight<R: IdempotencyStore>(
-    records: R,
-) {
+pub(crate) async fn first_take_wins_and_the_rest_see_it_in_flight<R: IdempotencyStore>(records: R) {
     let key = record_key(1);
     assert_eq!(records.lookup(key).await.expect("lookup"), None);
     take(&records, key, HOLD).await;
     for n in [1, 2] {
-        let again = records.begin(key, fingerprint(n), HOLD).await.expect("begin");
+        let again = records
+            .begin(key, fingerprint(n), HOLD)
+            .await
+            .expect("begin");
         assert_eq!(again, Began::Held(Held::InFlight(fingerprint(1))));
     }
     assert_eq!(
@@ -131,7 +134,10 @@ pub(crate) async fn a_record_is_replayed_byte_for_byte<R: IdempotencyStore>(reco
             .await
             .expect("record")
     );
-    let again = records.begin(key, fingerprint(2), HOLD).await.expect("begin");
+    let again = records
+        .begin(key, fingerprint(2), HOLD)
+        .await
+        .expect("begin");
     assert_eq!(again, Began::Held(Held::Done(recorded.clone())));
     assert_eq!(
         records.lookup(key).await.expect("lookup"),
@@ -209,7 +215,10 @@ pub(crate) async fn a_not_replayable_mark_is_kept<R: IdempotencyStore>(records: 
             .await
             .expect("record")
     );
-    let again = records.begin(key, fingerprint(1), HOLD).await.expect("begin");
+    let again = records
+        .begin(key, fingerprint(1), HOLD)
+        .await
+        .expect("begin");
     assert_eq!(again, Began::Held(Held::Done(mark)));
 }
 

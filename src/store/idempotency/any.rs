@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use super::{Began, Claim, Held, IdempotencyStore, MemoryRecords, RecordStats, Recorded};
-#[cfg(feature = "redis")]
-use crate::store::RedisRecords;
 use crate::idempotency::Fingerprint;
 use crate::key::ResourceKey;
+#[cfg(feature = "redis")]
+use crate::store::RedisRecords;
 use crate::store::StoreError;
 
 /// Either backend behind one type, so that the composition root can pick one at runtime.

@@ -72,7 +72,10 @@ struct Slot {
 
 #[derive(Debug)]
 enum State {
-    InFlight { fingerprint: Fingerprint, token: u64 },
+    InFlight {
+        fingerprint: Fingerprint,
+        token: u64,
+    },
     Done(Recorded),
 }
 

@@ -182,7 +182,10 @@ mod tests {
                 HeaderName::from_static("x-a"),
                 HeaderValue::from_static("a:b, c"),
             ),
-            (HeaderName::from_static("x-empty"), HeaderValue::from_static("")),
+            (
+                HeaderName::from_static("x-empty"),
+                HeaderValue::from_static(""),
+            ),
         ];
         let encoded = encode_headers(&headers);
         assert_eq!(decode_headers(&encoded), Some(headers));

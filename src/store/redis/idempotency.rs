@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::codec::{malformed, millis};
 use super::{RedisSetupError, RedisStoreConfig, bounded};
@@ -27,8 +27,7 @@ use crate::idempotency::Fingerprint;
 use crate::key::ResourceKey;
 use crate::store::StoreError;
 use crate::store::idempotency::{
-    Began, Claim, Held, IdempotencyStore, Recorded, StoredResponse, decode_headers,
-    encode_headers,
+    Began, Claim, Held, IdempotencyStore, Recorded, StoredResponse, decode_headers, encode_headers,
 };
 
 /// What a held key's hash says, shared by `begin` and `lookup`: `{'f', fingerprint}` in
