@@ -123,7 +123,9 @@ impl Default for IdempotencyPolicy {
             retention: std::time::Duration::from_secs(24 * 60 * 60),
             max_request_bytes: 1024 * 1024,
             max_response_bytes: 1024 * 1024,
-            hold: std::time::Duration::from_secs(180),
+            // `config::idempotency_hold` of the default timeouts: lease_wait 5 s, twice
+            // response_timeout 30 s, write_outcome_timeout 60 s, four store calls of 500 ms.
+            hold: std::time::Duration::from_secs(127),
         }
     }
 }
