@@ -74,22 +74,13 @@ pub fn store(config: &StoreConfig) -> Result<AnyStore, BoxError> {
     }
 }
 
-/// The idempotency records `config` (validated) describes: in memory, or on the same Redis as
-/// the validators (so replicas share them). Must be called within a tokio runtime.
-///
-/// # Errors
-/// The Redis URL is invalid, or this build has no Redis support.
-pub fn records(config: &StoreConfig) -> Result<AnyRecords, BoxError> {
-    match config.kind {
-        StoreKind::Memory => Ok(AnyRecords::Memory(MemoryRecords::new(
-            config.memory_records(),
-        ))),
+/// The idempotency records beside `store`: in memory (bounded as `config` says), or on the
+/// same Redis as the validators, so that replicas share them.
+pub fn records(config: &StoreConfig, store: &AnyStore) -> AnyRecords {
+    match store {
+        AnyStore::Memory(_) => AnyRecords::Memory(MemoryRecords::new(config.memory_records())),
         #[cfg(feature = "redis")]
-        StoreKind::Redis => Ok(AnyRecords::Redis(crate::store::RedisRecords::new(
-            &config.redis(),
-        )?)),
-        #[cfg(not(feature = "redis"))]
-        StoreKind::Redis => Err("this build has no redis support".into()),
+        AnyStore::Redis(store) => AnyRecords::Redis(crate::store::RedisRecords::new(store)),
     }
 }
 
@@ -127,7 +118,7 @@ impl Server<AnyStore> {
     pub fn new(config: Config) -> Result<Self, Error> {
         let routes = config.routes()?;
         let store = store(&config.store).map_err(Error::Store)?;
-        let records = records(&config.store).map_err(Error::Store)?;
+        let records = records(&config.store, &store);
         tracing::info!(kind = ?config.store.kind, key_prefix = %config.store.key_prefix, "store");
         Ok(Self {
             config,

@@ -197,6 +197,25 @@ async fn a_retry_after_a_500_is_forwarded_and_its_answer_is_the_one_recorded() {
     );
 }
 
+/// A backend whose `POST /things` answers 201 only once the gate is opened (per call).
+async fn gated() -> (BackendHandle, Arc<Notify>, Arc<AtomicUsize>) {
+    let gate = Arc::new(Notify::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (opened, counted) = (Arc::clone(&gate), Arc::clone(&calls));
+    let backend = Backend::new()
+        .route_fn(Method::POST, "/things", move |_req| {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            let gate = Arc::clone(&opened);
+            async move {
+                gate.notified().await;
+                thing(201, "{\"id\":1}", n)
+            }
+        })
+        .spawn()
+        .await;
+    (backend, gate, calls)
+}
+
 /// An upstream that drops its first connection after reading the request head, then answers
 /// every later one `201` with the attempt's number.
 async fn drops_first_connection() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -294,20 +313,7 @@ async fn bad_keys_and_reuse_are_refused_before_the_upstream() {
 
 #[tokio::test]
 async fn a_retry_while_the_first_is_in_flight_gets_409_then_the_replay() {
-    let gate = Arc::new(Notify::new());
-    let calls = Arc::new(AtomicUsize::new(0));
-    let (opened, counted) = (Arc::clone(&gate), Arc::clone(&calls));
-    let backend = Backend::new()
-        .route_fn(Method::POST, "/things", move |_req| {
-            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
-            let gate = Arc::clone(&opened);
-            async move {
-                gate.notified().await;
-                thing(201, "{\"id\":1}", n)
-            }
-        })
-        .spawn()
-        .await;
+    let (backend, gate, calls) = gated().await;
     let proxy = Proxy::spawn(idempotent(backend.addr, "optional", "")).await;
     let client = Client::http1();
     let url = proxy.url("/things");
@@ -330,20 +336,7 @@ async fn a_retry_while_the_first_is_in_flight_gets_409_then_the_replay() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_after_forwarding_leaves_the_key_taken_until_the_answer() {
-    let gate = Arc::new(Notify::new());
-    let calls = Arc::new(AtomicUsize::new(0));
-    let (opened, counted) = (Arc::clone(&gate), Arc::clone(&calls));
-    let backend = Backend::new()
-        .route_fn(Method::POST, "/things", move |_req| {
-            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
-            let gate = Arc::clone(&opened);
-            async move {
-                gate.notified().await;
-                thing(201, "{\"id\":1}", n)
-            }
-        })
-        .spawn()
-        .await;
+    let (backend, gate, calls) = gated().await;
     let proxy = Proxy::spawn(idempotent(backend.addr, "optional", "")).await;
     let url = proxy.url("/things");
     let gone = tokio::spawn({

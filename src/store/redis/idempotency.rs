@@ -1,7 +1,8 @@
 //! The idempotency records on Redis/Valkey, so that replicas share them and they survive a
 //! restart of the proxy.
 //!
-//! Each record key is **one hash**, `<prefix>idem:<hex key>`, apart from the validator hashes;
+//! The records share the validator store's connection, key prefix and timeout. Each record key
+//! is **one hash**, `<prefix>idem:<hex key>`, apart from the validator hashes;
 //! every operation is one Lua script on it (atomic, one round trip). Fields: `s` (`f` in
 //! flight, `d` done), `f` (fingerprint, hex), `t` (the claim's token, while in flight), `r`
 //! (`1` when the response was recorded), `c`, `h`, `b` (status, headers as
@@ -19,10 +20,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use super::codec::{malformed, millis};
-use super::{RedisSetupError, RedisStoreConfig, bounded};
+use super::{RedisStore, bounded};
 use crate::idempotency::Fingerprint;
 use crate::key::ResourceKey;
 use crate::store::StoreError;
@@ -93,29 +94,17 @@ struct Inner {
 }
 
 impl RedisRecords {
-    /// Records on `config.url` under `config.key_prefix` (its own connection, lazy and
-    /// reconnecting like [`RedisStore`](super::RedisStore)'s). Must be called within a tokio
-    /// runtime.
-    ///
-    /// # Errors
-    /// The URL is invalid.
-    pub fn new(config: &RedisStoreConfig) -> Result<Self, RedisSetupError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(RedisSetupError)?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(config.timeout);
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, manager).map_err(RedisSetupError)?;
+    /// Records beside `store`'s validators: on its connection (lazy and reconnecting), under
+    /// its key prefix, with its timeout.
+    pub fn new(store: &RedisStore) -> Self {
         let script = |body: &str| Script::new(&format!("{HELD}{body}"));
         let random = std::collections::hash_map::RandomState::new();
-        Ok(Self {
+        let store = &store.inner;
+        Self {
             inner: Arc::new(Inner {
-                conn,
-                prefix: format!("{}idem:", config.key_prefix),
-                timeout: config.timeout,
+                conn: store.conn.clone(),
+                prefix: format!("{}idem:", store.prefix),
+                timeout: store.timeout,
                 begin: script(BEGIN),
                 record: script(RECORD),
                 release: script(RELEASE),
@@ -123,7 +112,7 @@ impl RedisRecords {
                 token_seed: random.hash_one(std::process::id()),
                 tokens: AtomicU64::new(0),
             }),
-        })
+        }
     }
 }
 
@@ -252,52 +241,23 @@ impl fmt::Debug for RedisRecords {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::OnceLock;
-
     use super::*;
+    use crate::store::RedisStoreConfig;
     use crate::store::contract::idempotency_contract_tests;
-
-    #[allow(dead_code)]
-    mod redis_server {
-        include!("../../../tests/support/redis_server.rs");
-    }
-    use redis_server::RedisServer;
-
-    fn server() -> &'static RedisServer {
-        static SERVER: OnceLock<RedisServer> = OnceLock::new();
-        SERVER.get_or_init(RedisServer::start)
-    }
+    use crate::store::redis::tests::server;
 
     fn records() -> RedisRecords {
         static N: AtomicU64 = AtomicU64::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        RedisRecords::new(&RedisStoreConfig {
+        let store = RedisStore::new(RedisStoreConfig {
             url: server().url(),
             key_prefix: format!("idem{}-{n}:", std::process::id()),
             timeout: Duration::from_secs(2),
             ..RedisStoreConfig::default()
         })
-        .expect("valid url")
+        .expect("valid url");
+        RedisRecords::new(&store)
     }
 
     idempotency_contract_tests!(records());
-
-    #[tokio::test]
-    async fn unreachable_redis_is_unavailable() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let records = RedisRecords::new(&RedisStoreConfig {
-            url: format!("redis://127.0.0.1:{port}"),
-            timeout: Duration::from_millis(200),
-            ..RedisStoreConfig::default()
-        })
-        .unwrap();
-        let key = ResourceKey::from_bytes([1; 16]);
-        let began = records
-            .begin(key, Fingerprint([0; 32]), Duration::from_secs(1))
-            .await;
-        assert!(matches!(began, Err(StoreError::Unavailable(_))));
-    }
 }

@@ -463,8 +463,9 @@ mod tests {
     }
     use redis_server::RedisServer;
 
-    /// One server for the whole test binary; every store gets its own key prefix.
-    fn server() -> &'static RedisServer {
+    /// One server for the whole test binary; every store gets its own key prefix (the
+    /// idempotency records' tests share it).
+    pub(super) fn server() -> &'static RedisServer {
         static SERVER: OnceLock<RedisServer> = OnceLock::new();
         SERVER.get_or_init(RedisServer::start)
     }
