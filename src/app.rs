@@ -33,11 +33,13 @@ use crate::admin::{self, Admin, Token, serve_admin};
 use crate::config::{Config, ConfigError, Overrides, Route, StoreConfig, StoreKind};
 use crate::guard::WritesInFlight;
 use crate::proxy::{
-    self, DiscardLimits, Hotspots, Mode, RouteTable, Routes, UpstreamClient, stack,
+    self, DiscardLimits, Hotspots, IdempotencyLayer, Mode, RouteTable, Routes, UpstreamClient,
+    stack,
 };
 use crate::serve::{
     HeadLimits, ServeError, bind, connection_builder, local_addr, serve_connections,
 };
+use crate::store::idempotency::{AnyRecords, MemoryRecords};
 use crate::store::{AnyStore, BoxError, MemoryStore, Store};
 use crate::telemetry;
 
@@ -72,6 +74,16 @@ pub fn store(config: &StoreConfig) -> Result<AnyStore, BoxError> {
     }
 }
 
+/// The idempotency records beside `store`: in memory (bounded as `config` says), or on the
+/// same Redis as the validators, so that replicas share them.
+pub fn records(config: &StoreConfig, store: &AnyStore) -> AnyRecords {
+    match store {
+        AnyStore::Memory(_) => AnyRecords::Memory(MemoryRecords::new(config.memory_records())),
+        #[cfg(feature = "redis")]
+        AnyStore::Redis(store) => AnyRecords::Redis(crate::store::RedisRecords::new(store)),
+    }
+}
+
 /// The proxy, configured and ready to serve: the data plane, and beside it the admin API,
 /// sharing one store, route table and hot-spot tracker.
 ///
@@ -89,6 +101,8 @@ pub struct Server<St = AnyStore> {
     routes: Vec<Route>,
     passthrough: bool,
     store: St,
+    /// The `Idempotency-Key` records, beside the validators.
+    records: AnyRecords,
     /// The live table: [`reload`](proxy::reload) swaps it while serving.
     table: Routes,
     hotspots: Hotspots,
@@ -104,6 +118,7 @@ impl Server<AnyStore> {
     pub fn new(config: Config) -> Result<Self, Error> {
         let routes = config.routes()?;
         let store = store(&config.store).map_err(Error::Store)?;
+        let records = records(&config.store, &store);
         tracing::info!(kind = ?config.store.kind, key_prefix = %config.store.key_prefix, "store");
         Ok(Self {
             config,
@@ -111,6 +126,7 @@ impl Server<AnyStore> {
             routes,
             passthrough: false,
             store,
+            records,
             hotspots: Hotspots::default(),
         })
     }
@@ -132,9 +148,17 @@ impl<St: Store> Server<St> {
             routes: self.routes,
             passthrough: self.passthrough,
             store,
+            records: self.records,
             table: self.table,
             hotspots: self.hotspots,
         }
+    }
+
+    /// Keeps `Idempotency-Key` records in `records` instead of the configured ones.
+    #[must_use]
+    pub fn records(mut self, records: AnyRecords) -> Self {
+        self.records = records;
+        self
     }
 
     /// The configuration served.
@@ -190,6 +214,9 @@ impl<St: Store> Server<St> {
         if let Some(store) = &store {
             api = api.store(store.clone());
         }
+        if let Some(records) = &plane.records {
+            api = api.records(records.clone());
+        }
         let shutdown = shutdown.shared();
         tokio::try_join!(
             plane.serve(store, listener, shutdown.clone()),
@@ -212,6 +239,7 @@ impl<St: Store> Server<St> {
     fn split(self) -> (Option<St>, Plane) {
         let store = (!self.passthrough).then_some(self.store);
         let plane = Plane {
+            records: (!self.passthrough).then_some(self.records),
             config: self.config,
             routes: self.routes,
             passthrough: self.passthrough,
@@ -224,6 +252,8 @@ impl<St: Store> Server<St> {
 
 /// The data plane, without its store.
 struct Plane {
+    /// None in passthrough mode.
+    records: Option<AnyRecords>,
     config: Config,
     routes: Vec<Route>,
     passthrough: bool,
@@ -258,6 +288,9 @@ impl Plane {
             self.table.clone(),
             UpstreamClient::new(server),
             mode,
+            self.records
+                .clone()
+                .map(|records| IdempotencyLayer::new(records, server.body_read_timeout)),
             Some(self.hotspots.clone()),
             limits,
             DiscardLimits::new(server),

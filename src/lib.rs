@@ -35,6 +35,7 @@ pub mod config;
 pub mod demo;
 pub mod etag;
 pub mod guard;
+pub mod idempotency;
 pub mod key;
 pub mod precondition;
 pub mod proxy;

@@ -48,6 +48,21 @@ pub const CONNECTIONS_CLOSED_UNDISCARDED: &str = "ifmatch_connections_closed_und
 pub const CONFIG_RELOADS: &str = "ifmatch_config_reloads_total";
 /// Forwarded writes whose outcome never came within `server.write_outcome_timeout`, by route.
 pub const WRITE_OUTCOMES_ABANDONED: &str = "ifmatch_write_outcomes_abandoned_total";
+/// `Idempotency-Key`s taken by a first request (then forwarded), by `route`.
+pub const IDEMPOTENCY_KEYS_TAKEN: &str = "ifmatch_idempotency_keys_taken_total";
+/// Taken keys given back (5xx, 409, 429, transport error) so that a retry goes through, by
+/// `route`.
+pub const IDEMPOTENCY_KEYS_RELEASED: &str = "ifmatch_idempotency_keys_released_total";
+/// Retries answered from the record, never forwarded, by `route`.
+pub const IDEMPOTENCY_REPLAYS: &str = "ifmatch_idempotency_replays_total";
+/// Keys reused for another request (422), by `route`.
+pub const IDEMPOTENCY_MISMATCHES: &str = "ifmatch_idempotency_mismatches_total";
+/// Retries while the first request was still in flight (409), by `route`.
+pub const IDEMPOTENCY_IN_FLIGHT: &str = "ifmatch_idempotency_in_flight_total";
+/// Idempotency records (and keys in flight) held in memory.
+pub const IDEMPOTENCY_RECORDS: &str = "ifmatch_idempotency_records";
+/// Idempotency records evicted from memory to stay within its bounds.
+pub const IDEMPOTENCY_EVICTIONS: &str = "ifmatch_idempotency_evictions_total";
 
 /// The `reason` of [`CONFLICTS`]: the slugs of the rejections that count as conflicts.
 pub const CONFLICT_REASONS: [&str; 6] = [
@@ -98,6 +113,8 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a str>) {
     }
     gauge!(CONNECTIONS).increment(0.0);
     gauge!(STORE_ENTRIES).increment(0.0);
+    gauge!(IDEMPOTENCY_RECORDS).increment(0.0);
+    counter!(IDEMPOTENCY_EVICTIONS).increment(0);
     for name in [STORE_HITS, STORE_MISSES, STORE_EVICTIONS] {
         counter!(name).increment(0);
     }
@@ -113,6 +130,11 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a str>) {
             ETAGS_SKIPPED,
             STORE_FAILED_OPEN,
             WRITE_OUTCOMES_ABANDONED,
+            IDEMPOTENCY_KEYS_TAKEN,
+            IDEMPOTENCY_KEYS_RELEASED,
+            IDEMPOTENCY_REPLAYS,
+            IDEMPOTENCY_MISMATCHES,
+            IDEMPOTENCY_IN_FLIGHT,
         ] {
             counter!(name, "route" => route.clone()).increment(0);
         }
@@ -182,6 +204,31 @@ pub fn describe() {
     describe_counter!(STORE_MISSES, "Store lookups that found nothing trustworthy");
     describe_counter!(STORE_EVICTIONS, "Store entries evicted to make room");
     describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
+    describe_counter!(
+        IDEMPOTENCY_KEYS_TAKEN,
+        "Idempotency-Keys taken by a first request, then forwarded"
+    );
+    describe_counter!(
+        IDEMPOTENCY_KEYS_RELEASED,
+        "Idempotency-Keys given back after a 5xx, 409, 429 or transport error"
+    );
+    describe_counter!(
+        IDEMPOTENCY_REPLAYS,
+        "Retries answered from the idempotency record, not forwarded"
+    );
+    describe_counter!(
+        IDEMPOTENCY_MISMATCHES,
+        "Idempotency-Keys reused for another request (422)"
+    );
+    describe_counter!(
+        IDEMPOTENCY_IN_FLIGHT,
+        "Retries while the first request with the key was in flight (409)"
+    );
+    describe_gauge!(IDEMPOTENCY_RECORDS, "Idempotency records held in memory");
+    describe_counter!(
+        IDEMPOTENCY_EVICTIONS,
+        "Idempotency records evicted from memory to stay within bounds"
+    );
     describe_gauge!(
         CONNECTIONS,
         "Client connections open, WebSocket tunnels included"

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "core",
         &[
             "etag",
+            "idempotency",
             "precondition",
             "key",
             "target",

@@ -8,6 +8,7 @@
 //! | `GET /admin/resources?path=..[&route=..][&host=..]` | what is known about a resource |
 //! | `DELETE /admin/resources?...` | forget it: its next write revalidates |
 //! | `GET /admin/hotspots?n=10` | the resources with the most conflicts |
+//! | `GET /admin/idempotency?route=..&key=..` | what is held for an `Idempotency-Key` |
 //!
 //! With a token configured, `/metrics` and `/admin/*` require `Authorization: Bearer <token>`.
 //! Answers are JSON; errors are problem+json. It never shares the data plane's port.
@@ -15,6 +16,7 @@
 mod auth;
 mod health;
 mod hotspots;
+mod idempotency;
 pub mod prometheus;
 mod reply;
 mod resources;
@@ -33,6 +35,7 @@ pub use reply::AdminBody;
 
 use crate::proxy::{Hotspots, Routes};
 use crate::serve::{ServeError, local_addr, serve_with_defaults};
+use crate::store::idempotency::{AnyRecords, IdempotencyStore};
 use crate::store::{MemoryStore, Store};
 
 /// What the admin API serves: each part is optional, so a bare health endpoint is
@@ -43,6 +46,7 @@ pub struct Admin<St = MemoryStore> {
     routes: Option<Routes>,
     store: Option<St>,
     hotspots: Option<Hotspots>,
+    records: Option<AnyRecords>,
     metrics: Option<PrometheusHandle>,
     probe_timeout: Duration,
 }
@@ -54,6 +58,7 @@ impl<St> Default for Admin<St> {
             routes: None,
             store: None,
             hotspots: None,
+            records: None,
             metrics: None,
             probe_timeout: Duration::from_secs(1),
         }
@@ -89,6 +94,13 @@ impl<St: Store> Admin<St> {
         self
     }
 
+    /// Look up `Idempotency-Key` records in `records`.
+    #[must_use]
+    pub fn records(mut self, records: AnyRecords) -> Self {
+        self.records = Some(records);
+        self
+    }
+
     /// Render this recorder on `/metrics`.
     #[must_use]
     pub fn metrics(mut self, handle: Option<PrometheusHandle>) -> Self {
@@ -108,7 +120,9 @@ impl<St: Store> Admin<St> {
         let path = req.uri().path();
         let query = req.uri().query().unwrap_or("");
         let allowed: &[Method] = match path {
-            "/healthz" | "/readyz" | "/metrics" | "/admin/hotspots" => &[Method::GET, Method::HEAD],
+            "/healthz" | "/readyz" | "/metrics" | "/admin/hotspots" | "/admin/idempotency" => {
+                &[Method::GET, Method::HEAD]
+            }
             "/admin/resources" => &[Method::GET, Method::HEAD, Method::DELETE],
             _ => {
                 return reply::problem(
@@ -139,6 +153,9 @@ impl<St: Store> Admin<St> {
             }
             "/metrics" => self.render_metrics(),
             "/admin/hotspots" => hotspots::list(self.hotspots.as_ref(), query),
+            "/admin/idempotency" => {
+                idempotency::handle(query, self.routes.as_ref(), self.records.as_ref()).await
+            }
             _ => resources::handle(method, query, self.routes.as_ref(), self.store.as_ref()).await,
         }
     }
@@ -146,6 +163,9 @@ impl<St: Store> Admin<St> {
     fn render_metrics(&self) -> Response<AdminBody> {
         if let Some(stats) = self.store.as_ref().and_then(Store::stats) {
             prometheus::publish_store(stats);
+        }
+        if let Some(stats) = self.records.as_ref().and_then(IdempotencyStore::stats) {
+            prometheus::publish_records(stats);
         }
         let text = self
             .metrics

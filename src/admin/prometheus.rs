@@ -6,6 +6,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::store::StoreStats;
+use crate::store::idempotency::RecordStats;
 use crate::telemetry;
 
 /// Histogram buckets, in seconds: from sub-millisecond lease grabs to slow upstreams.
@@ -36,6 +37,12 @@ pub fn handle() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// Publishes the idempotency records' counters, read at scrape time.
+pub fn publish_records(stats: RecordStats) {
+    metrics::gauge!(telemetry::IDEMPOTENCY_RECORDS).set(stats.records as f64);
+    metrics::counter!(telemetry::IDEMPOTENCY_EVICTIONS).absolute(stats.evictions);
 }
 
 /// Publishes a store's counters, read at scrape time.

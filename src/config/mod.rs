@@ -47,7 +47,7 @@ pub use admin::AdminConfig;
 pub use policy::PolicyConfig;
 pub use routes::{Route, RouteConfig, parse_upstream};
 pub use server::ServerConfig;
-pub use store::{FailurePolicy, StoreConfig, StoreKind, lease_budget};
+pub use store::{FailurePolicy, StoreConfig, StoreKind, idempotency_hold, lease_budget};
 pub use validate::{Issue, Issues};
 use validate::{Report, section};
 
@@ -276,6 +276,8 @@ impl Config {
                 // Properties of the server, which bound every write the guard forwards.
                 policy.response_timeout = self.server.response_timeout;
                 policy.write_outcome_timeout = self.server.write_outcome_timeout;
+                policy.idempotency.hold =
+                    idempotency_hold(&self.server, &self.store, policy.lease_wait);
                 routes.push(route);
             }
         }

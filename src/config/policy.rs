@@ -7,7 +7,7 @@ use http::{HeaderName, Method, StatusCode};
 use serde::Deserialize;
 
 use super::validate::{MAX_TIMEOUT, Report, check_field};
-use crate::guard::{Aliases, OnStoreUnavailable, Policy};
+use crate::guard::{Aliases, IdempotencyPolicy, OnStoreUnavailable, Policy};
 
 /// The policy keys, each declared once: doc comment, serde attributes, type and default.
 ///
@@ -59,6 +59,29 @@ macro_rules! policy_keys {
                 /// getting 409.
                 #[serde(with = "humantime_serde")]
                 lease_wait: std::time::Duration = Policy::default().lease_wait;
+                /// `Idempotency-Key` (draft-ietf-httpapi-idempotency-key-header-07):
+                /// `"off"` (passed through), `"optional"` (a request with a key is made
+                /// idempotent) or `"required"` (one without gets 400).
+                idempotency: $crate::guard::IdempotencyMode = Policy::default().idempotency.mode;
+                /// The methods `idempotency` applies to: any of POST, PATCH, PUT, DELETE.
+                idempotency_methods: Vec<String> = Policy::default()
+                    .idempotency
+                    .methods
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                /// How long a completed request's response is kept and replayed to retries.
+                #[serde(with = "humantime_serde")]
+                idempotency_retention: std::time::Duration =
+                    Policy::default().idempotency.retention;
+                /// Largest request body buffered to fingerprint a request with a key; a
+                /// larger one gets 413.
+                idempotency_max_request_bytes: usize =
+                    Policy::default().idempotency.max_request_bytes;
+                /// Largest response body recorded for replay; a larger one streams through
+                /// and a retry gets 409 (completed, cannot be replayed).
+                idempotency_max_response_bytes: usize =
+                    Policy::default().idempotency.max_response_bytes;
             }
         }
     };
@@ -129,6 +152,30 @@ impl PolicyConfig {
             report,
         );
         check_field(at, "lease_wait", parse_lease_wait(self.lease_wait), report);
+        let idempotency_methods = check_field(
+            at,
+            "idempotency_methods",
+            parse_methods(&self.idempotency_methods),
+            report,
+        );
+        check_field(
+            at,
+            "idempotency_retention",
+            parse_retention(self.idempotency_retention),
+            report,
+        );
+        for (key, bytes) in [
+            (
+                "idempotency_max_request_bytes",
+                self.idempotency_max_request_bytes,
+            ),
+            (
+                "idempotency_max_response_bytes",
+                self.idempotency_max_response_bytes,
+            ),
+        ] {
+            check_field(at, key, parse_max_hash_bytes(bytes), report);
+        }
         if report.len() > before {
             return None;
         }
@@ -154,6 +201,15 @@ impl PolicyConfig {
             on_store_unavailable: OnStoreUnavailable::default(),
             response_timeout: Policy::default().response_timeout,
             write_outcome_timeout: Policy::default().write_outcome_timeout,
+            idempotency: IdempotencyPolicy {
+                mode: self.idempotency,
+                methods: idempotency_methods?,
+                retention: self.idempotency_retention,
+                max_request_bytes: self.idempotency_max_request_bytes,
+                max_response_bytes: self.idempotency_max_response_bytes,
+                // Set from `[server]` and `[store]` once the route is built.
+                hold: Policy::default().idempotency.hold,
+            },
         })
     }
 }
@@ -164,6 +220,15 @@ fn parse_max_hash_bytes(bytes: usize) -> Result<usize, String> {
         Ok(bytes)
     } else {
         Err(format!("must be between 1 and {MAX_HASH_BYTES} (1 GiB)"))
+    }
+}
+
+/// A record kept at least a second, at most a year.
+fn parse_retention(retention: Duration) -> Result<Duration, String> {
+    if (Duration::from_secs(1)..=Duration::from_secs(366 * 24 * 60 * 60)).contains(&retention) {
+        Ok(retention)
+    } else {
+        Err("must be between 1s and 366 days".to_owned())
     }
 }
 

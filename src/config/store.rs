@@ -11,6 +11,7 @@ use crate::guard::OnStoreUnavailable;
 use crate::store::MemoryStoreConfig;
 #[cfg(feature = "redis")]
 use crate::store::RedisStoreConfig;
+use crate::store::idempotency::MemoryRecordsConfig;
 
 /// Which validator store backs the guard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -74,6 +75,13 @@ pub struct StoreConfig {
     /// Conditional writes while the store is unavailable: `"fail_closed"` (503) or
     /// `"fail_open"` (forwarded unchecked). Reads and unconditional writes always pass.
     pub failure_policy: FailurePolicy,
+    /// Most `Idempotency-Key` records (and keys in flight) kept in memory; past it the oldest
+    /// records are forgotten (a retry of a forgotten key is forwarded again). Memory store
+    /// only: on Redis, records live in Redis (mind its `maxmemory`).
+    pub idempotency_max_records: usize,
+    /// Most bytes of recorded responses (bodies and headers, plus 128 per key) kept in
+    /// memory, with the same eviction. Memory store only.
+    pub idempotency_max_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -88,6 +96,8 @@ impl Default for StoreConfig {
             lease_ttl: Duration::from_secs(120),
             timeout: Duration::from_millis(500),
             failure_policy: FailurePolicy::FailClosed,
+            idempotency_max_records: MemoryRecordsConfig::default().max_records,
+            idempotency_max_bytes: MemoryRecordsConfig::default().max_bytes,
         }
     }
 }
@@ -98,6 +108,14 @@ impl StoreConfig {
         MemoryStoreConfig {
             max_entries: self.max_entries,
             ttl: self.ttl,
+        }
+    }
+
+    /// The bounds of the in-memory idempotency records.
+    pub fn memory_records(&self) -> MemoryRecordsConfig {
+        MemoryRecordsConfig {
+            max_records: self.idempotency_max_records,
+            max_bytes: self.idempotency_max_bytes,
         }
     }
 
@@ -130,6 +148,23 @@ pub fn lease_budget(server: &ServerConfig, store: &StoreConfig) -> Duration {
         .saturating_add(store.timeout.saturating_mul(3))
 }
 
+/// The longest a live replica holds an idempotency key without an outcome, and so how long a
+/// taken key stays taken (after which a crashed replica's key is free again).
+///
+/// Under a taken key, in turn: the wait for the resource's write lease (`lease_wait`), the
+/// whole write under it ([`lease_budget`]), the read of the response body to record it
+/// (bounded by `server.response_timeout`) and the store's record (`store.timeout`).
+pub fn idempotency_hold(
+    server: &ServerConfig,
+    store: &StoreConfig,
+    lease_wait: Duration,
+) -> Duration {
+    lease_wait
+        .saturating_add(lease_budget(server, store))
+        .saturating_add(server.response_timeout)
+        .saturating_add(store.timeout)
+}
+
 impl StoreConfig {
     pub(super) fn check(&self, server: &ServerConfig, report: &mut Report) {
         if self.kind == StoreKind::Redis {
@@ -140,6 +175,15 @@ impl StoreConfig {
         }
         if self.ttl.is_zero() {
             report.error("store.ttl", "must be greater than zero");
+        }
+        if self.idempotency_max_records == 0 {
+            report.error("store.idempotency_max_records", "must be at least 1");
+        }
+        if self.idempotency_max_bytes < 64 * 1024 {
+            report.error(
+                "store.idempotency_max_bytes",
+                "must be at least 65536 (64 KiB)",
+            );
         }
     }
 

@@ -55,7 +55,9 @@ fn example_file_is_valid_and_shows_the_defaults() {
         routes[0].policy.key_headers,
         vec![http::header::AUTHORIZATION]
     );
-    assert_eq!(*routes[1].policy, Policy::default());
+    let mut idempotent = Policy::default();
+    idempotent.idempotency.mode = crate::guard::IdempotencyMode::Optional;
+    assert_eq!(*routes[1].policy, idempotent);
 }
 
 #[test]
@@ -525,4 +527,61 @@ fn a_redis_cluster_is_named_by_its_seeds_instead_of_a_url() {
     assert_eq!(paths(&scheme), ["store.cluster_urls"], "{scheme}");
     let neither = parse(&toml("")).unwrap_err();
     assert_eq!(paths(&neither), ["store.url"], "{neither}");
+}
+
+#[test]
+fn idempotency_keys_parse_into_the_policy_and_are_checked() {
+    let config = parse(
+        r#"
+        [defaults]
+        idempotency = "required"
+        idempotency_methods = ["post"]
+        idempotency_retention = "1h"
+
+        [[routes]]
+        name = "api"
+        upstream = "http://127.0.0.1:3000"
+        idempotency_max_response_bytes = 4096
+        "#,
+    )
+    .unwrap();
+    let routes = config.routes().unwrap();
+    let idempotency = &routes[0].policy.idempotency;
+    assert_eq!(idempotency.mode, crate::guard::IdempotencyMode::Required);
+    assert_eq!(idempotency.methods, vec![Method::POST]);
+    assert_eq!(idempotency.retention, Duration::from_secs(3600));
+    assert_eq!(idempotency.max_response_bytes, 4096);
+    assert_eq!(
+        idempotency.hold,
+        idempotency_hold(&config.server, &config.store, routes[0].policy.lease_wait)
+    );
+    let err = parse(
+        r#"
+        [store]
+        idempotency_max_records = 0
+        idempotency_max_bytes = 10
+
+        [defaults]
+        idempotency = "sometimes"
+
+        [[routes]]
+        name = "api"
+        upstream = "http://127.0.0.1:3000"
+        idempotency_methods = ["GET"]
+        idempotency_retention = "0s"
+        idempotency_max_request_bytes = 0
+        "#,
+    )
+    .unwrap_err();
+    let paths = paths(&err);
+    for path in [
+        "store.idempotency_max_records",
+        "store.idempotency_max_bytes",
+        "defaults.idempotency",
+        "routes[0].idempotency_methods",
+        "routes[0].idempotency_retention",
+        "routes[0].idempotency_max_request_bytes",
+    ] {
+        assert!(paths.contains(&path), "{path} not in {paths:?}");
+    }
 }

@@ -118,6 +118,16 @@ impl<B: Body> ResponseBody<B> {
     pub fn buffered(frames: VecDeque<Frame<Bytes>>, rest: Tail<B>) -> Self {
         Self::Buffered { frames, rest }
     }
+
+    /// The frames already in hand and what follows them: a layer above can read some and
+    /// put the body back together with [`ResponseBody::buffered`], without nesting it.
+    pub fn into_frames(self) -> (VecDeque<Frame<Bytes>>, Tail<B>) {
+        match self {
+            Self::Upstream { body } => (VecDeque::new(), Tail::Rest(Box::pin(body))),
+            Self::Full { data } => (data.map(Frame::data).into_iter().collect(), Tail::Done),
+            Self::Buffered { frames, rest } => (frames, rest),
+        }
+    }
 }
 
 impl<B> Body for ResponseBody<B>

@@ -128,8 +128,9 @@ where
 
 /// A future that, dropped before it completed, is spawned to run to completion on its own:
 /// the exchange goes on whoever stops waiting for it. The common case (the client waits for
-/// the answer) costs no task and no cross-task wake-up.
-struct Detachable<F: Future + Send + 'static>
+/// the answer) costs no task and no cross-task wake-up. (The proxy's idempotency layer runs
+/// its record-or-release step in one too.)
+pub(crate) struct Detachable<F: Future + Send + 'static>
 where
     F::Output: Send,
 {
@@ -140,7 +141,7 @@ impl<F: Future + Send + 'static> Detachable<F>
 where
     F::Output: Send,
 {
-    fn new(future: F) -> Self {
+    pub(crate) fn new(future: F) -> Self {
         Self {
             future: Some(Box::pin(future)),
         }

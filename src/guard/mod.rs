@@ -28,10 +28,11 @@ mod write;
 mod writes;
 
 pub use body::{RequestBody, ResponseBody, Tail};
+pub(crate) use exchange::Detachable;
 pub use layer::PreconditionLayer;
 pub use policy::{
-    Aliases, EtagSource, FailedOpen, OnStoreUnavailable, OnUnknown, Policy, QueryMode,
-    RouteContext, UpstreamDeadline,
+    Aliases, EtagSource, FailedOpen, IdempotencyMode, IdempotencyPolicy, OnStoreUnavailable,
+    OnUnknown, Policy, QueryMode, RouteContext, UpstreamDeadline,
 };
 pub use response::{MAX_ECHO_BYTES, Rejection, RejectionKind, bounded};
 pub use service::{Precondition, resource_key};

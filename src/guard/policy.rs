@@ -83,6 +83,60 @@ pub enum EtagSource {
     Both,
 }
 
+/// Whether a route honours `Idempotency-Key` (draft-ietf-httpapi-idempotency-key-header-07).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdempotencyMode {
+    /// The header passes through to the upstream untouched.
+    #[default]
+    Off,
+    /// A request with a key is made idempotent; one without passes as usual.
+    Optional,
+    /// A request of the route's idempotency methods without a key gets 400.
+    Required,
+}
+
+/// How a route treats `Idempotency-Key` (the proxy's idempotency layer reads it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyPolicy {
+    /// Off, optional or required.
+    pub mode: IdempotencyMode,
+    /// The methods it applies to (POST and PATCH by default).
+    pub methods: Vec<Method>,
+    /// How long a completed request's record is kept (and replayed).
+    pub retention: std::time::Duration,
+    /// Largest request body buffered to fingerprint it; a larger one gets 413.
+    pub max_request_bytes: usize,
+    /// Largest response body recorded; a larger one streams through, and a retry gets 409
+    /// (completed, cannot be replayed).
+    pub max_response_bytes: usize,
+    /// How long a taken key stays taken without an outcome (a crashed replica, an upstream
+    /// that never answers): at least every bound of the exchange under it.
+    pub hold: std::time::Duration,
+}
+
+impl Default for IdempotencyPolicy {
+    fn default() -> Self {
+        Self {
+            mode: IdempotencyMode::Off,
+            methods: vec![Method::POST, Method::PATCH],
+            retention: std::time::Duration::from_secs(24 * 60 * 60),
+            max_request_bytes: 1024 * 1024,
+            max_response_bytes: 1024 * 1024,
+            // `config::idempotency_hold` of the default timeouts: lease_wait 5 s, twice
+            // response_timeout 30 s, write_outcome_timeout 60 s, four store calls of 500 ms.
+            hold: std::time::Duration::from_secs(127),
+        }
+    }
+}
+
+impl IdempotencyPolicy {
+    /// Whether requests with `method` are made idempotent on this route.
+    pub fn applies_to(&self, method: &Method) -> bool {
+        self.mode != IdempotencyMode::Off && self.methods.contains(method)
+    }
+}
+
 /// How the guard treats one route's traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -113,6 +167,8 @@ pub struct Policy {
     /// until then its resource stays fenced, then it becomes unknown. At least
     /// `response_timeout`.
     pub write_outcome_timeout: Duration,
+    /// How `Idempotency-Key` is honoured (by the proxy's idempotency layer, above the guard).
+    pub idempotency: IdempotencyPolicy,
 }
 
 impl Policy {
@@ -137,6 +193,7 @@ impl Default for Policy {
             on_store_unavailable: OnStoreUnavailable::Refuse,
             response_timeout: Duration::from_secs(30),
             write_outcome_timeout: Duration::from_secs(60),
+            idempotency: IdempotencyPolicy::default(),
         }
     }
 }

@@ -48,6 +48,19 @@ pub enum RejectionKind {
     TooManyConnections,
     /// As many forwarded writes are running as the guard allows (503).
     TooManyWrites,
+    /// A route that requires `Idempotency-Key` got a request without one (400).
+    IdempotencyKeyMissing,
+    /// An `Idempotency-Key` that is not one sf-string (400).
+    IdempotencyKeyMalformed,
+    /// An `Idempotency-Key` already used for another request (422).
+    IdempotencyKeyReused,
+    /// The first request with this `Idempotency-Key` is still in flight (409).
+    IdempotencyInFlight,
+    /// The first request with this `Idempotency-Key` completed, but its response was not
+    /// recorded (too large) and cannot be replayed (409).
+    IdempotencyNotReplayable,
+    /// A request body over the bound the proxy buffers it within (413).
+    BodyTooLarge,
 }
 
 impl RejectionKind {
@@ -71,6 +84,12 @@ impl RejectionKind {
             Self::RequestTimeout => "request-timeout",
             Self::TooManyConnections => "too-many-connections",
             Self::TooManyWrites => "too-many-writes",
+            Self::IdempotencyKeyMissing => "idempotency-key-missing",
+            Self::IdempotencyKeyMalformed => "idempotency-key-malformed",
+            Self::IdempotencyKeyReused => "idempotency-key-reused",
+            Self::IdempotencyInFlight => "idempotency-in-flight",
+            Self::IdempotencyNotReplayable => "idempotency-not-replayable",
+            Self::BodyTooLarge => "body-too-large",
         }
     }
 
@@ -94,6 +113,12 @@ impl RejectionKind {
             Self::RequestTimeout => "Request body timed out",
             Self::TooManyConnections => "Too many connections",
             Self::TooManyWrites => "Too many writes in flight",
+            Self::IdempotencyKeyMissing => "Idempotency-Key required",
+            Self::IdempotencyKeyMalformed => "Malformed Idempotency-Key",
+            Self::IdempotencyKeyReused => "Idempotency-Key reused for another request",
+            Self::IdempotencyInFlight => "A request with this Idempotency-Key is in progress",
+            Self::IdempotencyNotReplayable => "The first response cannot be replayed",
+            Self::BodyTooLarge => "Request body too large",
         }
     }
 }
@@ -267,6 +292,12 @@ mod tests {
             RequestTimeout,
             TooManyConnections,
             TooManyWrites,
+            IdempotencyKeyMissing,
+            IdempotencyKeyMalformed,
+            IdempotencyKeyReused,
+            IdempotencyInFlight,
+            IdempotencyNotReplayable,
+            BodyTooLarge,
         ];
         for kind in all {
             match kind {
@@ -286,7 +317,13 @@ mod tests {
                 | HeadersTooLarge
                 | RequestTimeout
                 | TooManyConnections
-                | TooManyWrites => {}
+                | TooManyWrites
+                | IdempotencyKeyMissing
+                | IdempotencyKeyMalformed
+                | IdempotencyKeyReused
+                | IdempotencyInFlight
+                | IdempotencyNotReplayable
+                | BodyTooLarge => {}
             }
         }
         all.to_vec()

@@ -28,6 +28,7 @@
 //!     UpstreamClient::new(&config.server),
 //!     Mode::Guard(MemoryStore::default(), WritesInFlight::default()),
 //!     None,
+//!     None,
 //!     HeadLimits::new(&config.server),
 //!     DiscardLimits::new(&config.server),
 //! );
@@ -40,6 +41,7 @@ mod discard;
 mod forward;
 mod head_limit;
 pub mod hotspots;
+mod idempotency;
 mod log_budget;
 mod observe;
 mod reload;
@@ -56,6 +58,7 @@ pub use discard::{ClientBody, Discard, DiscardFuture, DiscardLayer, DiscardLimit
 pub use forward::{Forward, ForwardFuture, ForwardLayer, strip_hop_by_hop};
 pub use head_limit::{HeadLimit, HeadLimitFuture, HeadLimitLayer, head_size};
 pub use hotspots::Hotspots;
+pub use idempotency::{Idempotency, IdempotencyFuture, IdempotencyLayer};
 pub use observe::{Observe, ObserveFuture, ObserveLayer};
 pub use reload::reload;
 pub use request_id::{RequestId, RequestIdFuture, RequestIdLayer, SetRequestId, X_REQUEST_ID};

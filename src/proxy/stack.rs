@@ -12,6 +12,7 @@ use super::discard::{ClientBody, DiscardLayer, DiscardLimits};
 use super::forward::ForwardLayer;
 use super::head_limit::HeadLimitLayer;
 use super::hotspots::Hotspots;
+use super::idempotency::IdempotencyLayer;
 use super::observe::ObserveLayer;
 use super::request_id::RequestIdLayer;
 use super::rescue::RescueLayer;
@@ -19,6 +20,7 @@ use super::router::{RouterLayer, Routes};
 use crate::guard::{Policy, PreconditionLayer, RequestBody, ResponseBody, WritesInFlight};
 use crate::serve::HeadLimits;
 use crate::store::Store;
+use crate::store::idempotency::AnyRecords;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or one it made.
 pub type ProxyBody = ResponseBody<Incoming>;
@@ -37,11 +39,13 @@ pub enum Mode<St> {
 ///
 /// `routes` may be a fixed table (`Arc<RouteTable>`) or a reloadable [`Routes`]; conflicts are
 /// counted in `hotspots`, if given; request heads over `limits` get 431; what is left unread
-/// of a request body is discarded within `discard`.
+/// of a request body is discarded within `discard`; `Idempotency-Key`s are honoured, on the
+/// routes that ask for it, with `idempotency`'s records (none: the header passes through).
 pub fn stack<St: Store>(
     routes: impl Into<Routes>,
     client: UpstreamClient,
     mode: Mode<St>,
+    idempotency: Option<IdempotencyLayer<AnyRecords>>,
     hotspots: Option<Hotspots>,
     limits: HeadLimits,
     discard: DiscardLimits,
@@ -88,6 +92,10 @@ pub fn stack<St: Store>(
         // Below the router (metrics are per route), above the guard, whose rejections it
         // reads from the responses to count, log once, and feed the hot spots.
         .layer(ObserveLayer::new(hotspots))
+        // Below the router (the route's policy and key headers scope each record) and above
+        // the guard: a replay, a 409 in flight or a 422 reaches neither the guard nor the
+        // upstream; below Observe, so its answers are counted like the guard's.
+        .option_layer(idempotency)
         // Below the router (needs the route) and above forwarding, so that its revalidation
         // GETs are forwarded like any client request.
         .layer(guard)

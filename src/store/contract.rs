@@ -7,6 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+mod idempotency;
+
+// The idempotency records' contract: its own checks, generated the same way.
+pub(crate) use idempotency::*;
+
 use super::{KeyState, Observation, Outcome, Representation, Store, StoreError, Validator};
 use crate::etag::EntityTag;
 use crate::key::ResourceKey;

@@ -14,6 +14,7 @@
 mod any;
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod idempotency;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -22,7 +23,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisLease, RedisSetupError, RedisStore, RedisStoreConfig};
+pub use self::redis::{RedisLease, RedisRecords, RedisSetupError, RedisStore, RedisStoreConfig};
 pub use any::{AnyLease, AnyStore};
 pub use memory::{MemoryLease, MemoryStore, MemoryStoreConfig};
 // The value types of what is known live with the core; the store keeps them.

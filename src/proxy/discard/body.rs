@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -43,8 +44,10 @@ impl<B> Returned<B> {
 /// answered without it), handed back to the [`Discard`](super::Discard) layer, which reads and
 /// discards the rest so that the connection can carry the next request.
 pub struct ClientBody<B = Incoming> {
-    /// `None` once dropped.
+    /// `None` once dropped, or for a body buffered by a layer above.
     body: Option<B>,
+    /// A body a layer above already read whole (to fingerprint it), yielded first.
+    buffered: Option<Bytes>,
     /// Where the body goes if dropped before its end; `None` when nobody waits for it (an
     /// HTTP/2 stream, an empty body) or once the body ended.
     returned: Option<Arc<Returned<B>>>,
@@ -56,6 +59,17 @@ impl<B> ClientBody<B> {
     pub fn new(body: B) -> Self {
         Self {
             body: Some(body),
+            buffered: None,
+            returned: None,
+            polled: false,
+        }
+    }
+
+    /// A body already read whole (its trailers, if any, are not kept).
+    pub fn buffered(data: Bytes) -> Self {
+        Self {
+            body: None,
+            buffered: (!data.is_empty()).then_some(data),
             returned: None,
             polled: false,
         }
@@ -65,13 +79,17 @@ impl<B> ClientBody<B> {
     pub(super) fn watched(body: B, returned: Arc<Returned<B>>) -> Self {
         Self {
             body: Some(body),
+            buffered: None,
             returned: Some(returned),
             polled: false,
         }
     }
 }
 
-impl<B: Body + Unpin> Body for ClientBody<B> {
+impl<B: Body + Unpin> Body for ClientBody<B>
+where
+    B::Data: From<Bytes>,
+{
     type Data = B::Data;
     // The client's own errors (hyper's), so the rescue still tells a truncated body from others.
     type Error = B::Error;
@@ -81,6 +99,9 @@ impl<B: Body + Unpin> Body for ClientBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
+        if let Some(data) = this.buffered.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data.into()))));
+        }
         let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
         };
@@ -94,10 +115,13 @@ impl<B: Body + Unpin> Body for ClientBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.as_ref().is_none_or(Body::is_end_stream)
+        self.buffered.is_none() && self.body.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(data) = &self.buffered {
+            return SizeHint::with_exact(data.len() as u64);
+        }
         self.body
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)

@@ -39,7 +39,10 @@ use tokio::time::Instant;
 
 mod codec;
 mod connection;
+mod idempotency;
 mod scripts;
+
+pub use idempotency::RedisRecords;
 
 use codec::{decode_generation, decode_state, encode_time, encode_validator, malformed, millis};
 use connection::Connection;
@@ -455,8 +458,9 @@ mod tests {
     }
     use redis_server::RedisServer;
 
-    /// One server for the whole test binary; every store gets its own key prefix.
-    fn server() -> &'static RedisServer {
+    /// One server for the whole test binary; every store gets its own key prefix (the
+    /// idempotency records' tests share it).
+    pub(super) fn server() -> &'static RedisServer {
         static SERVER: OnceLock<RedisServer> = OnceLock::new();
         SERVER.get_or_init(RedisServer::start)
     }
