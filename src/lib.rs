@@ -36,6 +36,7 @@ pub mod demo;
 pub mod etag;
 pub mod guard;
 pub mod key;
+pub mod merge;
 pub mod precondition;
 pub mod proxy;
 pub mod serve;

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "etag",
             "precondition",
             "key",
+            "merge",
             "target",
             "telemetry",
             "validator",
