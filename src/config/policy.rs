@@ -59,6 +59,16 @@ macro_rules! policy_keys {
                 /// getting 409.
                 #[serde(with = "humantime_serde")]
                 lease_wait: std::time::Duration = Policy::default().lease_wait;
+                /// What the conflict response to a stale write carries: `"remembered"` (the
+                /// current representation when the proxy remembers it, and for JSON the fields
+                /// in conflict), `"current"` (the same, fetching the current representation
+                /// from the upstream when it is not remembered) or `"minimal"` (the current
+                /// ETag and a sentence).
+                conflict_body: $crate::guard::ConflictBody = Policy::default().conflict_body;
+                /// What a stale JSON write whose changes do not overlap the intervening ones
+                /// gets: `"reject"` (the conflict status) or `"merge"` (its changes applied
+                /// to the current version and forwarded, under the same lease).
+                on_conflict: $crate::guard::OnConflict = Policy::default().on_conflict;
             }
         }
     };
@@ -154,6 +164,8 @@ impl PolicyConfig {
             on_store_unavailable: OnStoreUnavailable::default(),
             response_timeout: Policy::default().response_timeout,
             write_outcome_timeout: Policy::default().write_outcome_timeout,
+            conflict_body: self.conflict_body,
+            on_conflict: self.on_conflict,
         })
     }
 }

@@ -83,6 +83,36 @@ pub enum EtagSource {
     Both,
 }
 
+/// What the conflict response to a stale write carries (problem+json extension members).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictBody {
+    /// The current representation when the version memory has it, and for JSON a field-level
+    /// comparison of the client's document with it (three-way when the version the client
+    /// edited is remembered too).
+    #[default]
+    Remembered,
+    /// As `remembered`, and when the current representation is not remembered the guard GETs
+    /// it from the upstream itself (learning its validator as a revalidation does).
+    Current,
+    /// Only the current entity-tag and a sentence.
+    Minimal,
+}
+
+/// What the guard does with a stale write whose changes could be applied to the current
+/// version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    /// Refuse it with the conflict status.
+    #[default]
+    Reject,
+    /// When the client's changes (from the version its `If-Match` names) and the intervening
+    /// ones touch disjoint JSON members, apply the client's changes to the current version and
+    /// forward that, under the same lease, at the current validator.
+    Merge,
+}
+
 /// How the guard treats one route's traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -113,6 +143,10 @@ pub struct Policy {
     /// until then its resource stays fenced, then it becomes unknown. At least
     /// `response_timeout`.
     pub write_outcome_timeout: Duration,
+    /// What the conflict response to a stale write carries.
+    pub conflict_body: ConflictBody,
+    /// Whether a stale write with disjoint changes is merged and forwarded.
+    pub on_conflict: OnConflict,
 }
 
 impl Policy {
@@ -137,6 +171,8 @@ impl Default for Policy {
             on_store_unavailable: OnStoreUnavailable::Refuse,
             response_timeout: Duration::from_secs(30),
             write_outcome_timeout: Duration::from_secs(60),
+            conflict_body: ConflictBody::Remembered,
+            on_conflict: OnConflict::Reject,
         }
     }
 }

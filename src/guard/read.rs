@@ -12,6 +12,7 @@ use super::learn::{Established, establish};
 use super::policy::EtagSource;
 use super::response::{Rejection, RejectionKind};
 use super::service::Guarded;
+use super::versions;
 use crate::etag::EntityTag;
 use crate::key::ResourceKey;
 use crate::precondition::{Decision, Preconditions, RequestKind, ResourceState, evaluate};
@@ -35,6 +36,7 @@ where
         variant,
         route,
         uri,
+        versions,
         ..
     } = guarded;
     let is_get = req.method() == Method::GET;
@@ -90,6 +92,9 @@ where
                 last_modified: headers::last_modified(&parts.headers),
             };
             learn(&store, key, &snapshot, observation).await;
+            if variant == 0 {
+                versions::remember(&versions, key, &validator, &parts.headers, &body);
+            }
             if !synthesized {
                 return Ok(Response::from_parts(parts, body));
             }

@@ -22,6 +22,7 @@ use super::headers;
 use super::learn::{Established, establish};
 use super::policy::{EtagSource, Policy};
 use super::response::{Rejection, RejectionKind};
+use super::versions::{Versions, remember};
 use crate::key::ResourceKey;
 use crate::store::{KeyState, Observation, Store};
 use crate::telemetry;
@@ -36,6 +37,8 @@ pub(crate) struct Revalidation<'a, S, St> {
     pub(crate) instance: &'a str,
     /// The write's query variant: what it learns is a validator of that view.
     pub(crate) variant: u32,
+    /// Where the representation it reads is remembered.
+    pub(crate) versions: &'a Versions,
 }
 
 /// Request headers a revalidation GET must not inherit from the write it serves.
@@ -109,6 +112,7 @@ impl<S, St> Revalidation<'_, S, St> {
             route,
             instance,
             variant,
+            versions,
         } = self;
         let outcome = |outcome: &'static str| {
             metrics::counter!(telemetry::REVALIDATIONS, "route" => route.clone(), "outcome" => outcome)
@@ -154,7 +158,14 @@ impl<S, St> Revalidation<'_, S, St> {
         let hash = hash && status == StatusCode::OK;
         let last_modified = headers::last_modified(&parts.headers);
         let validator = match establish(&parts, body, policy, variant, hash).await {
-            Established::Tag { validator, .. } => validator,
+            Established::Tag {
+                validator, body, ..
+            } => {
+                if variant == 0 {
+                    remember(versions, key, &validator, &parts.headers, &body);
+                }
+                validator
+            }
             Established::Failed => {
                 outcome("upstream-error");
                 return Ok(Err(unavailable("its body failed midway")));
