@@ -119,6 +119,7 @@ impl<S, St: Store> Stale<'_, S, St> {
                 instance,
                 variant: 0,
                 versions: &versions,
+                read_body: true,
             };
             if let Ok(fresh) = revalidation.run::<B, RB>(key, generation, get).await? {
                 match super::write::check(&fresh, pre, &policy, instance) {

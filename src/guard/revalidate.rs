@@ -15,6 +15,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
+use http_body_util::BodyExt;
 use tower::{Service, ServiceExt};
 
 use super::body::{RequestBody, ResponseBody};
@@ -39,6 +40,10 @@ pub(crate) struct Revalidation<'a, S, St> {
     pub(crate) variant: u32,
     /// Where the representation it reads is remembered.
     pub(crate) versions: &'a Versions,
+    /// Whether to read (bounded by `max_hash_bytes`) and remember a body the guard would not
+    /// otherwise read (one that came with the upstream's own tag): for a conflict response
+    /// that shows the current version.
+    pub(crate) read_body: bool,
 }
 
 /// Request headers a revalidation GET must not inherit from the write it serves.
@@ -113,6 +118,7 @@ impl<S, St> Revalidation<'_, S, St> {
             instance,
             variant,
             versions,
+            read_body,
         } = self;
         let outcome = |outcome: &'static str| {
             metrics::counter!(telemetry::REVALIDATIONS, "route" => route.clone(), "outcome" => outcome)
@@ -162,6 +168,11 @@ impl<S, St> Revalidation<'_, S, St> {
                 validator, body, ..
             } => {
                 if variant == 0 {
+                    let body = if read_body && body.complete().is_none() {
+                        read_whole(body, policy.max_hash_bytes).await
+                    } else {
+                        body
+                    };
                     remember(versions, key, &validator, &parts.headers, &body);
                 }
                 validator
@@ -202,6 +213,28 @@ impl<S, St> Revalidation<'_, S, St> {
         learn_revalidated(store, key, generation, observation).await;
         Ok(Ok(state))
     }
+}
+
+/// `body` read to its end into memory if it is at most `limit` bytes (else what was read,
+/// incomplete, which nothing remembers).
+async fn read_whole<RB: Body<Data = Bytes>>(
+    body: ResponseBody<RB>,
+    limit: usize,
+) -> ResponseBody<RB> {
+    let mut body = Box::pin(body);
+    let mut frames = std::collections::VecDeque::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.as_mut().frame().await {
+        let Ok(frame) = frame else {
+            return ResponseBody::empty();
+        };
+        seen = seen.saturating_add(frame.data_ref().map_or(0, Bytes::len));
+        frames.push_back(frame);
+        if seen > limit {
+            return ResponseBody::empty();
+        }
+    }
+    ResponseBody::buffered(frames, super::body::Tail::Done)
 }
 
 async fn learn_revalidated<St: Store>(

@@ -325,6 +325,7 @@ impl<St: Store, B> Vetting<'_, St, B> {
                     instance,
                     variant: self.variant,
                     versions: self.versions,
+                    read_body: false,
                 };
                 match revalidation.run(self.key, self.generation, get).await? {
                     Ok(state) => state,
