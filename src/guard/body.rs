@@ -141,10 +141,15 @@ impl<B: Body> ResponseBody<B> {
     }
 
     /// The whole body, when it is all in memory (read to its end to hash it, or made by the
-    /// guard); one cheap clone when it is one frame.
+    /// guard), in an allocation of its own: a frame may be a slice of a larger read buffer,
+    /// which keeping it would keep whole.
     pub(crate) fn complete(&self) -> Option<Bytes> {
         match self {
-            Self::Full { data } => Some(data.clone().unwrap_or_default()),
+            Self::Full { data } => Some(
+                data.as_deref()
+                    .map(Bytes::copy_from_slice)
+                    .unwrap_or_default(),
+            ),
             Self::Buffered {
                 frames,
                 rest: Tail::Done,
@@ -152,7 +157,7 @@ impl<B: Body> ResponseBody<B> {
                 let mut data = frames.iter().filter_map(Frame::data_ref);
                 match (data.next(), data.next()) {
                     (None, _) => Some(Bytes::new()),
-                    (Some(one), None) => Some(one.clone()),
+                    (Some(one), None) => Some(Bytes::copy_from_slice(one)),
                     (Some(first), Some(second)) => {
                         let mut all = bytes::BytesMut::from(&first[..]);
                         all.extend_from_slice(second);
