@@ -400,3 +400,39 @@ async fn reading_a_stale_writes_body_keeps_the_connection() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_version_is_shown_only_to_the_credentials_it_was_served_to() {
+    bounded(async {
+        let (_demo, proxy, client) = demo_behind(MERGE).await;
+        let read = request(Method::GET, &proxy.url("/items/1"))
+            .header("authorization", "Bearer alice")
+            .body(full(""))
+            .unwrap();
+        let base = client.send(read).await.header("etag").to_owned();
+        let stale = |who: &str| {
+            request(Method::PUT, &proxy.url("/items/1"))
+                .header("if-match", "\"never-seen\"")
+                .header("authorization", format!("Bearer {who}"))
+                .header("content-type", "application/json")
+                .body(full(
+                    json!({"id": "1", "name": "x", "stock": 10}).to_string(),
+                ))
+                .unwrap()
+        };
+        // Mallory's credentials were never shown the item: the current ETag only.
+        let problem = client
+            .send(stale("mallory"))
+            .await
+            .assert_problem(409, "stale-precondition");
+        assert_eq!(problem["current_etag"], base);
+        assert!(problem.get("current").is_none(), "{problem}");
+        // Alice's were.
+        let problem = client
+            .send(stale("alice"))
+            .await
+            .assert_problem(409, "stale-precondition");
+        assert_eq!(problem["current"]["name"], "widget");
+    })
+    .await;
+}

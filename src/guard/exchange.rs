@@ -34,7 +34,7 @@ use super::outcome::{outcome_of, related_targets};
 use super::policy::{EtagSource, Policy, UpstreamDeadline};
 use super::response::{Rejection, RejectionKind};
 use super::service::resource_key;
-use super::versions::{Versions, remember};
+use super::versions::{Audience, Versions, remember};
 use crate::key::ResourceKey;
 use crate::store::{Outcome, Store};
 use crate::telemetry;
@@ -79,8 +79,9 @@ where
     let client_method = method.clone();
     req.extensions_mut()
         .insert(UpstreamDeadline(policy.write_outcome_timeout));
+    let audience = super::versions::audience(req.headers());
     let call = inner.call(req);
-    let remembered = (exchange.versions.clone(), exchange.key);
+    let remembered = (exchange.versions.clone(), exchange.key, audience);
 
     let run = async move {
         let answer = tokio::time::timeout(exchange.policy.write_outcome_timeout, call).await;
@@ -123,8 +124,7 @@ where
     let response_timeout = exchange_timeout(&policy);
     match tokio::time::timeout(response_timeout, &mut run).await {
         Ok(Ok(Ok(response))) => {
-            let (versions, key) = (&remembered.0, remembered.1);
-            let memory = (versions, key);
+            let memory = (&remembered.0, remembered.1, remembered.2);
             Ok(present(response, &client_method, &policy, variant, instance, memory).await)
         }
         Ok(Ok(Err(error))) => Err(error),
@@ -204,7 +204,7 @@ async fn present<RB>(
     policy: &Policy,
     variant: u32,
     instance: &str,
-    (versions, key): (&Versions, ResourceKey),
+    (versions, key, audience): (&Versions, ResourceKey, Audience),
 ) -> Response<ResponseBody<RB>>
 where
     RB: Body<Data = Bytes>,
@@ -230,7 +230,7 @@ where
             body,
         } => {
             if variant == 0 {
-                remember(versions, key, &validator, &parts.headers, &body);
+                remember(versions, (key, audience), &validator, &parts.headers, &body);
             }
             headers::set_etag(&mut parts.headers, &validator.tag);
             Response::from_parts(parts, body)

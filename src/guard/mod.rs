@@ -40,5 +40,7 @@ pub use resolve::MERGED_HEADER;
 pub use response::{MAX_ECHO_BYTES, ProblemMembers, Rejection, RejectionKind, bounded};
 pub use service::{Precondition, resource_key};
 pub use short_circuit::ShortCircuit;
-pub use versions::{DEFAULT_VERSION_MEMORY_BYTES, PER_RESOURCE, Version, Versions};
+pub use versions::{
+    Audience, DEFAULT_VERSION_MEMORY_BYTES, PER_RESOURCE, Version, Versions, audience,
+};
 pub use writes::{DEFAULT_MAX_WRITES_IN_FLIGHT, WritesInFlight};

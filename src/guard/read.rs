@@ -66,6 +66,9 @@ where
             None
         }
     };
+    let audience = versions
+        .enabled()
+        .then(|| versions::audience(req.headers()));
     let response = inner.call(req.map(RequestBody::new)).await?;
     let (mut parts, body) = response.into_parts();
     let status = parts.status;
@@ -92,8 +95,9 @@ where
                 last_modified: headers::last_modified(&parts.headers),
             };
             learn(&store, key, &snapshot, observation).await;
-            if variant == 0 {
-                versions::remember(&versions, key, &validator, &parts.headers, &body);
+            if let (0, Some(audience)) = (variant, audience) {
+                let memory = (key, audience);
+                versions::remember(&versions, memory, &validator, &parts.headers, &body);
             }
             if !synthesized {
                 return Ok(Response::from_parts(parts, body));

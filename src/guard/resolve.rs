@@ -108,7 +108,9 @@ impl<S, St: Store> Stale<'_, S, St> {
             return Ok(Resolved::Answer(rejection.into_response()));
         }
         let (key, versions) = (exchange.key, exchange.versions.clone());
-        let mut current = remembered(&versions, key, &state);
+        // Only what this writer's credentials were shown.
+        let viewer = super::versions::audience(req.headers());
+        let mut current = remembered(&versions, (key, viewer), &state);
         if current.is_none() && policy.conflict_body == ConflictBody::Current {
             let get = revalidation_request(&req, &policy);
             let revalidation = Revalidation {
@@ -127,7 +129,7 @@ impl<S, St: Store> Stale<'_, S, St> {
                     Some(fresher) => rejection = fresher,
                 }
                 state = fresh;
-                current = remembered(&versions, key, &state);
+                current = remembered(&versions, (key, viewer), &state);
             }
         }
         let Some(current) = current else {
@@ -148,7 +150,8 @@ impl<S, St: Store> Stale<'_, S, St> {
             (Some(TagCondition::Tags(tags)), RejectionKind::StalePrecondition) => tags
                 .iter()
                 .filter(|tag| !tag.is_weak())
-                .find_map(|tag| versions.get(key, tag)),
+                .filter_map(|tag| versions.get(key, tag))
+                .find(|base| base.audience == viewer),
             _ => None,
         };
         let base_doc = base.as_ref().and_then(document);
@@ -216,16 +219,20 @@ async fn end<St: Store>(lease: &mut Option<Exchange<St>>) {
     }
 }
 
-/// The current version, if remembered: the first of the state's validators the memory holds.
+/// The current version, if remembered for this `viewer`: the first of the state's validators
+/// the memory holds.
 fn remembered(
     versions: &super::Versions,
-    key: crate::key::ResourceKey,
+    (key, viewer): (crate::key::ResourceKey, super::versions::Audience),
     state: &KeyState,
 ) -> Option<Version> {
     let KeyState::Present { validators, .. } = state else {
         return None;
     };
-    validators.iter().find_map(|v| versions.get(key, &v.tag))
+    validators
+        .iter()
+        .filter_map(|v| versions.get(key, &v.tag))
+        .find(|version| version.audience == viewer)
 }
 
 /// Whether the client's body is the current representation, byte for byte: the same bytes as

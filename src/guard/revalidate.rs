@@ -135,6 +135,7 @@ impl<S, St> Revalidation<'_, S, St> {
             Rejection::new(RejectionKind::UpstreamUnavailable, status, instance, detail)
                 .into_response()
         };
+        let audience = super::versions::audience(get.headers());
         let response = inner.oneshot(get).await?;
         let (parts, body) = response.into_parts();
         let status = parts.status;
@@ -173,7 +174,7 @@ impl<S, St> Revalidation<'_, S, St> {
                     } else {
                         body
                     };
-                    remember(versions, key, &validator, &parts.headers, &body);
+                    remember(versions, (key, audience), &validator, &parts.headers, &body);
                 }
                 validator
             }

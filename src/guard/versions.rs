@@ -30,6 +30,28 @@ pub const DEFAULT_VERSION_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 /// Bookkeeping charged per version on top of its body (map slots, tag, content type).
 const OVERHEAD: usize = 160;
 
+/// Who may be shown a remembered representation: a digest of the `Authorization` and
+/// `Cookie` values of the request it answered. A conflict response shows a version only to
+/// a writer with the same credentials, so that it never discloses what an upstream that
+/// authorizes reads per user would not show that writer (the route's `key_headers` already
+/// separate per-user resources; this covers routes that do not set them).
+pub type Audience = [u8; 16];
+
+/// The audience of a request with `headers`.
+pub fn audience(headers: &http::HeaderMap) -> Audience {
+    let mut hasher = blake3::Hasher::new();
+    for name in [http::header::AUTHORIZATION, http::header::COOKIE] {
+        for value in headers.get_all(&name) {
+            hasher.update(name.as_str().as_bytes());
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(value.as_bytes());
+        }
+    }
+    let mut audience = [0u8; 16];
+    audience.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    audience
+}
+
 /// One remembered representation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version {
@@ -39,6 +61,8 @@ pub struct Version {
     pub content_type: Bytes,
     /// Its identity-coded bytes.
     pub body: Bytes,
+    /// Who may be shown it.
+    pub audience: Audience,
 }
 
 impl Version {
@@ -177,7 +201,7 @@ impl Inner {
 /// a query view's body is not the document a write replaces.
 pub(crate) fn remember<B: http_body::Body>(
     versions: &Versions,
-    key: ResourceKey,
+    (key, audience): (ResourceKey, Audience),
     validator: &crate::validator::Validator,
     headers: &http::HeaderMap,
     body: &super::body::ResponseBody<B>,
@@ -201,6 +225,7 @@ pub(crate) fn remember<B: http_body::Body>(
             tag: validator.tag.clone(),
             content_type,
             body: bytes,
+            audience,
         },
     );
 }
@@ -209,11 +234,28 @@ pub(crate) fn remember<B: http_body::Body>(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_audience_is_the_credentials() {
+        let mut headers = http::HeaderMap::new();
+        let anonymous = audience(&headers);
+        headers.insert("accept", http::HeaderValue::from_static("*/*"));
+        assert_eq!(audience(&headers), anonymous);
+        headers.insert("authorization", http::HeaderValue::from_static("Bearer a"));
+        let alice = audience(&headers);
+        assert_ne!(alice, anonymous);
+        headers.insert("authorization", http::HeaderValue::from_static("Bearer b"));
+        assert_ne!(audience(&headers), alice);
+        headers.remove("authorization");
+        headers.insert("cookie", http::HeaderValue::from_static("Bearer a"));
+        assert_ne!(audience(&headers), alice, "the header name counts");
+    }
+
     fn version(tag: &str, body: &str) -> Version {
         Version {
             tag: EntityTag::strong(tag).unwrap(),
             content_type: Bytes::from_static(b"application/json"),
             body: Bytes::from(body.to_owned()),
+            audience: [0; 16],
         }
     }
 
