@@ -152,9 +152,10 @@ pub struct Rejection {
     pub members: ProblemMembers,
 }
 
-/// Extension members of a problem object, in addition to the ones every rejection has.
+/// Extension members of a problem object, in addition to the ones every rejection has (boxed:
+/// most rejections have none).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ProblemMembers(pub serde_json::Map<String, serde_json::Value>);
+pub struct ProblemMembers(pub Option<Box<serde_json::Map<String, serde_json::Value>>>);
 
 // JSON values hold no NaN (serde_json numbers are finite), so equality is reflexive.
 impl Eq for ProblemMembers {}
@@ -169,8 +170,8 @@ struct ProblemJson<'a> {
     instance: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     current_etag: Option<String>,
-    #[serde(flatten)]
-    members: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    members: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Rejection {
@@ -226,7 +227,10 @@ impl Rejection {
             "current_etag",
         ];
         if !STANDARD.contains(&name) {
-            self.members.0.insert(name.to_owned(), value);
+            self.members
+                .0
+                .get_or_insert_with(Box::default)
+                .insert(name.to_owned(), value);
         }
         self
     }
@@ -246,7 +250,7 @@ impl Rejection {
             detail: &self.detail,
             instance: &self.instance,
             current_etag: self.current_etag.as_ref().map(ToString::to_string),
-            members: &self.members.0,
+            members: self.members.0.as_deref(),
         };
         // Serializing plain strings and integers cannot fail.
         serde_json::to_string(&problem).unwrap_or_default()
