@@ -31,6 +31,12 @@ fn put(url: &str, precondition: (&str, &str), body: &Value) -> http::Request<sup
         .unwrap()
 }
 
+/// `body` PUT to `url` with `If-Match: if_match`, refused as stale: its problem.
+async fn stale(client: &Client, url: &str, if_match: &str, body: &Value) -> Value {
+    let answer = client.send(put(url, ("if-match", if_match), body)).await;
+    answer.assert_problem(409, "stale-precondition")
+}
+
 /// Alice and Bob read item 1; Alice saves first. The tag they read, the one Alice's write got.
 async fn alice_saved(proxy: &ProxyHandle, client: &Client) -> (String, String) {
     let read = client.get(proxy.url("/items/1")).await;
@@ -54,10 +60,7 @@ async fn a_stale_json_write_gets_the_current_version_and_the_fields_in_conflict(
         let (base, current) = alice_saved(&proxy, &client).await;
 
         let bob = json!({"id": "1", "name": "gadget", "stock": 11});
-        let refused = client
-            .send(put(&proxy.url("/items/1"), ("if-match", &base), &bob))
-            .await;
-        let problem = refused.assert_problem(409, "stale-precondition");
+        let problem = stale(&client, &proxy.url("/items/1"), &base, &bob).await;
         assert_eq!(problem["current_etag"], current);
         assert_eq!(
             problem["current"],
@@ -107,13 +110,13 @@ async fn minimal_where_the_body_is_not_json_or_the_route_says_so() {
         let proxy = Proxy::spawn(config_with(backend.addr, "")).await;
         let client = Client::http1();
         assert_eq!(client.get(proxy.url("/note")).await.status, StatusCode::OK);
-        let stale = request(Method::PUT, &proxy.url("/note"))
+        let text = request(Method::PUT, &proxy.url("/note"))
             .header("if-match", "\"old\"")
             .header("content-type", "text/plain")
             .body(full("bye"))
             .unwrap();
         let problem = client
-            .send(stale)
+            .send(text)
             .await
             .assert_problem(409, "stale-precondition");
         for member in ["current", "comparison", "conflicts", "differences"] {
@@ -125,10 +128,7 @@ async fn minimal_where_the_body_is_not_json_or_the_route_says_so() {
         let (_demo, proxy, client) = demo_behind("[defaults]\nconflict_body = \"minimal\"").await;
         let (base, _) = alice_saved(&proxy, &client).await;
         let bob = json!({"id": "1", "name": "gadget", "stock": 10});
-        let refused = client
-            .send(put(&proxy.url("/items/1"), ("if-match", &base), &bob))
-            .await;
-        let problem = refused.assert_problem(409, "stale-precondition");
+        let problem = stale(&client, &proxy.url("/items/1"), &base, &bob).await;
         assert!(problem.get("current").is_none(), "{problem}");
         assert!(problem.get("comparison").is_none(), "{problem}");
     })
@@ -168,19 +168,13 @@ async fn conflict_body_current_gets_the_current_version_from_the_upstream() {
         assert_eq!(backend.hits(Method::GET, "/doc"), 2);
 
         // Not remembered (the upstream's tag, its body never hashed): the current ETag only.
-        let answer = client
-            .send(put(&remembered.url("/doc"), ("if-match", "\"v1\""), &bob))
-            .await;
-        let problem = answer.assert_problem(409, "stale-precondition");
+        let problem = stale(&client, &remembered.url("/doc"), "\"v1\"", &bob).await;
         assert_eq!(problem["current_etag"], "\"v2\"");
         assert!(problem.get("current").is_none(), "{problem}");
         assert_eq!(backend.hits(Method::GET, "/doc"), 2);
 
         // "current": the proxy GETs it itself, under the write's lease.
-        let answer = client
-            .send(put(&fetching.url("/doc"), ("if-match", "\"v1\""), &bob))
-            .await;
-        let problem = answer.assert_problem(409, "stale-precondition");
+        let problem = stale(&client, &fetching.url("/doc"), "\"v1\"", &bob).await;
         assert_eq!(backend.hits(Method::GET, "/doc"), 3, "the proxy's own GET");
         assert_eq!(problem["current"], json!({"title": "a", "pages": 2}));
         assert_eq!(problem["comparison"], "two-way");
@@ -279,10 +273,7 @@ async fn disjoint_changes_are_merged_and_overlapping_ones_refused() {
 
         // Carol edited the same base's stock: it overlaps Alice's change, so 409.
         let carol = json!({"id": "1", "name": "widget", "stock": 12});
-        let refused = client
-            .send(put(&proxy.url("/items/1"), ("if-match", &base), &carol))
-            .await;
-        let problem = refused.assert_problem(409, "stale-precondition");
+        let problem = stale(&client, &proxy.url("/items/1"), &base, &carol).await;
         assert_eq!(problem["conflicts"][0]["pointer"], "/stock");
         assert_eq!(problem["current"], both);
         assert_eq!(client.get(demo.url("/items/1")).await.json(), both);
@@ -290,18 +281,10 @@ async fn disjoint_changes_are_merged_and_overlapping_ones_refused() {
     .await;
 }
 
+/// Four writers, each on its own field of one key.
 fn storm_args(target: String, prefix: &str, no_if_match: bool) -> StormArgs {
-    let mut args = StormArgs::new(target);
-    args.writers = 4;
+    let mut args = support::storm::counted(target, prefix, no_if_match, (4, 1));
     args.fields = 4;
-    args.keys = 1;
-    args.duration = Duration::from_secs(30);
-    // Bounded by count, not time: the same work on a fast or a loaded machine.
-    args.requests = Some(400);
-    args.key_prefix = Some(prefix.to_owned());
-    args.no_if_match = no_if_match;
-    args.max_retries = 1000;
-    args.no_progress = true;
     args
 }
 

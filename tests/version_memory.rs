@@ -14,6 +14,8 @@
 //! a warm-up. This binary holds this one test. Linux only (elsewhere only the bytes held are
 //! checked).
 
+mod support;
+
 use std::convert::Infallible;
 
 use bytes::Bytes;
@@ -21,7 +23,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use ifmatch::guard::Versions;
 use ifmatch::{MemoryStore, Policy, PreconditionLayer, RequestBody};
-use tower::{Layer, Service, ServiceExt};
+use support::rss::{get_through, rss_bytes};
+use tower::Layer;
 
 /// Distinct resources in the flood.
 const KEYS: usize = 12_000;
@@ -33,19 +36,6 @@ const BOUND: usize = 4 << 20;
 const SLACK: u64 = 12 << 20;
 /// GETs between two RSS samples.
 const SAMPLE_EVERY: usize = 500;
-
-fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
 
 /// Floods a guard whose version memory holds at most `bound` bytes; the RSS growth, if known.
 async fn flood(keys: usize, bound: usize) -> Option<u64> {
@@ -69,18 +59,8 @@ async fn flood(keys: usize, bound: usize) -> Option<u64> {
     let baseline = rss_bytes();
     let mut peak = baseline;
     for i in 0..keys {
-        let request = Request::get(format!("/items/{i}"))
-            .body(Full::new(Bytes::new()))
-            .expect("a valid request");
-        let response = guard
-            .ready()
-            .await
-            .expect("infallible")
-            .call(request)
-            .await
-            .expect("infallible");
-        assert_eq!(response.status(), StatusCode::OK);
-        drop(response);
+        let status = get_through(&mut guard, format!("/items/{i}")).await;
+        assert_eq!(status, StatusCode::OK);
         assert!(
             versions.bytes() <= bound,
             "{} bytes held after {} GETs, bound {bound}",

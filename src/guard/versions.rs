@@ -20,9 +20,10 @@ use crate::etag::EntityTag;
 use crate::key::ResourceKey;
 use crate::telemetry;
 
-/// At most this many versions of one resource are kept: the base a slow client edited is
-/// rarely more than a few writes old.
-pub const PER_RESOURCE: usize = 4;
+/// At most this many versions of one resource are kept: the version a client edited is found
+/// while fewer writes than this landed since it read it (on a hot resource, about one per
+/// concurrent writer).
+pub const PER_RESOURCE: usize = 16;
 
 /// The default bound, 64 MiB.
 pub const DEFAULT_VERSION_MEMORY_BYTES: usize = 64 * 1024 * 1024;
@@ -263,6 +264,13 @@ mod tests {
         ResourceKey::new("r", &format!("/items/{i}"), None, [])
     }
 
+    /// Whether `versions` holds resource `i`'s version `tag`.
+    fn holds(versions: &Versions, i: u32, tag: &str) -> bool {
+        versions
+            .get(key(i), &EntityTag::strong(tag).unwrap())
+            .is_some()
+    }
+
     #[test]
     fn remembers_and_finds_by_resource_and_tag() {
         let versions = Versions::new(1 << 20);
@@ -274,16 +282,8 @@ mod tests {
                 .body,
             "{}"
         );
-        assert!(
-            versions
-                .get(key(2), &EntityTag::strong("a").unwrap())
-                .is_none()
-        );
-        assert!(
-            versions
-                .get(key(1), &EntityTag::strong("b").unwrap())
-                .is_none()
-        );
+        assert!(!holds(&versions, 2, "a"));
+        assert!(!holds(&versions, 1, "b"));
         // Remembering the same version again replaces it, and costs nothing more.
         let before = versions.bytes();
         versions.remember(key(1), version("a", "{}"));
@@ -297,27 +297,11 @@ mod tests {
             versions.remember(key(1), version(&format!("v{i}"), "{}"));
         }
         // v0 used: v1 is now the least recently used.
-        assert!(
-            versions
-                .get(key(1), &EntityTag::strong("v0").unwrap())
-                .is_some()
-        );
+        assert!(holds(&versions, 1, "v0"));
         versions.remember(key(1), version("new", "{}"));
-        assert!(
-            versions
-                .get(key(1), &EntityTag::strong("v0").unwrap())
-                .is_some()
-        );
-        assert!(
-            versions
-                .get(key(1), &EntityTag::strong("v1").unwrap())
-                .is_none()
-        );
-        assert!(
-            versions
-                .get(key(1), &EntityTag::strong("new").unwrap())
-                .is_some()
-        );
+        assert!(holds(&versions, 1, "v0"));
+        assert!(!holds(&versions, 1, "v1"));
+        assert!(holds(&versions, 1, "new"));
     }
 
     #[test]
@@ -330,16 +314,8 @@ mod tests {
             assert!(versions.bytes() <= cost * 10);
         }
         assert_eq!(versions.bytes(), cost * 10);
-        assert!(
-            versions
-                .get(key(999), &EntityTag::strong("k0999").unwrap())
-                .is_some()
-        );
-        assert!(
-            versions
-                .get(key(0), &EntityTag::strong("k0000").unwrap())
-                .is_none()
-        );
+        assert!(holds(&versions, 999, "k0999"));
+        assert!(!holds(&versions, 0, "k0000"));
         // A body larger than the whole memory is not kept, and evicts nothing.
         versions.remember(key(5000), version("k9999", &"y".repeat(cost * 11)));
         assert_eq!(versions.bytes(), cost * 10);

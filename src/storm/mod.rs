@@ -285,6 +285,7 @@ pub async fn run(
         target: args.target.clone(),
         if_match,
         writers: args.writers,
+        fields: fields.len(),
         elapsed,
         interrupted,
     };
