@@ -303,6 +303,17 @@ async fn four_writers_on_four_fields_of_one_key_merge_without_losing_any() {
             assert_eq!(field.lost, 0, "{field:?}");
             assert!(field.commits > 0, "{field:?}");
         }
+        // Two writers per field: their changes overlap (both write the count they read plus
+        // one), so the merge must refuse them, and nothing is lost.
+        let mut shared = storm_args(merging.url("/items"), "shared-", false);
+        shared.writers = 8;
+        let shared = run(shared).await.expect("storm, two writers per field");
+        assert_eq!(shared.lost_updates, 0, "{shared:?}");
+        assert!(
+            shared.conflicts.total > 0,
+            "same-field writers conflict: {shared:?}"
+        );
+
         let without = run(storm_args(plain.url("/items"), "plain-", false))
             .await
             .expect("storm through the proxy without merge");

@@ -64,7 +64,7 @@ fn same_number(x: &Number, y: &Number) -> bool {
     false
 }
 
-/// A part of the document both sides changed, differently.
+/// A part of the document both sides changed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Conflict {
     /// Where (the shorter of the two changes when one holds the other).
@@ -84,7 +84,7 @@ pub struct Conflict {
 /// the client's document.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Comparison {
-    /// Parts changed on both sides, to different values.
+    /// Parts changed on both sides (to the same value too: see [`compare`]).
     pub conflicts: Vec<Conflict>,
     /// Where the client's document differs from the base.
     pub your_changes: Vec<Pointer>,
@@ -94,7 +94,10 @@ pub struct Comparison {
 
 /// Compares the client's document `yours` and the `current` version with the `base` both
 /// started from. Two changes overlap when one pointer is the other or holds it (`/a` and
-/// `/a/b`); overlapping changes conflict unless both sides left that part equal.
+/// `/a/b`), and overlapping changes conflict, even when both sides wrote the same value
+/// there: two clients that each added one to a count of 5 both send 6, and taking that as
+/// agreement would acknowledge one increment and keep neither twice. Only the proxy's
+/// byte-identical check (a body that *is* the current representation) treats sameness as done.
 pub fn compare(base: &Value, current: &Value, yours: &Value) -> Comparison {
     let your_changes = changes(base, yours);
     let their_changes = changes(base, current);
@@ -103,18 +106,12 @@ pub fn compare(base: &Value, current: &Value, yours: &Value) -> Comparison {
     for mine in &your_changes {
         for theirs in their_changes.iter().filter(|theirs| mine.overlaps(theirs)) {
             let pointer = if mine.covers(theirs) { mine } else { theirs };
-            let (now, wanted) = (pointer.get(current), pointer.get(yours));
-            let agreed = match (now, wanted) {
-                (Some(now), Some(wanted)) => same(now, wanted),
-                (None, None) => true,
-                _ => false,
-            };
-            if !agreed && seen.insert(pointer.clone()) {
+            if seen.insert(pointer.clone()) {
                 conflicts.push(Conflict {
                     pointer: pointer.clone(),
                     base: pointer.get(base).cloned(),
-                    current: now.cloned(),
-                    yours: wanted.cloned(),
+                    current: pointer.get(current).cloned(),
+                    yours: pointer.get(yours).cloned(),
                 });
             }
         }
@@ -131,8 +128,8 @@ pub fn compare(base: &Value, current: &Value, yours: &Value) -> Comparison {
 pub struct Refused(pub Comparison);
 
 /// The client's changes (from `base` to `yours`) applied to `current`, when they touch no
-/// part of the document the intervening changes (from `base` to `current`) touched
-/// differently; with the comparison that allowed it. Otherwise refused, with the conflicts.
+/// part of the document the intervening changes (from `base` to `current`) touched; with the
+/// comparison that allowed it. Otherwise refused, with the conflicts.
 pub fn merge(base: &Value, current: &Value, yours: &Value) -> Result<(Value, Comparison), Refused> {
     let comparison = compare(base, current, yours);
     if !comparison.conflicts.is_empty() {

@@ -12,8 +12,9 @@
 //!   (an array's elements have no identity a merge could trust: an insert shifts them all);
 //! - `null` is a value and an absent member is not one: `{"a": null}` and `{}` differ at `/a`;
 //! - numbers compare by value: `1` and `1.0` are the same number ([`same`]);
-//! - two changes overlap when one pointer is the other or holds it (`/a` and `/a/b`); they
-//!   conflict unless both sides left that part equal.
+//! - two changes overlap when one pointer is the other or holds it (`/a` and `/a/b`), and
+//!   overlapping changes conflict even when both wrote the same value: two increments of one
+//!   count both write the same number, and merging them would lose one.
 //!
 //! Pure: no I/O, no async.
 //!

@@ -96,12 +96,13 @@ fn compare_table() {
             yours_changed: &["/a"],
             theirs_changed: &["/a"],
         },
-        // The same field, to the same value: both agree, no conflict.
+        // The same field, to the same value: still a conflict (two increments of 1 both
+        // write 2; merging them would acknowledge both and keep one).
         Case {
             base: json!({"a": 1}),
             current: json!({"a": 2}),
             yours: json!({"a": 2.0}),
-            conflicts: &[],
+            conflicts: &["/a"],
             yours_changed: &["/a"],
             theirs_changed: &["/a"],
         },
@@ -141,12 +142,12 @@ fn compare_table() {
             yours_changed: &["/a"],
             theirs_changed: &["/a"],
         },
-        // Removed on both sides: agreed.
+        // Removed on both sides: a conflict too.
         Case {
             base: json!({"a": 1, "b": 1}),
             current: json!({"b": 1}),
             yours: json!({"b": 1}),
-            conflicts: &[],
+            conflicts: &["/a"],
             yours_changed: &["/a"],
             theirs_changed: &["/a"],
         },
@@ -284,8 +285,8 @@ fn three() -> impl Strategy<Value = (Value, Value, Value)> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
-    /// Disjoint change sets merge into a document holding both; overlapping ones that differ
-    /// are refused.
+    /// Disjoint change sets merge into a document holding both; overlapping ones are refused,
+    /// even when both sides wrote the same value.
     #[test]
     fn merge_keeps_both_sides_or_refuses((base, current, yours) in three()) {
         let mine = changes(&base, &yours);
@@ -293,6 +294,7 @@ proptest! {
         let disjoint = mine.iter().all(|m| theirs.iter().all(|t| !m.overlaps(t)));
         match merge(&base, &current, &yours) {
             Ok((merged, _)) => {
+                prop_assert!(disjoint, "overlapping changes merged: {mine:?} / {theirs:?}");
                 for pointer in &mine {
                     let (got, want) = (pointer.get(&merged), pointer.get(&yours));
                     prop_assert!(got.zip(want).is_some_and(|(g, w)| same(g, w)) || (got.is_none() && want.is_none()),
