@@ -187,18 +187,17 @@ impl<S, St: Store> Stale<'_, S, St> {
         }
         let content_type = parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
         let yours = client_document(content_type, &bytes);
-        if let (Some(exchange), Some(base), Some(base_doc), Some(current_doc), Some(yours)) =
-            (lease.take(), &base, &base_doc, &current_doc, &yours)
+        // The lease is still held only if the write may merge; taken only to forward it.
+        if let (true, Some(base), Some(base_doc), Some(current_doc), Some(yours)) =
+            (lease.is_some(), &base, &base_doc, &current_doc, &yours)
         {
-            match crate::merge::merge(base_doc, current_doc, yours) {
-                Ok((merged, _)) => {
-                    let mut exchange = exchange;
+            if let Ok((merged, _)) = crate::merge::merge(base_doc, current_doc, yours) {
+                if let Some(mut exchange) = lease.take() {
                     spend(&mut exchange, started.elapsed());
                     let request = merged_request(parts, &merged, &current.tag);
                     let header = merged_header(&base.tag, &current.tag);
                     return Ok(Resolved::Merged(request, exchange, header));
                 }
-                Err(_) => exchange.end(Outcome::Unchanged).await,
             }
         }
         end(&mut lease).await;
