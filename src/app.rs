@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, Admin, Token, serve_admin};
 use crate::config::{Config, ConfigError, Overrides, Route, StoreConfig, StoreKind};
-use crate::guard::WritesInFlight;
+use crate::guard::{Versions, WritesInFlight};
 use crate::proxy::{
     self, DiscardLimits, Hotspots, IdempotencyLayer, Mode, RouteTable, Routes, UpstreamClient,
     stack,
@@ -279,8 +279,10 @@ impl Plane {
             );
         }
         let writes = WritesInFlight::default();
+        // One memory for every route, kept across reloads (they swap the route table only).
+        let versions = Versions::new(server.version_memory_bytes);
         let mode = match store {
-            Some(store) => Mode::Guard(store, writes.clone()),
+            Some(store) => Mode::Guard(store, writes.clone(), versions),
             None => Mode::Passthrough,
         };
         let limits = HeadLimits::new(server);

@@ -37,6 +37,7 @@ pub mod etag;
 pub mod guard;
 pub mod idempotency;
 pub mod key;
+pub mod merge;
 pub mod precondition;
 pub mod proxy;
 pub mod serve;

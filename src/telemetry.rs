@@ -64,6 +64,18 @@ pub const IDEMPOTENCY_RECORDS: &str = "ifmatch_idempotency_records";
 /// Idempotency records evicted from memory to stay within its bounds.
 pub const IDEMPOTENCY_EVICTIONS: &str = "ifmatch_idempotency_evictions_total";
 
+/// Bytes held by the version memory (remembered representations, `server.version_memory_bytes`).
+pub const VERSION_MEMORY_BYTES: &str = "ifmatch_version_memory_bytes";
+/// Version memory lookups that found the version asked for.
+pub const VERSION_MEMORY_HITS: &str = "ifmatch_version_memory_hits_total";
+/// Version memory lookups that did not.
+pub const VERSION_MEMORY_MISSES: &str = "ifmatch_version_memory_misses_total";
+/// Stale writes the guard merged with the current version and forwarded, by `route`.
+pub const WRITES_MERGED: &str = "ifmatch_writes_merged_total";
+/// Stale writes answered 200 without a write because they carried the current representation
+/// already (idempotent re-creation or retry), by `route`.
+pub const WRITES_ALREADY_APPLIED: &str = "ifmatch_writes_already_applied_total";
+
 /// The `reason` of [`CONFLICTS`]: the slugs of the rejections that count as conflicts.
 pub const CONFLICT_REASONS: [&str; 6] = [
     "stale-precondition",
@@ -121,6 +133,10 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a str>) {
     for result in RELOAD_RESULTS {
         counter!(CONFIG_RELOADS, "result" => result).increment(0);
     }
+    gauge!(VERSION_MEMORY_BYTES).increment(0.0);
+    for name in [VERSION_MEMORY_HITS, VERSION_MEMORY_MISSES] {
+        counter!(name).increment(0);
+    }
     for route in routes {
         let route = metrics::SharedString::from(route.to_owned());
         for name in [
@@ -135,6 +151,8 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a str>) {
             IDEMPOTENCY_REPLAYS,
             IDEMPOTENCY_MISMATCHES,
             IDEMPOTENCY_IN_FLIGHT,
+            WRITES_MERGED,
+            WRITES_ALREADY_APPLIED,
         ] {
             counter!(name, "route" => route.clone()).increment(0);
         }
@@ -240,6 +258,26 @@ pub fn describe() {
     describe_counter!(
         CONNECTIONS_CLOSED_UNDISCARDED,
         "Connections closed because an unread request body was too large or slow to discard"
+    );
+    describe_gauge!(
+        VERSION_MEMORY_BYTES,
+        "Bytes held by the version memory (remembered representations)"
+    );
+    describe_counter!(
+        VERSION_MEMORY_HITS,
+        "Version memory lookups that found the version"
+    );
+    describe_counter!(
+        VERSION_MEMORY_MISSES,
+        "Version memory lookups that did not find the version"
+    );
+    describe_counter!(
+        WRITES_MERGED,
+        "Stale writes merged with the current version and forwarded"
+    );
+    describe_counter!(
+        WRITES_ALREADY_APPLIED,
+        "Stale writes answered 200 without a write: the current representation already"
     );
     describe_counter!(
         CONNECTIONS_REFUSED,

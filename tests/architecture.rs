@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "idempotency",
             "precondition",
             "key",
+            "merge",
             "target",
             "telemetry",
             "validator",

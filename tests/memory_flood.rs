@@ -24,6 +24,8 @@
 //! at most the bounded run's), so the teeth assertions err on the safe side. Linux only
 //! (elsewhere the test only checks the entry counts).
 
+mod support;
+
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -33,7 +35,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use ifmatch::store::{MemoryStoreConfig, Observation, Representation, Validator};
 use ifmatch::{EntityTag, MemoryStore, Policy, PreconditionLayer, RequestBody, ResourceKey, Store};
-use tower::{Layer, Service, ServiceExt};
+use support::rss::{get_through, rss_bytes};
+use tower::Layer;
 
 /// Distinct resource keys in the flood.
 const KEYS: usize = 1_000_000;
@@ -50,20 +53,6 @@ const SAMPLE_EVERY: usize = 10_000;
 /// The RSS a store of `max_entries` may add to the process.
 fn budget(max_entries: usize) -> u64 {
     max_entries as u64 * BYTES_PER_ENTRY + FIXED_BYTES
-}
-
-/// The process's resident set in bytes, if the platform tells.
-fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }
 
 /// What one flood did.
@@ -115,17 +104,8 @@ async fn flood(keys: usize, max_entries: usize, via: Via) -> Flood {
         let path = format!("/items/{i}");
         match via {
             Via::Guard => {
-                let request = Request::get(path)
-                    .body(Full::new(Bytes::new()))
-                    .expect("a valid request");
-                let response = guard
-                    .ready()
-                    .await
-                    .expect("infallible")
-                    .call(request)
-                    .await
-                    .expect("infallible");
-                assert_eq!(response.status(), StatusCode::OK, "request {i}");
+                let status = get_through(&mut guard, path).await;
+                assert_eq!(status, StatusCode::OK, "request {i}");
             }
             Via::Store => {
                 let key = ResourceKey::new("", &path, None, []);

@@ -9,17 +9,7 @@ use ifmatch::storm::{self, StormArgs};
 use support::{DemoHandle, Proxy, config};
 
 fn args(target: String, key_prefix: &str, no_if_match: bool) -> StormArgs {
-    let mut args = StormArgs::new(target);
-    args.writers = 16;
-    args.keys = 2;
-    args.duration = Duration::from_secs(20);
-    // Bounded by count, not time: the same work on a fast or a loaded machine.
-    args.requests = Some(400);
-    args.key_prefix = Some(key_prefix.to_owned());
-    args.no_if_match = no_if_match;
-    args.max_retries = 1000;
-    args.no_progress = true;
-    args
+    support::storm::counted(target, key_prefix, no_if_match, (16, 2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

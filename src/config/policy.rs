@@ -82,6 +82,16 @@ macro_rules! policy_keys {
                 /// and a retry gets 409 (completed, cannot be replayed).
                 idempotency_max_response_bytes: usize =
                     Policy::default().idempotency.max_response_bytes;
+                /// What the conflict response to a stale write carries: `"remembered"` (the
+                /// current representation when the proxy remembers it, and for JSON the fields
+                /// in conflict), `"current"` (the same, fetching the current representation
+                /// from the upstream when it is not remembered) or `"minimal"` (the current
+                /// ETag and a sentence).
+                conflict_body: $crate::guard::ConflictBody = Policy::default().conflict_body;
+                /// What a stale JSON write whose changes do not overlap the intervening ones
+                /// gets: `"reject"` (the conflict status) or `"merge"` (its changes applied
+                /// to the current version and forwarded, under the same lease).
+                on_conflict: $crate::guard::OnConflict = Policy::default().on_conflict;
             }
         }
     };
@@ -210,6 +220,8 @@ impl PolicyConfig {
                 // Set from `[server]` and `[store]` once the route is built.
                 hold: Policy::default().idempotency.hold,
             },
+            conflict_body: self.conflict_body,
+            on_conflict: self.on_conflict,
         })
     }
 }

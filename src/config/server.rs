@@ -61,6 +61,11 @@ pub struct ServerConfig {
     /// On shutdown, how long in-flight requests may take before connections are dropped.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Bytes of recent representations the proxy remembers (by resource and validator) to
+    /// make a stale write's 409 show the current version, compare fields, and merge where a
+    /// route allows it; least recently used out first, at most a few versions per resource.
+    /// 0: remember nothing (every 409 is minimal). Shared by every route, kept across reloads.
+    pub version_memory_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -87,12 +92,16 @@ impl Default for ServerConfig {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
             shutdown_timeout: Duration::from_secs(30),
+            version_memory_bytes: crate::guard::DEFAULT_VERSION_MEMORY_BYTES,
         }
     }
 }
 
 /// The most bytes discarded to keep a connection: more is a typo, and costs more than a new one.
 const MAX_DISCARD_BYTES: usize = 1 << 30;
+
+/// The largest version memory: more is a typo (it is held in the proxy's own memory).
+const MAX_VERSION_MEMORY_BYTES: usize = 1 << 36;
 
 /// The most connections accepted: beyond the file descriptors of any one process.
 const MAX_CONNECTIONS: usize = 1_000_000;
@@ -145,6 +154,12 @@ impl ServerConfig {
         }
         if self.max_headers == 0 {
             report.error("server.max_headers", "must be at least 1");
+        }
+        if self.version_memory_bytes > MAX_VERSION_MEMORY_BYTES {
+            report.error(
+                "server.version_memory_bytes",
+                "must be at most 68719476736 (64 GiB)",
+            );
         }
         if self.discard_body_bytes > MAX_DISCARD_BYTES {
             report.error(

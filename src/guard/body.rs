@@ -9,8 +9,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// The request body the inner service sees: the client's own, or empty for a request the
-    /// guard makes itself (a revalidation GET).
+    /// The request body the inner service sees: the client's own, empty for a request the
+    /// guard makes itself (a revalidation GET), or a document the guard made (a merged write).
     #[project = RequestBodyProj]
     // Variant fields are described by their variant's docs.
     #[allow(missing_docs)]
@@ -22,6 +22,10 @@ pin_project! {
         },
         /// No body.
         Empty,
+        /// A whole body the guard made.
+        Full {
+            data: Option<Bytes>,
+        },
     }
 }
 
@@ -30,9 +34,19 @@ impl<B> RequestBody<B> {
     pub fn new(body: B) -> Self {
         Self::Client { body }
     }
+
+    /// A whole body the guard made.
+    pub fn full(data: Bytes) -> Self {
+        Self::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
 }
 
-impl<B: Body> Body for RequestBody<B> {
+impl<B: Body> Body for RequestBody<B>
+where
+    B::Data: From<Bytes>,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -43,6 +57,9 @@ impl<B: Body> Body for RequestBody<B> {
         match self.project() {
             RequestBodyProj::Client { body } => body.poll_frame(cx),
             RequestBodyProj::Empty => Poll::Ready(None),
+            RequestBodyProj::Full { data } => {
+                Poll::Ready(data.take().map(|data| Ok(Frame::data(data.into()))))
+            }
         }
     }
 
@@ -50,6 +67,7 @@ impl<B: Body> Body for RequestBody<B> {
         match self {
             Self::Client { body } => body.is_end_stream(),
             Self::Empty => true,
+            Self::Full { data } => data.is_none(),
         }
     }
 
@@ -57,6 +75,9 @@ impl<B: Body> Body for RequestBody<B> {
         match self {
             Self::Client { body } => body.size_hint(),
             Self::Empty => SizeHint::with_exact(0),
+            Self::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }
@@ -126,6 +147,36 @@ impl<B: Body> ResponseBody<B> {
             Self::Upstream { body } => (VecDeque::new(), Tail::Rest(Box::pin(body))),
             Self::Full { data } => (data.map(Frame::data).into_iter().collect(), Tail::Done),
             Self::Buffered { frames, rest } => (frames, rest),
+        }
+    }
+
+    /// The whole body, when it is all in memory (read to its end to hash it, or made by the
+    /// guard), in an allocation of its own: a frame may be a slice of a larger read buffer,
+    /// which keeping it would keep whole.
+    pub(crate) fn complete(&self) -> Option<Bytes> {
+        match self {
+            Self::Full { data } => Some(
+                data.as_deref()
+                    .map(Bytes::copy_from_slice)
+                    .unwrap_or_default(),
+            ),
+            Self::Buffered {
+                frames,
+                rest: Tail::Done,
+            } => {
+                let mut data = frames.iter().filter_map(Frame::data_ref);
+                match (data.next(), data.next()) {
+                    (None, _) => Some(Bytes::new()),
+                    (Some(one), None) => Some(Bytes::copy_from_slice(one)),
+                    (Some(first), Some(second)) => {
+                        let mut all = bytes::BytesMut::from(&first[..]);
+                        all.extend_from_slice(second);
+                        data.for_each(|more| all.extend_from_slice(more));
+                        Some(all.freeze())
+                    }
+                }
+            }
+            _ => None,
         }
     }
 }

@@ -34,6 +34,7 @@ use super::outcome::{outcome_of, related_targets};
 use super::policy::{EtagSource, Policy, UpstreamDeadline};
 use super::response::{Rejection, RejectionKind};
 use super::service::resource_key;
+use super::versions::{Audience, Versions, remember};
 use crate::key::ResourceKey;
 use crate::store::{Outcome, Store};
 use crate::telemetry;
@@ -50,13 +51,15 @@ pub(crate) struct Exchange<St: Store> {
     pub(crate) key_headers: Vec<(HeaderName, HeaderValue)>,
     /// The write's query variant, as the key was computed (see `resource_key`).
     pub(crate) variant: u32,
+    /// Where the new representation a response carries is remembered.
+    pub(crate) versions: Versions,
 }
 
 /// Forwards `req` through `inner` and waits for the answer, at most the route's
 /// `response_timeout` (then 504, and the exchange goes on in a task of its own).
 pub(crate) async fn forward<S, St, B, RB>(
     mut inner: S,
-    mut req: Request<B>,
+    mut req: Request<RequestBody<B>>,
     exchange: Exchange<St>,
     permit: OwnedSemaphorePermit,
 ) -> Result<Response<ResponseBody<RB>>, S::Error>
@@ -76,7 +79,9 @@ where
     let client_method = method.clone();
     req.extensions_mut()
         .insert(UpstreamDeadline(policy.write_outcome_timeout));
-    let call = inner.call(req.map(RequestBody::new));
+    let audience = super::versions::audience(req.headers());
+    let call = inner.call(req);
+    let remembered = (exchange.versions.clone(), exchange.key, audience);
 
     let run = async move {
         let answer = tokio::time::timeout(exchange.policy.write_outcome_timeout, call).await;
@@ -119,7 +124,8 @@ where
     let response_timeout = exchange_timeout(&policy);
     match tokio::time::timeout(response_timeout, &mut run).await {
         Ok(Ok(Ok(response))) => {
-            Ok(present(response, &client_method, &policy, variant, instance).await)
+            let memory = (&remembered.0, remembered.1, remembered.2);
+            Ok(present(response, &client_method, &policy, variant, instance, memory).await)
         }
         Ok(Ok(Err(error))) => Err(error),
         Ok(Err(_)) | Err(_) => Ok(pending(&policy, instance)),
@@ -191,13 +197,15 @@ where
 /// When the upstream sent no usable tag and the body is the new representation (a 2xx to PUT,
 /// PATCH or POST, identity-coded, on a route that synthesizes), the client gets the tag
 /// synthesized from it: the tag the next write's revalidation will find if the upstream
-/// serves the same bytes on GET. It is not recorded: the resource stays unknown until then.
+/// serves the same bytes on GET. It is not recorded in the store (the resource stays unknown
+/// until then), but remembered in the version memory, as the version the client holds now.
 async fn present<RB>(
     response: Response<RB>,
     method: &Method,
     policy: &Policy,
     variant: u32,
     instance: &str,
+    (versions, key, audience): (&Versions, ResourceKey, Audience),
 ) -> Response<ResponseBody<RB>>
 where
     RB: Body<Data = Bytes>,
@@ -222,6 +230,9 @@ where
             synthesized: true,
             body,
         } => {
+            if variant == 0 {
+                remember(versions, (key, audience), &validator, &parts.headers, &body);
+            }
             headers::set_etag(&mut parts.headers, &validator.tag);
             Response::from_parts(parts, body)
         }

@@ -82,6 +82,14 @@ fn tag_of(representation: Representation, frames: &VecDeque<Frame<Bytes>>) -> En
     EntityTag::synthesized(&hasher.finalize())
 }
 
+/// The tag [`hash_body`] synthesizes for `bytes`, when they are the whole body.
+pub(crate) fn synthesized_tag(representation: Representation, bytes: &[u8]) -> EntityTag {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&representation.with_variant(0).0.to_le_bytes());
+    hasher.update(bytes);
+    EntityTag::synthesized(&hasher.finalize())
+}
+
 fn rest_of<B: Body>(body: Pin<Box<B>>) -> Tail<B> {
     if body.is_end_stream() {
         Tail::Done

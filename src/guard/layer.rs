@@ -4,6 +4,7 @@ use tower::Layer;
 
 use super::policy::Policy;
 use super::service::Precondition;
+use super::versions::Versions;
 use super::writes::WritesInFlight;
 
 /// Applies the [`Precondition`] guard, backed by a validator store, to a service.
@@ -12,6 +13,7 @@ pub struct PreconditionLayer<St> {
     store: St,
     policy: Arc<Policy>,
     writes: WritesInFlight,
+    versions: Versions,
 }
 
 impl<St> PreconditionLayer<St> {
@@ -21,6 +23,7 @@ impl<St> PreconditionLayer<St> {
             store,
             policy: Arc::new(Policy::default()),
             writes: WritesInFlight::default(),
+            versions: Versions::default(),
         }
     }
 
@@ -38,6 +41,13 @@ impl<St> PreconditionLayer<St> {
         self
     }
 
+    /// Remembers representations in `versions` (shared, bounded; see [`Versions`]) for the
+    /// conflict responses and merges. Default: a memory of its own, 64 MiB.
+    pub fn versions(mut self, versions: Versions) -> Self {
+        self.versions = versions;
+        self
+    }
+
     /// The policy for requests that carry no [`super::RouteContext`].
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = Arc::new(policy);
@@ -51,5 +61,6 @@ impl<S, St: Clone> Layer<S> for PreconditionLayer<St> {
     fn layer(&self, inner: S) -> Self::Service {
         let writes = self.writes.clone();
         Precondition::sharing(inner, self.store.clone(), self.policy.clone(), writes)
+            .remembering(self.versions.clone())
     }
 }

@@ -12,6 +12,7 @@
 //! outcome in a task of its own, so that a client that goes away cannot end its lease early.
 
 mod body;
+mod conflict;
 mod exchange;
 mod hash;
 mod headers;
@@ -20,10 +21,12 @@ mod learn;
 mod outcome;
 mod policy;
 mod read;
+mod resolve;
 mod response;
 mod revalidate;
 mod service;
 mod short_circuit;
+mod versions;
 mod write;
 mod writes;
 
@@ -31,10 +34,14 @@ pub use body::{RequestBody, ResponseBody, Tail};
 pub(crate) use exchange::Detachable;
 pub use layer::PreconditionLayer;
 pub use policy::{
-    Aliases, EtagSource, FailedOpen, IdempotencyMode, IdempotencyPolicy, OnStoreUnavailable,
-    OnUnknown, Policy, QueryMode, RouteContext, UpstreamDeadline,
+    Aliases, ConflictBody, EtagSource, FailedOpen, IdempotencyMode, IdempotencyPolicy, OnConflict,
+    OnStoreUnavailable, OnUnknown, Policy, QueryMode, RouteContext, UpstreamDeadline,
 };
-pub use response::{MAX_ECHO_BYTES, Rejection, RejectionKind, bounded};
+pub use resolve::MERGED_HEADER;
+pub use response::{MAX_ECHO_BYTES, ProblemMembers, Rejection, RejectionKind, bounded};
 pub use service::{Precondition, resource_key};
 pub use short_circuit::ShortCircuit;
+pub use versions::{
+    Audience, DEFAULT_VERSION_MEMORY_BYTES, PER_RESOURCE, Version, Versions, audience,
+};
 pub use writes::{DEFAULT_MAX_WRITES_IN_FLIGHT, WritesInFlight};

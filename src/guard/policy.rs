@@ -137,6 +137,36 @@ impl IdempotencyPolicy {
     }
 }
 
+/// What the conflict response to a stale write carries (problem+json extension members).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictBody {
+    /// The current representation when the version memory has it, and for JSON a field-level
+    /// comparison of the client's document with it (three-way when the version the client
+    /// edited is remembered too).
+    #[default]
+    Remembered,
+    /// As `remembered`, and when the current representation is not remembered the guard GETs
+    /// it from the upstream itself (learning its validator as a revalidation does).
+    Current,
+    /// Only the current entity-tag and a sentence.
+    Minimal,
+}
+
+/// What the guard does with a stale write whose changes could be applied to the current
+/// version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    /// Refuse it with the conflict status.
+    #[default]
+    Reject,
+    /// When the client's changes (from the version its `If-Match` names) and the intervening
+    /// ones touch disjoint JSON members, apply the client's changes to the current version and
+    /// forward that, under the same lease, at the current validator.
+    Merge,
+}
+
 /// How the guard treats one route's traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -169,6 +199,10 @@ pub struct Policy {
     pub write_outcome_timeout: Duration,
     /// How `Idempotency-Key` is honoured (by the proxy's idempotency layer, above the guard).
     pub idempotency: IdempotencyPolicy,
+    /// What the conflict response to a stale write carries.
+    pub conflict_body: ConflictBody,
+    /// Whether a stale write with disjoint changes is merged and forwarded.
+    pub on_conflict: OnConflict,
 }
 
 impl Policy {
@@ -194,6 +228,8 @@ impl Default for Policy {
             response_timeout: Duration::from_secs(30),
             write_outcome_timeout: Duration::from_secs(60),
             idempotency: IdempotencyPolicy::default(),
+            conflict_body: ConflictBody::Remembered,
+            on_conflict: OnConflict::Reject,
         }
     }
 }

@@ -12,6 +12,7 @@ use super::learn::{Established, establish};
 use super::policy::EtagSource;
 use super::response::{Rejection, RejectionKind};
 use super::service::Guarded;
+use super::versions;
 use crate::etag::EntityTag;
 use crate::key::ResourceKey;
 use crate::precondition::{Decision, Preconditions, RequestKind, ResourceState, evaluate};
@@ -35,6 +36,7 @@ where
         variant,
         route,
         uri,
+        versions,
         ..
     } = guarded;
     let is_get = req.method() == Method::GET;
@@ -64,6 +66,9 @@ where
             None
         }
     };
+    let audience = versions
+        .enabled()
+        .then(|| versions::audience(req.headers()));
     let response = inner.call(req.map(RequestBody::new)).await?;
     let (mut parts, body) = response.into_parts();
     let status = parts.status;
@@ -98,6 +103,11 @@ where
                 };
                 evaluate(RequestKind::Read, &state, &pre) == Decision::NotModified
             };
+            // A version the upstream served, whether or not the store takes its tag.
+            if let (0, Some(audience)) = (variant, audience) {
+                let memory = (key, audience);
+                versions::remember(&versions, memory, &validator, &parts.headers, &body);
+            }
             let observation = Observation::Validator {
                 validator,
                 last_modified: headers::last_modified(&parts.headers),

@@ -172,7 +172,18 @@ pub struct Rejection {
     /// The precondition the client sent (e.g. `If-Match: "a"`), for logs; at most
     /// [`MAX_ECHO_BYTES`] of it.
     pub sent: Option<String>,
+    /// Further members of the problem object (RFC 9457 §3.2): on a conflict, the current
+    /// representation and the fields in conflict (see the README, "A 409 that resolves it").
+    pub members: ProblemMembers,
 }
+
+/// Extension members of a problem object, in addition to the ones every rejection has (boxed:
+/// most rejections have none).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProblemMembers(pub Option<Box<serde_json::Map<String, serde_json::Value>>>);
+
+// JSON values hold no NaN (serde_json numbers are finite), so equality is reflexive.
+impl Eq for ProblemMembers {}
 
 #[derive(Serialize)]
 struct ProblemJson<'a> {
@@ -184,6 +195,8 @@ struct ProblemJson<'a> {
     instance: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     current_etag: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    members: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Rejection {
@@ -203,6 +216,7 @@ impl Rejection {
             instance: bound_owned(instance.into(), MAX_ECHO_BYTES),
             current_etag: None,
             sent: None,
+            members: ProblemMembers::default(),
         }
     }
 
@@ -227,6 +241,25 @@ impl Rejection {
         )
     }
 
+    /// Adds the problem member `name` (one of the standard members' names is ignored).
+    pub fn with_member(mut self, name: &str, value: serde_json::Value) -> Self {
+        const STANDARD: [&str; 6] = [
+            "type",
+            "title",
+            "status",
+            "detail",
+            "instance",
+            "current_etag",
+        ];
+        if !STANDARD.contains(&name) {
+            self.members
+                .0
+                .get_or_insert_with(Box::default)
+                .insert(name.to_owned(), value);
+        }
+        self
+    }
+
     /// Attaches the resource's current validator.
     pub fn with_current_etag(mut self, tag: Option<EntityTag>) -> Self {
         self.current_etag = tag;
@@ -242,6 +275,7 @@ impl Rejection {
             detail: &self.detail,
             instance: &self.instance,
             current_etag: self.current_etag.as_ref().map(ToString::to_string),
+            members: self.members.0.as_deref(),
         };
         // Serializing plain strings and integers cannot fail.
         serde_json::to_string(&problem).unwrap_or_default()

@@ -15,6 +15,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
+use http_body_util::BodyExt;
 use tower::{Service, ServiceExt};
 
 use super::body::{RequestBody, ResponseBody};
@@ -22,6 +23,7 @@ use super::headers;
 use super::learn::{Established, establish};
 use super::policy::{EtagSource, Policy};
 use super::response::{Rejection, RejectionKind};
+use super::versions::{Versions, remember};
 use crate::key::ResourceKey;
 use crate::store::{KeyState, Observation, Store};
 use crate::telemetry;
@@ -36,6 +38,12 @@ pub(crate) struct Revalidation<'a, S, St> {
     pub(crate) instance: &'a str,
     /// The write's query variant: what it learns is a validator of that view.
     pub(crate) variant: u32,
+    /// Where the representation it reads is remembered.
+    pub(crate) versions: &'a Versions,
+    /// Whether to read (bounded by `max_hash_bytes`) and remember a body the guard would not
+    /// otherwise read (one that came with the upstream's own tag): for a conflict response
+    /// that shows the current version.
+    pub(crate) read_body: bool,
 }
 
 /// Request headers a revalidation GET must not inherit from the write it serves.
@@ -109,6 +117,8 @@ impl<S, St> Revalidation<'_, S, St> {
             route,
             instance,
             variant,
+            versions,
+            read_body,
         } = self;
         let outcome = |outcome: &'static str| {
             metrics::counter!(telemetry::REVALIDATIONS, "route" => route.clone(), "outcome" => outcome)
@@ -125,6 +135,7 @@ impl<S, St> Revalidation<'_, S, St> {
             Rejection::new(RejectionKind::UpstreamUnavailable, status, instance, detail)
                 .into_response()
         };
+        let audience = super::versions::audience(get.headers());
         let response = inner.oneshot(get).await?;
         let (parts, body) = response.into_parts();
         let status = parts.status;
@@ -154,7 +165,19 @@ impl<S, St> Revalidation<'_, S, St> {
         let hash = hash && status == StatusCode::OK;
         let last_modified = headers::last_modified(&parts.headers);
         let validator = match establish(&parts, body, policy, variant, hash).await {
-            Established::Tag { validator, .. } => validator,
+            Established::Tag {
+                validator, body, ..
+            } => {
+                if variant == 0 {
+                    let body = if read_body && body.complete().is_none() {
+                        read_whole(body, policy.max_hash_bytes).await
+                    } else {
+                        body
+                    };
+                    remember(versions, (key, audience), &validator, &parts.headers, &body);
+                }
+                validator
+            }
             Established::Failed => {
                 outcome("upstream-error");
                 return Ok(Err(unavailable("its body failed midway")));
@@ -191,6 +214,28 @@ impl<S, St> Revalidation<'_, S, St> {
         learn_revalidated(store, key, generation, observation).await;
         Ok(Ok(state))
     }
+}
+
+/// `body` read to its end into memory if it is at most `limit` bytes (else what was read,
+/// incomplete, which nothing remembers).
+async fn read_whole<RB: Body<Data = Bytes>>(
+    body: ResponseBody<RB>,
+    limit: usize,
+) -> ResponseBody<RB> {
+    let mut body = Box::pin(body);
+    let mut frames = std::collections::VecDeque::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.as_mut().frame().await {
+        let Ok(frame) = frame else {
+            return ResponseBody::empty();
+        };
+        seen = seen.saturating_add(frame.data_ref().map_or(0, Bytes::len));
+        frames.push_back(frame);
+        if seen > limit {
+            return ResponseBody::empty();
+        }
+    }
+    ResponseBody::buffered(frames, super::body::Tail::Done)
 }
 
 async fn learn_revalidated<St: Store>(

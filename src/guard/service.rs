@@ -13,6 +13,7 @@ use super::headers::SentLines;
 use super::policy::{Policy, RouteContext};
 use super::response::{Rejection, RejectionKind};
 use super::short_circuit::ShortCircuit;
+use super::versions::Versions;
 use super::writes::WritesInFlight;
 use super::{read, write};
 use crate::key::ResourceKey;
@@ -32,6 +33,8 @@ pub struct Precondition<S, St> {
     no_route: Arc<str>,
     /// Forwarded writes in flight, shared by every clone of the layer.
     writes: WritesInFlight,
+    /// Remembered representations, shared by every clone of the layer.
+    versions: Versions,
 }
 
 impl<S, St> Precondition<S, St> {
@@ -53,7 +56,14 @@ impl<S, St> Precondition<S, St> {
             policy,
             no_route: Arc::from(""),
             writes,
+            versions: Versions::default(),
         }
+    }
+
+    /// Remembers representations in `versions`.
+    pub(crate) fn remembering(mut self, versions: Versions) -> Self {
+        self.versions = versions;
+        self
     }
 }
 
@@ -72,6 +82,8 @@ pub(crate) struct Guarded<S, St> {
     pub(crate) uri: Uri,
     /// Forwarded writes in flight.
     pub(crate) writes: WritesInFlight,
+    /// Remembered representations.
+    pub(crate) versions: Versions,
 }
 
 impl<S, St, B, RB> Service<Request<B>> for Precondition<S, St>
@@ -143,6 +155,7 @@ where
             route,
             uri: req.uri().clone(),
             writes: self.writes.clone(),
+            versions: self.versions.clone(),
         };
         match pre {
             Some(pre) => ShortCircuit::called(Box::pin(write::write(guarded, req, pre))),

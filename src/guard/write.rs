@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::RETRY_AFTER;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower::Service;
 
@@ -19,9 +19,11 @@ use super::body::{RequestBody, ResponseBody};
 use super::exchange::{self, Exchange};
 use super::headers;
 use super::policy::{FailedOpen, OnStoreUnavailable, OnUnknown, Policy};
+use super::resolve::{MERGED_HEADER, Resolved, Stale};
 use super::response::{Rejection, RejectionKind};
 use super::revalidate::{Revalidation, revalidation_request};
 use super::service::Guarded;
+use super::versions::Versions;
 use crate::etag::EntityTag;
 use crate::key::ResourceKey;
 use crate::precondition::{
@@ -33,7 +35,7 @@ use crate::telemetry;
 /// A write `admit`ted with preconditions `pre`.
 pub(crate) async fn write<S, St, B, RB>(
     guarded: Guarded<S, St>,
-    mut req: Request<B>,
+    req: Request<B>,
     pre: Preconditions,
 ) -> Result<Response<ResponseBody<RB>>, S::Error>
 where
@@ -41,6 +43,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     St: Store,
+    B: Body + Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
 {
     let Guarded {
@@ -52,6 +55,7 @@ where
         route,
         uri,
         writes,
+        versions,
     } = guarded;
     let instance = uri.path_and_query().map_or("/", |pq| pq.as_str());
 
@@ -89,6 +93,7 @@ where
         policy,
         key_headers,
         variant,
+        versions,
     };
 
     // 3. Establish the state, 4. evaluate against it.
@@ -105,11 +110,32 @@ where
         variant,
         instance,
         revalidation: revalidate.then(|| revalidation_request(&req, &exchange.policy)),
+        versions: &exchange.versions,
     };
-    if let Some(answer) = vetting.answer(inner.clone(), state, &pre).await? {
-        exchange.end(Outcome::Unchanged).await;
-        return Ok(answer);
-    }
+    let generation = snapshot.generation;
+    let (req, exchange, merged) = match vetting.answer(inner.clone(), state, &pre).await? {
+        Vetted::Forward => (req.map(RequestBody::new), exchange, None),
+        Vetted::Answer(answer) => {
+            exchange.end(Outcome::Unchanged).await;
+            return Ok(answer);
+        }
+        Vetted::Refused { rejection, state } => {
+            let stale = Stale {
+                inner: inner.clone(),
+                exchange,
+                rejection,
+                state,
+                pre: &pre,
+                instance,
+                generation,
+            };
+            match stale.resolve(req).await? {
+                Resolved::Answer(answer) => return Ok(answer),
+                Resolved::Pass(req, exchange) => (req.map(RequestBody::new), exchange, None),
+                Resolved::Merged(merged, exchange, header) => (merged, exchange, Some(header)),
+            }
+        }
+    };
 
     // 5. Forward, 6. record the outcome. The exchange may outlive its client: their number
     // is bounded.
@@ -122,8 +148,19 @@ where
             detail,
         ));
     };
-    headers::strip_synthesized(req.headers_mut(), &pre);
-    exchange::forward(inner, req, exchange, permit).await
+    let mut req = req;
+    if merged.is_none() {
+        headers::strip_synthesized(req.headers_mut(), &pre);
+    }
+    let route = exchange.route.clone();
+    let mut response = exchange::forward(inner, req, exchange, permit).await?;
+    if let Some(merged) = merged {
+        metrics::counter!(telemetry::WRITES_MERGED, "route" => route).increment(1);
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(MERGED_HEADER), merged);
+    }
+    Ok(response)
 }
 
 /// RFC 9110 §13.2.2 step 1, before any I/O: malformed preconditions, then missing ones. The
@@ -248,22 +285,36 @@ struct Vetting<'a, St, B> {
     instance: &'a str,
     /// The GET that establishes an unknown state, when the route revalidates.
     revalidation: Option<Request<RequestBody<B>>>,
+    /// Where the representation a revalidation reads is remembered.
+    versions: &'a Versions,
+}
+
+/// What vetting decided.
+enum Vetted<RB: Body> {
+    /// The preconditions hold (or there are none): forward the write.
+    Forward,
+    /// The guard's answer (a revalidation that failed, an unknown state the route rejects).
+    Answer(Response<ResponseBody<RB>>),
+    /// The preconditions failed against `state`: the conflict, still to be resolved.
+    Refused {
+        rejection: Rejection,
+        state: KeyState,
+    },
 }
 
 impl<St: Store, B> Vetting<'_, St, B> {
-    /// `None`: forward the write. `Some`: the answer, and nothing was forwarded.
     async fn answer<S, RB>(
         self,
         inner: S,
         state: KeyState,
         pre: &Preconditions,
-    ) -> Result<Option<Response<ResponseBody<RB>>>, S::Error>
+    ) -> Result<Vetted<RB>, S::Error>
     where
         S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Clone,
         RB: Body<Data = Bytes>,
     {
         if pre.is_empty() {
-            return Ok(None);
+            return Ok(Vetted::Forward);
         }
         let (policy, instance) = (self.policy, self.instance);
         let state = match (state, self.revalidation) {
@@ -275,10 +326,12 @@ impl<St: Store, B> Vetting<'_, St, B> {
                     route: self.route,
                     instance,
                     variant: self.variant,
+                    versions: self.versions,
+                    read_body: false,
                 };
                 match Box::pin(revalidation.run(self.key, self.generation, get)).await? {
                     Ok(state) => state,
-                    Err(response) => return Ok(Some(response)),
+                    Err(response) => return Ok(Vetted::Answer(response)),
                 }
             }
             (KeyState::Unknown, None) if policy.on_unknown == OnUnknown::Reject => {
@@ -290,13 +343,16 @@ impl<St: Store, B> Vetting<'_, St, B> {
                     instance,
                     detail.to_owned(),
                 );
-                return Ok(Some(rejection.into_response()));
+                return Ok(Vetted::Answer(rejection.into_response()));
             }
             // Forwarded unchecked: the upstream decides.
-            (KeyState::Unknown, None) => return Ok(None),
+            (KeyState::Unknown, None) => return Ok(Vetted::Forward),
             (state, _) => state,
         };
-        Ok(check(&state, pre, policy, instance).map(Rejection::into_response))
+        Ok(match check(&state, pre, policy, instance) {
+            None => Vetted::Forward,
+            Some(rejection) => Vetted::Refused { rejection, state },
+        })
     }
 }
 
@@ -345,7 +401,7 @@ fn state_of(state: KeyState, variant: u32) -> KeyState {
 }
 
 /// Evaluates the preconditions; a failure becomes the route's conflict response.
-fn check(
+pub(crate) fn check(
     state: &KeyState,
     pre: &Preconditions,
     policy: &Policy,

@@ -16,7 +16,7 @@
 //! use ifmatch::proxy::{DiscardLimits, Mode, RouteTable, UpstreamClient, stack};
 //! use ifmatch::serve::HeadLimits;
 //! use ifmatch::MemoryStore;
-//! use ifmatch::guard::WritesInFlight;
+//! use ifmatch::guard::{Versions, WritesInFlight};
 //!
 //! let config = Config::from_overrides(&Overrides {
 //!     upstream: Some("http://127.0.0.1:3000".into()),
@@ -26,7 +26,7 @@
 //! let service = stack(
 //!     std::sync::Arc::new(table),
 //!     UpstreamClient::new(&config.server),
-//!     Mode::Guard(MemoryStore::default(), WritesInFlight::default()),
+//!     Mode::Guard(MemoryStore::default(), WritesInFlight::default(), Versions::default()),
 //!     None,
 //!     None,
 //!     HeadLimits::new(&config.server),

@@ -17,7 +17,9 @@ use super::observe::ObserveLayer;
 use super::request_id::RequestIdLayer;
 use super::rescue::RescueLayer;
 use super::router::{RouterLayer, Routes};
-use crate::guard::{Policy, PreconditionLayer, RequestBody, ResponseBody, WritesInFlight};
+use crate::guard::{
+    Policy, PreconditionLayer, RequestBody, ResponseBody, Versions, WritesInFlight,
+};
 use crate::serve::HeadLimits;
 use crate::store::Store;
 use crate::store::idempotency::AnyRecords;
@@ -29,8 +31,9 @@ pub type ProxyBody = ResponseBody<Incoming>;
 #[derive(Debug, Clone)]
 pub enum Mode<St> {
     /// Enforce preconditions with this store, counting forwarded writes in flight in the
-    /// second (for the shutdown to wait for them).
-    Guard(St, WritesInFlight),
+    /// second (for the shutdown to wait for them), remembering representations in the third
+    /// (for conflict responses and merges).
+    Guard(St, WritesInFlight, Versions),
     /// Forward everything unchecked (a baseline for benchmarks): the same stack minus the guard.
     Passthrough,
 }
@@ -59,10 +62,11 @@ pub fn stack<St: Store>(
 + 'static {
     let guard = match mode {
         // The router's RouteContext selects each request's policy; this one is never used.
-        Mode::Guard(store, writes) => Either::Left(
+        Mode::Guard(store, writes, versions) => Either::Left(
             PreconditionLayer::new(store)
                 .policy(Policy::default())
-                .writes_in_flight(writes),
+                .writes_in_flight(writes)
+                .versions(versions),
         ),
         Mode::Passthrough => Either::Right(
             ServiceBuilder::new()

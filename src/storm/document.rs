@@ -50,13 +50,16 @@ impl Document {
         Ok(Self { object, counter })
     }
 
-    /// A fresh resource: `{"id": id, field: 0}`, or `{field: 0}` for the target to name.
-    pub(crate) fn initial(id: Option<&str>, field: &str) -> Bytes {
+    /// A fresh resource: `{"id": id, field: 0, ...}` (each of `fields` at 0), or without the
+    /// `id` for the target to name.
+    pub(crate) fn initial(id: Option<&str>, fields: &[String]) -> Bytes {
         let mut object = Map::new();
         if let Some(id) = id {
             object.insert("id".to_owned(), Value::from(id));
         }
-        object.insert(field.to_owned(), Value::from(0));
+        for field in fields {
+            object.insert(field.clone(), Value::from(0));
+        }
         Bytes::from(Value::Object(object).to_string())
     }
 

@@ -130,6 +130,11 @@ pub struct StormArgs {
     /// The JSON integer field to increment.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_FIELD)]
     pub field: String,
+    /// Counter fields per resource. With N > 1 they are {field}0 .. {field}N-1 and writer i
+    /// increments only field i mod N: disjoint changes to one hot resource (what a merging
+    /// proxy can combine). Lost updates are counted per field.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub fields: usize,
     /// Name prefix of the keys: key i is {target}/{key-prefix}{i} [default: "storm-", or none
     /// with --key-start or --keys-list].
     #[arg(long, value_name = "NAME")]
@@ -167,6 +172,7 @@ impl StormArgs {
             duration: Duration::from_secs(10),
             requests: None,
             field: DEFAULT_FIELD.to_owned(),
+            fields: 1,
             key_prefix: None,
             json: None,
             no_if_match: false,
@@ -192,6 +198,10 @@ pub async fn run(
     if args.keys == 0 && args.keys_list.is_empty() {
         return Err(StormError::InvalidArgs("--keys must be at least 1"));
     }
+    if args.fields == 0 {
+        return Err(StormError::InvalidArgs("--fields must be at least 1"));
+    }
+    let fields = field_names(&args.field, args.fields);
     let (collection, keys) = keys(&args)?;
     let http = Http::new(args.timeout);
     let if_match = !args.no_if_match;
@@ -200,7 +210,7 @@ pub async fn run(
     let setup = workload::Setup {
         http: &http,
         collection: &collection,
-        field: &args.field,
+        fields: &fields,
         if_match,
         create: args.create,
     };
@@ -213,7 +223,7 @@ pub async fn run(
     let plan = Arc::new(Plan {
         http: http.clone(),
         keys,
-        field: args.field.clone(),
+        fields: fields.clone(),
         if_match,
         max_retries: args.max_retries,
         budget: Budget::new(args.requests),
@@ -248,25 +258,34 @@ pub async fn run(
     let elapsed = started.elapsed();
     drop(progress);
 
-    let mut total = Tally::new(plan.keys.len());
+    let mut total = Tally::new(plan.keys.len() * fields.len());
     for tally in tallies {
         total.merge(&tally.map_err(StormError::Writer)?);
     }
-    let last = workload::read_back(&http, &plan.keys, &args.field).await?;
-    let per_key = plan
+    let last = workload::read_back(&http, &plan.keys, &fields).await?;
+    // One row per key and field, key-major (the tally's slot order).
+    let slots = plan
         .keys
         .iter()
+        .flat_map(|key| fields.iter().map(move |field| (key, field)));
+    let per_key = slots
         .zip(initial.into_iter().zip(last))
         .enumerate()
-        .map(|(index, (key, (initial, last)))| {
+        .map(|(index, ((key, field), (initial, last)))| {
             let url = key.uri.to_string();
-            KeyReport::new(key.path.clone(), url, initial, last, total.commits(index))
+            let shown = if fields.len() > 1 {
+                format!("{} {field}", key.path)
+            } else {
+                key.path.clone()
+            };
+            KeyReport::new(shown, url, initial, last, total.commits(index))
         })
         .collect();
     let setting = Setting {
         target: args.target.clone(),
         if_match,
         writers: args.writers,
+        fields: fields.len(),
         elapsed,
         interrupted,
     };
@@ -280,6 +299,15 @@ pub async fn run(
             })?;
     }
     Ok(report)
+}
+
+/// The counter fields: `field` alone, or `{field}0` .. `{field}{n-1}`.
+fn field_names(field: &str, n: usize) -> Vec<String> {
+    if n == 1 {
+        vec![field.to_owned()]
+    } else {
+        (0..n).map(|i| format!("{field}{i}")).collect()
+    }
 }
 
 /// The collection `--target` names and the keys under it, `{collection}/{name}`, checked to be

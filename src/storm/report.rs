@@ -192,6 +192,9 @@ pub struct Report {
     pub writers: usize,
     /// Resources stormed.
     pub keys: usize,
+    /// Counter fields per resource (`--fields`): each writer increments one; the per-key rows
+    /// are then one per key and field.
+    pub fields: usize,
     /// Seconds the writers ran.
     pub elapsed_secs: f64,
     /// Stopped early by the shutdown signal (Ctrl-C).
@@ -233,6 +236,8 @@ pub(crate) struct Setting {
     pub(crate) target: String,
     pub(crate) if_match: bool,
     pub(crate) writers: usize,
+    /// Counter fields per key (at least 1).
+    pub(crate) fields: usize,
     pub(crate) elapsed: Duration,
     pub(crate) interrupted: bool,
 }
@@ -247,7 +252,8 @@ impl Report {
             target: setting.target,
             if_match: setting.if_match,
             writers: setting.writers,
-            keys: per_key.len(),
+            keys: per_key.len() / setting.fields.max(1),
+            fields: setting.fields.max(1),
             elapsed_secs: secs,
             interrupted: setting.interrupted,
             lost_updates: per_key.iter().map(|k| k.lost).sum(),
@@ -292,10 +298,15 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "storm {}: {mode}, {}, {}, {:.2}s{}",
+            "storm {}: {mode}, {}, {}{}, {:.2}s{}",
             self.target,
             plural(self.writers, "writer"),
             plural(self.keys, "key"),
+            if self.fields > 1 {
+                format!(" of {}", plural(self.fields, "field"))
+            } else {
+                String::new()
+            },
             self.elapsed_secs,
             if self.interrupted {
                 " (interrupted)"

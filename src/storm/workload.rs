@@ -51,7 +51,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) http: &'a Http,
     /// Where `--create post` posts.
     pub(crate) collection: &'a Uri,
-    pub(crate) field: &'a str,
+    /// The counter fields, each read (and created at 0).
+    pub(crate) fields: &'a [String],
     pub(crate) if_match: bool,
     pub(crate) create: Create,
 }
@@ -81,7 +82,8 @@ impl Budget {
 pub(crate) struct Plan {
     pub(crate) http: Http,
     pub(crate) keys: Vec<Key>,
-    pub(crate) field: String,
+    /// The counter fields; writer i increments field i mod their number.
+    pub(crate) fields: Vec<String>,
     pub(crate) if_match: bool,
     pub(crate) max_retries: u32,
     pub(crate) budget: Budget,
@@ -90,26 +92,27 @@ pub(crate) struct Plan {
     pub(crate) picker: RandomState,
 }
 
-/// Reads every key's counter, creating the keys that do not exist yet; a key created by POST
-/// is replaced by the resource the target made.
+/// Reads every key's counters (key-major: each key's fields in order), creating the keys that
+/// do not exist yet; a key created by POST is replaced by the resource the target made.
 pub(crate) async fn prepare(
     setup: &Setup<'_>,
     keys: Vec<Key>,
 ) -> Result<(Vec<Key>, Vec<i64>), StormError> {
-    let prepared: Vec<(Key, i64)> = stream::iter(keys)
+    let prepared: Vec<(Key, Vec<i64>)> = stream::iter(keys)
         .map(|key| prepare_key(setup, key))
         .buffered(SETUP_CONCURRENCY)
         .try_collect()
         .await?;
-    Ok(prepared.into_iter().unzip())
+    let (keys, counters): (Vec<Key>, Vec<Vec<i64>>) = prepared.into_iter().unzip();
+    Ok((keys, counters.into_iter().flatten().collect()))
 }
 
-async fn prepare_key(setup: &Setup<'_>, mut key: Key) -> Result<(Key, i64), StormError> {
+async fn prepare_key(setup: &Setup<'_>, mut key: Key) -> Result<(Key, Vec<i64>), StormError> {
     let http = setup.http;
     let mut fetched = fetch(http, &key.uri).await?;
     if fetched.status == StatusCode::NOT_FOUND {
         match setup.create {
-            Create::Put => put_create(http, &key, setup.field).await?,
+            Create::Put => put_create(http, &key, setup.fields).await?,
             Create::Post => key = post_create(setup).await?,
             Create::None => {
                 return Err(StormError::Missing {
@@ -124,14 +127,18 @@ async fn prepare_key(setup: &Setup<'_>, mut key: Key) -> Result<(Key, i64), Stor
             url: key.uri.to_string(),
         });
     }
-    let counter = counter_of(&fetched, &key.uri, setup.field)?;
-    Ok((key, counter))
+    let counters = setup
+        .fields
+        .iter()
+        .map(|field| counter_of(&fetched, &key.uri, field))
+        .collect::<Result<_, _>>()?;
+    Ok((key, counters))
 }
 
 /// Creates a key, create-only: if another storm created it first, that is as good.
-async fn put_create(http: &Http, key: &Key, field: &str) -> Result<(), StormError> {
+async fn put_create(http: &Http, key: &Key, fields: &[String]) -> Result<(), StormError> {
     let id = key.path.rsplit('/').next().unwrap_or(&key.path);
-    let body = Document::initial(Some(id), field);
+    let body = Document::initial(Some(id), fields);
     let create_only = Some((IF_NONE_MATCH, HeaderValue::from_static("*")));
     let created = http
         .put(&key.uri, body, create_only)
@@ -152,7 +159,7 @@ async fn put_create(http: &Http, key: &Key, field: &str) -> Result<(), StormErro
 /// at `{collection}/{id}` with the created body's `id`.
 async fn post_create(setup: &Setup<'_>) -> Result<Key, StormError> {
     let (http, collection) = (setup.http, setup.collection);
-    let body = Document::initial(None, setup.field);
+    let body = Document::initial(None, setup.fields);
     let created = http
         .post(collection, body)
         .await
@@ -195,20 +202,24 @@ fn location_path(collection: &Uri, location: &str) -> Option<String> {
     (!name.is_empty()).then(|| format!("{}/{name}", collection.path().trim_end_matches('/')))
 }
 
-/// Reads every key's counter after the storm.
+/// Reads every key's counters after the storm (key-major, as [`prepare`]).
 pub(crate) async fn read_back(
     http: &Http,
     keys: &[Key],
-    field: &str,
+    fields: &[String],
 ) -> Result<Vec<i64>, StormError> {
-    stream::iter(keys)
+    let counters: Vec<Vec<i64>> = stream::iter(keys)
         .map(|key| async move {
             let fetched = fetch(http, &key.uri).await?;
-            counter_of(&fetched, &key.uri, field)
+            fields
+                .iter()
+                .map(|field| counter_of(&fetched, &key.uri, field))
+                .collect::<Result<Vec<i64>, _>>()
         })
         .buffered(SETUP_CONCURRENCY)
         .try_collect()
-        .await
+        .await?;
+    Ok(counters.into_iter().flatten().collect())
 }
 
 async fn fetch(http: &Http, uri: &Uri) -> Result<Fetched, StormError> {
@@ -232,7 +243,10 @@ fn counter_of(fetched: &Fetched, uri: &Uri, field: &str) -> Result<i64, StormErr
 
 /// One writer: read-modify-write cycles until the budget is spent or `stop` turns true.
 pub(crate) async fn writer(plan: Arc<Plan>, id: usize, mut stop: watch::Receiver<bool>) -> Tally {
-    let mut tally = Tally::new(plan.keys.len());
+    let mut tally = Tally::new(plan.keys.len() * plan.fields.len());
+    // Each writer keeps to one field: with several, writers' changes are disjoint.
+    let slot = id % plan.fields.len().max(1);
+    let field = plan.fields.get(slot).map_or("", String::as_str);
     let mut cycle: u64 = 0;
     'cycles: loop {
         if *stop.borrow() || !plan.budget.take() {
@@ -246,7 +260,7 @@ pub(crate) async fn writer(plan: Arc<Plan>, id: usize, mut stop: watch::Receiver
         loop {
             // A read changes nothing: when the storm ends, drop it rather than wait.
             let read = tokio::select! {
-                read = read(&plan, key, &mut tally) => read,
+                read = read(&plan, key, field, &mut tally) => read,
                 () = stopped(&mut stop) => break 'cycles,
             };
             let (etag, doc) = match read {
@@ -260,9 +274,9 @@ pub(crate) async fn writer(plan: Arc<Plan>, id: usize, mut stop: watch::Receiver
                 break 'cycles;
             }
             // A write runs to its end (bounded by --timeout): cut short, its outcome is unknown.
-            match write(&plan, key, etag, doc, &mut tally).await {
+            match write(&plan, key, field, (etag, doc), &mut tally).await {
                 Written::Committed => {
-                    tally.commit(index);
+                    tally.commit(index * plan.fields.len() + slot);
                     plan.live.commit();
                     break;
                 }
@@ -307,6 +321,7 @@ fn fail(plan: &Plan, tally: &mut Tally, kind: ErrorKind) {
 async fn read(
     plan: &Plan,
     key: &Key,
+    field: &str,
     tally: &mut Tally,
 ) -> Result<(Option<HeaderValue>, Document), ErrorKind> {
     let started = Instant::now();
@@ -325,7 +340,7 @@ async fn read(
     if plan.if_match && etag.is_none() {
         return Err(ErrorKind::NoEtag);
     }
-    let doc = Document::parse(&fetched.body, &plan.field).map_err(|_| ErrorKind::BadBody)?;
+    let doc = Document::parse(&fetched.body, field).map_err(|_| ErrorKind::BadBody)?;
     Ok((etag, doc))
 }
 
@@ -338,11 +353,11 @@ enum Written {
 async fn write(
     plan: &Plan,
     key: &Key,
-    etag: Option<HeaderValue>,
-    doc: Document,
+    field: &str,
+    (etag, doc): (Option<HeaderValue>, Document),
     tally: &mut Tally,
 ) -> Written {
-    let Some(body) = doc.incremented(&plan.field) else {
+    let Some(body) = doc.incremented(field) else {
         return Written::Failed {
             kind: ErrorKind::BadBody,
             uncertain: false,

@@ -43,6 +43,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 pub mod h2;
 pub mod raw;
+pub mod rss;
+pub mod storm;
 pub mod workload;
 
 /// Every test step is bounded by this.
