@@ -170,6 +170,8 @@ pub struct Storm {
     pub acknowledged: usize,
     /// Writes given up on, or answered 504: they may or may not have applied.
     pub uncertain: usize,
+    /// Writes refused 503 (the store unavailable, fail-closed): never forwarded.
+    pub refused: usize,
     /// Acknowledged writes whose op id is missing from the final logs.
     pub lost: usize,
 }
@@ -218,10 +220,15 @@ pub async fn storm(
     let client = Client::http1();
     let acknowledged = Arc::new(Mutex::new(HashSet::new()));
     let uncertain = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (client, acknowledged, uncertain) =
-            (client.clone(), acknowledged.clone(), uncertain.clone());
+        let (client, acknowledged, uncertain, refused) = (
+            client.clone(),
+            acknowledged.clone(),
+            uncertain.clone(),
+            refused.clone(),
+        );
         let url = format!("{}/log/{}", bases[(w / keys) % bases.len()], w % keys);
         tasks.push(tokio::spawn(async move {
             for cycle in 0..cycles {
@@ -264,6 +271,9 @@ pub async fn storm(
                     StatusCode::GATEWAY_TIMEOUT => {
                         uncertain.fetch_add(1, Ordering::Relaxed);
                     }
+                    StatusCode::SERVICE_UNAVAILABLE => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
                     other => panic!("unexpected {other}: {wrote:?}"),
                 }
             }
@@ -281,6 +291,7 @@ pub async fn storm(
     Storm {
         acknowledged: acknowledged.len(),
         uncertain: uncertain.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
         lost: acknowledged.difference(&kept).count(),
     }
 }
