@@ -562,3 +562,44 @@ async fn a_trickling_body_gets_408_and_takes_no_key() {
     assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
     assert!(!retry.headers.contains_key("idempotency-replayed"));
 }
+
+/// `PATCH url` with `key`, `if_match` (when some) and `body`.
+async fn patch(
+    client: &Client,
+    url: &str,
+    key: &str,
+    if_match: Option<&str>,
+    body: &str,
+) -> Answer {
+    let mut req = request(Method::PATCH, url)
+        .header("content-type", "application/merge-patch+json")
+        .header("idempotency-key", key);
+    if let Some(etag) = if_match {
+        req = req.header("if-match", etag);
+    }
+    client
+        .send(req.body(full(body.to_owned())).expect("request"))
+        .await
+}
+
+#[tokio::test]
+async fn a_428_from_the_guard_is_not_recorded_so_the_retry_with_if_match_applies() {
+    let demo = DemoHandle::spawn().await;
+    let proxy = Proxy::spawn(idempotent(demo.addr, "optional", "require_if_match = true")).await;
+    let client = Client::http1();
+    let url = proxy.url("/items/1");
+    let etag = client.get(&url).await.header("etag").to_owned();
+    let body = r#"{"stock":11}"#;
+    // Nothing applied: the guard asks for a precondition.
+    let first = patch(&client, &url, "\"p1\"", None, body).await;
+    assert_eq!(first.status, StatusCode::PRECONDITION_REQUIRED, "{first:?}");
+    // The same operation, now conditional: it must reach the upstream, not replay the 428.
+    let second = patch(&client, &url, "\"p1\"", Some(&etag), body).await;
+    assert!(
+        second.headers.get("idempotency-replayed").is_none(),
+        "{second:?}"
+    );
+    assert_eq!(second.status, StatusCode::OK, "{second:?}");
+    let now = client.get(demo.url("/items/1")).await.json();
+    assert_eq!(now["stock"], 11, "{now}");
+}
