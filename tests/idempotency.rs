@@ -603,3 +603,55 @@ async fn a_428_from_the_guard_is_not_recorded_so_the_retry_with_if_match_applies
     let now = client.get(demo.url("/items/1")).await.json();
     assert_eq!(now["stock"], 11, "{now}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_store_refuses_once_is_retried_so_a_later_retry_is_a_replay_not_a_second_post()
+{
+    let redis = RedisServer::start();
+    let (backend, gate, calls) = gated().await;
+    let config = config_toml(&format!(
+        r#"
+        [server]
+        response_timeout = "500ms"
+        write_outcome_timeout = "500ms"
+        body_read_timeout = "200ms"
+
+        [store]
+        kind = "redis"
+        url = "{}"
+        timeout = "200ms"
+        lease_ttl = "2s"
+
+        [defaults]
+        idempotency = "optional"
+        lease_wait = "100ms"
+
+        [[routes]]
+        name = "api"
+        upstream = "http://{}"
+        "#,
+        redis.url(),
+        backend.addr
+    ));
+    let hold = config.routes().expect("routes")[0].policy.idempotency.hold;
+    let proxy = Proxy::spawn(config).await;
+    let client = Client::http1();
+    let url = proxy.url("/things");
+    let first = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { post(&client, &url, Some("\"k-blip\""), "{}").await }
+    });
+    backend.wait_for_requests(1).await;
+    // Redis stalls past the store timeout just as the answer is to be recorded.
+    let paused_ms = hold.as_millis() / 2;
+    redis.cli(&["CLIENT", "PAUSE", &paused_ms.to_string(), "ALL"]);
+    gate.notify_one();
+    let first = first.await.expect("task");
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    // Well after the claim's hold (and the write lease, which the stall also left behind): the
+    // created thing must still be the answer to a retry.
+    tokio::time::sleep(hold.max(Duration::from_secs(2)) + Duration::from_millis(500)).await;
+    let retry = post_until_done(&client, &url, "\"k-blip\"", "{}").await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "applied twice: {retry:?}");
+    assert_eq!(retry.header("idempotency-replayed"), "true");
+}

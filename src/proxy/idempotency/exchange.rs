@@ -24,7 +24,7 @@ use crate::idempotency::{
     Decision, Disposition, Fingerprint, Found, decide, disposition, record_key,
 };
 use crate::proxy::discard::ClientBody;
-use crate::store::idempotency::{Began, Claim, Held, IdempotencyStore};
+use crate::store::idempotency::{Began, Claim, Held, IdempotencyStore, Recorded};
 use crate::telemetry;
 
 /// Everything one request with a key needs.
@@ -91,6 +91,8 @@ impl<S, R> Exchange<S, R> {
             policy,
             ..
         } = self;
+        // Before the take: the claim expires no earlier than this plus its hold.
+        let taken_at = tokio::time::Instant::now();
         let claim = match records
             .begin(key, fingerprint, policy.idempotency.hold)
             .await
@@ -127,6 +129,7 @@ impl<S, R> Exchange<S, R> {
                 &policy,
                 claim,
                 fingerprint,
+                taken_at + policy.idempotency.hold,
                 route,
                 &instance,
             )
@@ -138,13 +141,16 @@ impl<S, R> Exchange<S, R> {
     }
 }
 
-/// Ends a taken key by the upstream's answer: record, release or hold.
+/// Ends a taken key by the upstream's answer: record, release or hold. `expiry` is the earliest
+/// the claim can expire.
+#[allow(clippy::too_many_arguments)]
 async fn settle<R, RB, E>(
     answer: Result<Response<ResponseBody<RB>>, E>,
     records: &R,
     policy: &Policy,
     claim: Claim,
     fingerprint: Fingerprint,
+    expiry: tokio::time::Instant,
     route: metrics::SharedString,
     instance: &str,
 ) -> Result<Response<ResponseBody<RB>>, E>
@@ -183,7 +189,7 @@ where
             )
             .await;
             match records
-                .record(&claim, recorded, idempotency.retention)
+                .record(&claim, recorded.clone(), idempotency.retention)
                 .await
             {
                 Ok(true) => {
@@ -191,10 +197,53 @@ where
                 }
                 Ok(false) => tracing::warn!(key = %claim.key,
                     "idempotency key expired before its response was recorded"),
-                Err(error) => tracing::warn!(key = %claim.key, %error,
-                    "idempotent response not recorded; the key is free once its hold expires"),
+                Err(error) => {
+                    // The upstream applied the request: were the key left to expire, a retry
+                    // would apply it again. Keep trying while the claim holds (a record after
+                    // it expired is refused by its token), without keeping the client waiting.
+                    tracing::warn!(key = %claim.key, %error,
+                        "idempotent response not recorded; retrying while the key is held");
+                    let records = records.clone();
+                    let retention = idempotency.retention;
+                    tokio::spawn(async move {
+                        record_until(&records, &claim, recorded, retention, expiry).await;
+                    });
+                }
             }
             Ok(response)
+        }
+    }
+}
+
+/// Retries recording `recorded` for `claim` until it is recorded or `expiry` passes.
+async fn record_until<R: IdempotencyStore>(
+    records: &R,
+    claim: &Claim,
+    recorded: Recorded,
+    retention: Duration,
+    expiry: tokio::time::Instant,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= expiry {
+            tracing::warn!(key = %claim.key,
+                "idempotent response not recorded before the key's hold expired");
+            return;
+        }
+        tokio::time::sleep(backoff.min(expiry - now)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+        match records.record(claim, recorded.clone(), retention).await {
+            Ok(true) => {
+                tracing::info!(key = %claim.key, "idempotent response recorded on a retry");
+                return;
+            }
+            Ok(false) => {
+                tracing::warn!(key = %claim.key,
+                    "idempotency key expired before its response was recorded");
+                return;
+            }
+            Err(error) => tracing::debug!(key = %claim.key, %error, "record retry failed"),
         }
     }
 }
