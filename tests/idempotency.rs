@@ -655,3 +655,38 @@ async fn a_record_the_store_refuses_once_is_retried_so_a_later_retry_is_a_replay
     assert_eq!(calls.load(Ordering::SeqCst), 1, "applied twice: {retry:?}");
     assert_eq!(retry.header("idempotency-replayed"), "true");
 }
+
+#[tokio::test]
+async fn a_write_that_applies_after_the_504_is_never_applied_again_by_a_retry() {
+    // The upstream answers 201 after the client's 504 but within write_outcome_timeout: the
+    // proxy learns the write applied, so a retry after the hold must not apply it again.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let backend = Backend::new()
+        .route_fn(Method::POST, "/things", move |_req| {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                thing(201, "{\"id\":1}", n)
+            }
+        })
+        .spawn()
+        .await;
+    let config = idempotent(
+        backend.addr,
+        "optional",
+        "lease_wait = \"100ms\"\n[server]\nresponse_timeout = \"300ms\"\n\
+         write_outcome_timeout = \"1s\"\nbody_read_timeout = \"200ms\"\n\
+         [store]\ntimeout = \"100ms\"\n",
+    );
+    let hold = config.routes().expect("routes")[0].policy.idempotency.hold;
+    let proxy = Proxy::spawn(config).await;
+    let client = Client::http1();
+    let url = proxy.url("/things");
+    let first = post(&client, &url, Some("\"k-late\""), "{}").await;
+    first.assert_problem(504, "upstream-timeout");
+    tokio::time::sleep(hold + Duration::from_millis(300)).await;
+    let retry = post(&client, &url, Some("\"k-late\""), "{}").await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "applied twice: {retry:?}");
+    retry.assert_problem(409, "idempotency-not-replayable");
+}

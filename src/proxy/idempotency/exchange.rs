@@ -18,7 +18,8 @@ use tower::Service;
 
 use super::response::{captured, replay};
 use crate::guard::{
-    Detachable, FailedOpen, OnStoreUnavailable, Policy, Rejection, RejectionKind, ResponseBody,
+    Detachable, FailedOpen, LateOutcome, OnStoreUnavailable, Policy, Rejection, RejectionKind,
+    ResponseBody,
 };
 use crate::idempotency::{
     Decision, Disposition, Fingerprint, Found, decide, disposition, record_key,
@@ -176,6 +177,15 @@ where
         Disposition::Hold => {
             tracing::info!(key = %claim.key, %status, hold = ?policy.idempotency.hold,
                 "outcome unknown: idempotency key held until its expiry");
+            // The guard's 504 for a write still running: once the upstream answers, end the
+            // key by that answer (it applied: a retry must never run it again).
+            if let Some(LateOutcome(late)) = response.extensions().get::<LateOutcome>().cloned() {
+                let records = records.clone();
+                let retention = policy.idempotency.retention;
+                tokio::spawn(async move {
+                    settle_late(late, &records, claim, fingerprint, retention, expiry).await;
+                });
+            }
             Ok(response)
         }
         Disposition::Record => {
@@ -212,6 +222,58 @@ where
             }
             Ok(response)
         }
+    }
+}
+
+/// Ends a key held by a 504 once the write's late answer is known (before `expiry`): an
+/// applied write leaves a completed, not replayable record (a retry gets 409, never a second
+/// execution); a failed one releases the key; no answer leaves it held.
+async fn settle_late<R: IdempotencyStore>(
+    mut late: tokio::sync::watch::Receiver<Option<Option<StatusCode>>>,
+    records: &R,
+    claim: Claim,
+    fingerprint: Fingerprint,
+    retention: Duration,
+    expiry: tokio::time::Instant,
+) {
+    let answered = tokio::time::timeout_at(expiry, async {
+        late.wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|outcome| *outcome)
+    })
+    .await;
+    let Ok(Some(Some(status))) = answered else {
+        return;
+    };
+    match disposition(status) {
+        Disposition::Record => {
+            let recorded = Recorded {
+                fingerprint,
+                response: None,
+            };
+            record_until_first(records, &claim, recorded, retention, expiry).await;
+        }
+        Disposition::Release => {
+            if let Err(error) = records.release(&claim).await {
+                tracing::warn!(key = %claim.key, %error, "idempotency key not released; it frees itself once its hold expires");
+            }
+        }
+        Disposition::Hold => {}
+    }
+}
+
+/// Records at once, then retries while the claim holds.
+async fn record_until_first<R: IdempotencyStore>(
+    records: &R,
+    claim: &Claim,
+    recorded: Recorded,
+    retention: Duration,
+    expiry: tokio::time::Instant,
+) {
+    match records.record(claim, recorded.clone(), retention).await {
+        Ok(_) => {}
+        Err(_) => record_until(records, claim, recorded, retention, expiry).await,
     }
 }
 
