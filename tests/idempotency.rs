@@ -690,3 +690,47 @@ async fn a_write_that_applies_after_the_504_is_never_applied_again_by_a_retry() 
     assert_eq!(calls.load(Ordering::SeqCst), 1, "applied twice: {retry:?}");
     retry.assert_problem(409, "idempotency-not-replayable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_the_key_is_being_taken_leaves_no_key_held() {
+    let redis = RedisServer::start();
+    let (backend, calls) = things(vec![(201, "{\"id\":1}")]).await;
+    let config = config_toml(&format!(
+        r#"
+        [store]
+        kind = "redis"
+        url = "{}"
+        timeout = "3s"
+
+        [defaults]
+        idempotency = "optional"
+
+        [[routes]]
+        name = "api"
+        upstream = "http://{}"
+        "#,
+        redis.url(),
+        backend.addr
+    ));
+    let proxy = Proxy::spawn(config).await;
+    let client = Client::http1();
+    let url = proxy.url("/things");
+    // Warm the connection, so that the take below is the one Redis delays.
+    assert_eq!(
+        post(&client, &url, Some("\"warm\""), "{}").await.status,
+        StatusCode::CREATED
+    );
+    redis.cli(&["CLIENT", "PAUSE", "800", "ALL"]);
+    let gone = tokio::spawn({
+        let url = url.clone();
+        async move { post(&Client::http1(), &url, Some("\"k-gone\""), "{}").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gone.abort();
+    let _ = gone.await;
+    // The take lands once Redis serves again, for a request that was never forwarded.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let retry = post(&client, &url, Some("\"k-gone\""), "{}").await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

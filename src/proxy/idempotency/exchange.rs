@@ -24,7 +24,9 @@ use crate::guard::{
 use crate::idempotency::{
     Decision, Disposition, Fingerprint, Found, decide, disposition, record_key,
 };
+use crate::key::ResourceKey;
 use crate::proxy::discard::ClientBody;
+use crate::store::StoreError;
 use crate::store::idempotency::{Began, Claim, Held, IdempotencyStore, Recorded};
 use crate::telemetry;
 
@@ -94,10 +96,7 @@ impl<S, R> Exchange<S, R> {
         } = self;
         // Before the take: the claim expires no earlier than this plus its hold.
         let taken_at = tokio::time::Instant::now();
-        let claim = match records
-            .begin(key, fingerprint, policy.idempotency.hold)
-            .await
-        {
+        let claim = match take(&records, key, fingerprint, policy.idempotency.hold).await {
             Ok(Began::Taken(claim)) => claim,
             Ok(Began::Held(held)) => return Ok(answer_held(held, fingerprint, &instance, &route)),
             Err(error) => {
@@ -140,6 +139,28 @@ impl<S, R> Exchange<S, R> {
         // and recording or releasing the key by it) goes on in a task of its own.
         Detachable::new(settle).await
     }
+}
+
+/// Takes `key` in a task of its own: were the request dropped (its client gone) while the
+/// store answers, a key taken for it would stay held, for a request never forwarded, until its
+/// hold passes; the task gives such a key back.
+async fn take<R: IdempotencyStore>(
+    records: &R,
+    key: ResourceKey,
+    fingerprint: Fingerprint,
+    hold: Duration,
+) -> Result<Began, StoreError> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let records = records.clone();
+    tokio::spawn(async move {
+        let began = records.begin(key, fingerprint, hold).await;
+        if let Err(Ok(Began::Taken(claim))) = answer.send(began) {
+            let _ = records.release(&claim).await;
+        }
+    });
+    answered
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("idempotency take failed".into())))
 }
 
 /// Ends a taken key by the upstream's answer: record, release or hold. `expiry` is the earliest
