@@ -12,7 +12,7 @@
 //! - **Decision** ([`decide`]): forward (the key was taken), replay the record, 409 while the
 //!   first request is in flight (§2.7), 422 on a different payload, 409 when the first
 //!   completed with a response too large to record.
-//! - **What is recorded** ([`disposition`]): 2xx and 4xx other than 409 and 429; a 5xx (the
+//! - **What is recorded** ([`disposition`]): 2xx and 4xx other than 409, 412, 428 and 429; a 5xx (the
 //!   proxy's 502 included) releases the key so that a retry goes through; a 504 (the write may
 //!   still apply upstream), 409 or 429 (the client is told to retry) leave or release it as
 //!   [`Disposition`] says.
@@ -208,19 +208,21 @@ pub enum Disposition {
     /// The outcome is final: record the response (a retry gets it replayed).
     Record,
     /// Give the key back: the request failed in a way a retry may fix, and the upstream did
-    /// not apply it or says it failed (5xx, 409, 429).
+    /// not apply it or says it failed (5xx, 409, 412, 428, 429).
     Release,
     /// Keep the key taken until its expiry: the request may still apply upstream (504: the
     /// upstream did not answer in time), so a retry must not be forwarded beside it.
     Hold,
 }
 
-/// Which statuses are recorded: 2xx and 4xx other than 409 and 429 (and 3xx: final too); a
-/// 504 holds the key; other 5xx, 409 and 429 release it.
+/// Which statuses are recorded: 2xx and 4xx other than 409, 412, 428 and 429 (and 3xx: final
+/// too); a 504 holds the key; other 5xx, 409, 412, 428 and 429 release it.
 pub fn disposition(status: StatusCode) -> Disposition {
     match status.as_u16() {
         504 => Disposition::Hold,
-        409 | 429 | 500..=599 => Disposition::Release,
+        // 412 and 428: the method was not applied (RFC 9110 §13.1, RFC 6585 §3), and the
+        // client is told to retry with (another) precondition: the same operation, same key.
+        409 | 412 | 428 | 429 | 500..=599 => Disposition::Release,
         // 1xx never reaches a service's response; a final answer otherwise.
         _ => Disposition::Record,
     }
@@ -337,6 +339,8 @@ mod tests {
             (404, Disposition::Record),
             (422, Disposition::Record),
             (409, Disposition::Release),
+            (412, Disposition::Release),
+            (428, Disposition::Release),
             (429, Disposition::Release),
             (500, Disposition::Release),
             (502, Disposition::Release),

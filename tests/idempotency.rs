@@ -562,3 +562,175 @@ async fn a_trickling_body_gets_408_and_takes_no_key() {
     assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
     assert!(!retry.headers.contains_key("idempotency-replayed"));
 }
+
+/// `PATCH url` with `key`, `if_match` (when some) and `body`.
+async fn patch(
+    client: &Client,
+    url: &str,
+    key: &str,
+    if_match: Option<&str>,
+    body: &str,
+) -> Answer {
+    let mut req = request(Method::PATCH, url)
+        .header("content-type", "application/merge-patch+json")
+        .header("idempotency-key", key);
+    if let Some(etag) = if_match {
+        req = req.header("if-match", etag);
+    }
+    client
+        .send(req.body(full(body.to_owned())).expect("request"))
+        .await
+}
+
+#[tokio::test]
+async fn a_428_from_the_guard_is_not_recorded_so_the_retry_with_if_match_applies() {
+    let demo = DemoHandle::spawn().await;
+    let proxy = Proxy::spawn(idempotent(demo.addr, "optional", "require_if_match = true")).await;
+    let client = Client::http1();
+    let url = proxy.url("/items/1");
+    let etag = client.get(&url).await.header("etag").to_owned();
+    let body = r#"{"stock":11}"#;
+    // Nothing applied: the guard asks for a precondition.
+    let first = patch(&client, &url, "\"p1\"", None, body).await;
+    assert_eq!(first.status, StatusCode::PRECONDITION_REQUIRED, "{first:?}");
+    // The same operation, now conditional: it must reach the upstream, not replay the 428.
+    let second = patch(&client, &url, "\"p1\"", Some(&etag), body).await;
+    assert!(
+        second.headers.get("idempotency-replayed").is_none(),
+        "{second:?}"
+    );
+    assert_eq!(second.status, StatusCode::OK, "{second:?}");
+    let now = client.get(demo.url("/items/1")).await.json();
+    assert_eq!(now["stock"], 11, "{now}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_store_refuses_once_is_retried_so_a_later_retry_is_a_replay_not_a_second_post()
+{
+    let redis = RedisServer::start();
+    let (backend, gate, calls) = gated().await;
+    let config = config_toml(&format!(
+        r#"
+        [server]
+        response_timeout = "500ms"
+        write_outcome_timeout = "500ms"
+        body_read_timeout = "200ms"
+
+        [store]
+        kind = "redis"
+        url = "{}"
+        timeout = "200ms"
+        lease_ttl = "2s"
+
+        [defaults]
+        idempotency = "optional"
+        lease_wait = "100ms"
+
+        [[routes]]
+        name = "api"
+        upstream = "http://{}"
+        "#,
+        redis.url(),
+        backend.addr
+    ));
+    let hold = config.routes().expect("routes")[0].policy.idempotency.hold;
+    let proxy = Proxy::spawn(config).await;
+    let client = Client::http1();
+    let url = proxy.url("/things");
+    let first = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { post(&client, &url, Some("\"k-blip\""), "{}").await }
+    });
+    backend.wait_for_requests(1).await;
+    // Redis stalls past the store timeout just as the answer is to be recorded.
+    let paused_ms = hold.as_millis() / 2;
+    redis.cli(&["CLIENT", "PAUSE", &paused_ms.to_string(), "ALL"]);
+    gate.notify_one();
+    let first = first.await.expect("task");
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    // Well after the claim's hold (and the write lease, which the stall also left behind): the
+    // created thing must still be the answer to a retry.
+    tokio::time::sleep(hold.max(Duration::from_secs(2)) + Duration::from_millis(500)).await;
+    let retry = post_until_done(&client, &url, "\"k-blip\"", "{}").await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "applied twice: {retry:?}");
+    assert_eq!(retry.header("idempotency-replayed"), "true");
+}
+
+#[tokio::test]
+async fn a_write_that_applies_after_the_504_is_never_applied_again_by_a_retry() {
+    // The upstream answers 201 after the client's 504 but within write_outcome_timeout: the
+    // proxy learns the write applied, so a retry after the hold must not apply it again.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let backend = Backend::new()
+        .route_fn(Method::POST, "/things", move |_req| {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                thing(201, "{\"id\":1}", n)
+            }
+        })
+        .spawn()
+        .await;
+    let config = idempotent(
+        backend.addr,
+        "optional",
+        "lease_wait = \"100ms\"\n[server]\nresponse_timeout = \"300ms\"\n\
+         write_outcome_timeout = \"1s\"\nbody_read_timeout = \"200ms\"\n\
+         [store]\ntimeout = \"100ms\"\n",
+    );
+    let hold = config.routes().expect("routes")[0].policy.idempotency.hold;
+    let proxy = Proxy::spawn(config).await;
+    let client = Client::http1();
+    let url = proxy.url("/things");
+    let first = post(&client, &url, Some("\"k-late\""), "{}").await;
+    first.assert_problem(504, "upstream-timeout");
+    tokio::time::sleep(hold + Duration::from_millis(300)).await;
+    let retry = post(&client, &url, Some("\"k-late\""), "{}").await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "applied twice: {retry:?}");
+    retry.assert_problem(409, "idempotency-not-replayable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_the_key_is_being_taken_leaves_no_key_held() {
+    let redis = RedisServer::start();
+    let (backend, calls) = things(vec![(201, "{\"id\":1}")]).await;
+    let config = config_toml(&format!(
+        r#"
+        [store]
+        kind = "redis"
+        url = "{}"
+        timeout = "3s"
+
+        [defaults]
+        idempotency = "optional"
+
+        [[routes]]
+        name = "api"
+        upstream = "http://{}"
+        "#,
+        redis.url(),
+        backend.addr
+    ));
+    let proxy = Proxy::spawn(config).await;
+    let client = Client::http1();
+    let url = proxy.url("/things");
+    // Warm the connection, so that the take below is the one Redis delays.
+    assert_eq!(
+        post(&client, &url, Some("\"warm\""), "{}").await.status,
+        StatusCode::CREATED
+    );
+    redis.cli(&["CLIENT", "PAUSE", "800", "ALL"]);
+    let gone = tokio::spawn({
+        let url = url.clone();
+        async move { post(&Client::http1(), &url, Some("\"k-gone\""), "{}").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gone.abort();
+    let _ = gone.await;
+    // The take lands once Redis serves again, for a request that was never forwarded.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let retry = post(&client, &url, Some("\"k-gone\""), "{}").await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -55,6 +55,12 @@ pub(crate) struct Exchange<St: Store> {
     pub(crate) versions: Versions,
 }
 
+/// Attached to the 504 of a write still running upstream: its status once the upstream answers
+/// (`Some(Some(status))`), or that it never did (`Some(None)`); `None` while it runs. The
+/// idempotency layer above reads it to end the key the 504 held.
+#[derive(Debug, Clone)]
+pub(crate) struct LateOutcome(pub(crate) tokio::sync::watch::Receiver<Option<Option<StatusCode>>>);
+
 /// Forwards `req` through `inner` and waits for the answer, at most the route's
 /// `response_timeout` (then 504, and the exchange goes on in a task of its own).
 pub(crate) async fn forward<S, St, B, RB>(
@@ -82,9 +88,14 @@ where
     let audience = super::versions::audience(req.headers());
     let call = inner.call(req);
     let remembered = (exchange.versions.clone(), exchange.key, audience);
+    let (late, late_rx) = tokio::sync::watch::channel(None);
 
     let run = async move {
         let answer = tokio::time::timeout(exchange.policy.write_outcome_timeout, call).await;
+        late.send_replace(Some(match &answer {
+            Ok(Ok(response)) => Some(response.status()),
+            _ => None,
+        }));
         let outcome = match &answer {
             Ok(Ok(response)) => {
                 let (status, headers) = (response.status(), response.headers());
@@ -128,7 +139,11 @@ where
             Ok(present(response, &client_method, &policy, variant, instance, memory).await)
         }
         Ok(Ok(Err(error))) => Err(error),
-        Ok(Err(_)) | Err(_) => Ok(pending(&policy, instance)),
+        Ok(Err(_)) | Err(_) => {
+            let mut response = pending(&policy, instance);
+            response.extensions_mut().insert(LateOutcome(late_rx));
+            Ok(response)
+        }
     }
 }
 

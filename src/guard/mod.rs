@@ -31,7 +31,7 @@ mod write;
 mod writes;
 
 pub use body::{RequestBody, ResponseBody, Tail};
-pub(crate) use exchange::Detachable;
+pub(crate) use exchange::{Detachable, LateOutcome};
 pub use layer::PreconditionLayer;
 pub use policy::{
     Aliases, ConflictBody, EtagSource, FailedOpen, IdempotencyMode, IdempotencyPolicy, OnConflict,

@@ -18,13 +18,16 @@ use tower::Service;
 
 use super::response::{captured, replay};
 use crate::guard::{
-    Detachable, FailedOpen, OnStoreUnavailable, Policy, Rejection, RejectionKind, ResponseBody,
+    Detachable, FailedOpen, LateOutcome, OnStoreUnavailable, Policy, Rejection, RejectionKind,
+    ResponseBody,
 };
 use crate::idempotency::{
     Decision, Disposition, Fingerprint, Found, decide, disposition, record_key,
 };
+use crate::key::ResourceKey;
 use crate::proxy::discard::ClientBody;
-use crate::store::idempotency::{Began, Claim, Held, IdempotencyStore};
+use crate::store::StoreError;
+use crate::store::idempotency::{Began, Claim, Held, IdempotencyStore, Recorded};
 use crate::telemetry;
 
 /// Everything one request with a key needs.
@@ -91,10 +94,9 @@ impl<S, R> Exchange<S, R> {
             policy,
             ..
         } = self;
-        let claim = match records
-            .begin(key, fingerprint, policy.idempotency.hold)
-            .await
-        {
+        // Before the take: the claim expires no earlier than this plus its hold.
+        let taken_at = tokio::time::Instant::now();
+        let claim = match take(&records, key, fingerprint, policy.idempotency.hold).await {
             Ok(Began::Taken(claim)) => claim,
             Ok(Began::Held(held)) => return Ok(answer_held(held, fingerprint, &instance, &route)),
             Err(error) => {
@@ -127,6 +129,7 @@ impl<S, R> Exchange<S, R> {
                 &policy,
                 claim,
                 fingerprint,
+                taken_at + policy.idempotency.hold,
                 route,
                 &instance,
             )
@@ -138,13 +141,38 @@ impl<S, R> Exchange<S, R> {
     }
 }
 
-/// Ends a taken key by the upstream's answer: record, release or hold.
+/// Takes `key` in a task of its own: were the request dropped (its client gone) while the
+/// store answers, a key taken for it would stay held, for a request never forwarded, until its
+/// hold passes; the task gives such a key back.
+async fn take<R: IdempotencyStore>(
+    records: &R,
+    key: ResourceKey,
+    fingerprint: Fingerprint,
+    hold: Duration,
+) -> Result<Began, StoreError> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let records = records.clone();
+    tokio::spawn(async move {
+        let began = records.begin(key, fingerprint, hold).await;
+        if let Err(Ok(Began::Taken(claim))) = answer.send(began) {
+            let _ = records.release(&claim).await;
+        }
+    });
+    answered
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("idempotency take failed".into())))
+}
+
+/// Ends a taken key by the upstream's answer: record, release or hold. `expiry` is the earliest
+/// the claim can expire.
+#[allow(clippy::too_many_arguments)]
 async fn settle<R, RB, E>(
     answer: Result<Response<ResponseBody<RB>>, E>,
     records: &R,
     policy: &Policy,
     claim: Claim,
     fingerprint: Fingerprint,
+    expiry: tokio::time::Instant,
     route: metrics::SharedString,
     instance: &str,
 ) -> Result<Response<ResponseBody<RB>>, E>
@@ -170,6 +198,15 @@ where
         Disposition::Hold => {
             tracing::info!(key = %claim.key, %status, hold = ?policy.idempotency.hold,
                 "outcome unknown: idempotency key held until its expiry");
+            // The guard's 504 for a write still running: once the upstream answers, end the
+            // key by that answer (it applied: a retry must never run it again).
+            if let Some(LateOutcome(late)) = response.extensions().get::<LateOutcome>().cloned() {
+                let records = records.clone();
+                let retention = policy.idempotency.retention;
+                tokio::spawn(async move {
+                    settle_late(late, &records, claim, fingerprint, retention, expiry).await;
+                });
+            }
             Ok(response)
         }
         Disposition::Record => {
@@ -183,7 +220,7 @@ where
             )
             .await;
             match records
-                .record(&claim, recorded, idempotency.retention)
+                .record(&claim, recorded.clone(), idempotency.retention)
                 .await
             {
                 Ok(true) => {
@@ -191,10 +228,105 @@ where
                 }
                 Ok(false) => tracing::warn!(key = %claim.key,
                     "idempotency key expired before its response was recorded"),
-                Err(error) => tracing::warn!(key = %claim.key, %error,
-                    "idempotent response not recorded; the key is free once its hold expires"),
+                Err(error) => {
+                    // The upstream applied the request: were the key left to expire, a retry
+                    // would apply it again. Keep trying while the claim holds (a record after
+                    // it expired is refused by its token), without keeping the client waiting.
+                    tracing::warn!(key = %claim.key, %error,
+                        "idempotent response not recorded; retrying while the key is held");
+                    let records = records.clone();
+                    let retention = idempotency.retention;
+                    tokio::spawn(async move {
+                        record_until(&records, &claim, recorded, retention, expiry).await;
+                    });
+                }
             }
             Ok(response)
+        }
+    }
+}
+
+/// Ends a key held by a 504 once the write's late answer is known (before `expiry`): an
+/// applied write leaves a completed, not replayable record (a retry gets 409, never a second
+/// execution); a failed one releases the key; no answer leaves it held.
+async fn settle_late<R: IdempotencyStore>(
+    mut late: tokio::sync::watch::Receiver<Option<Option<StatusCode>>>,
+    records: &R,
+    claim: Claim,
+    fingerprint: Fingerprint,
+    retention: Duration,
+    expiry: tokio::time::Instant,
+) {
+    let answered = tokio::time::timeout_at(expiry, async {
+        late.wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|outcome| *outcome)
+    })
+    .await;
+    let Ok(Some(Some(status))) = answered else {
+        return;
+    };
+    match disposition(status) {
+        Disposition::Record => {
+            let recorded = Recorded {
+                fingerprint,
+                response: None,
+            };
+            record_until_first(records, &claim, recorded, retention, expiry).await;
+        }
+        Disposition::Release => {
+            if let Err(error) = records.release(&claim).await {
+                tracing::warn!(key = %claim.key, %error, "idempotency key not released; it frees itself once its hold expires");
+            }
+        }
+        Disposition::Hold => {}
+    }
+}
+
+/// Records at once, then retries while the claim holds.
+async fn record_until_first<R: IdempotencyStore>(
+    records: &R,
+    claim: &Claim,
+    recorded: Recorded,
+    retention: Duration,
+    expiry: tokio::time::Instant,
+) {
+    match records.record(claim, recorded.clone(), retention).await {
+        Ok(_) => {}
+        Err(_) => record_until(records, claim, recorded, retention, expiry).await,
+    }
+}
+
+/// Retries recording `recorded` for `claim` until it is recorded or `expiry` passes.
+async fn record_until<R: IdempotencyStore>(
+    records: &R,
+    claim: &Claim,
+    recorded: Recorded,
+    retention: Duration,
+    expiry: tokio::time::Instant,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= expiry {
+            tracing::warn!(key = %claim.key,
+                "idempotent response not recorded before the key's hold expired");
+            return;
+        }
+        tokio::time::sleep(backoff.min(expiry - now)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+        match records.record(claim, recorded.clone(), retention).await {
+            Ok(true) => {
+                tracing::info!(key = %claim.key, "idempotent response recorded on a retry");
+                return;
+            }
+            Ok(false) => {
+                tracing::warn!(key = %claim.key,
+                    "idempotency key expired before its response was recorded");
+                return;
+            }
+            Err(error) => tracing::debug!(key = %claim.key, %error, "record retry failed"),
         }
     }
 }

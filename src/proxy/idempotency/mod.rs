@@ -19,7 +19,8 @@
 //!    `failure_policy` (closed: 503 + `Retry-After`, nothing forwarded; open: forwarded without
 //!    idempotency).
 //! 4. **Forward** through the guard below, then, by the status ([`disposition`]): 2xx/3xx/4xx
-//!    other than 409 and 429 are **recorded** (for `idempotency_retention`); 409, 429 and a
+//!    other than 409, 412, 428 and 429 are **recorded** (for `idempotency_retention`); 409,
+//!    412, 428, 429 and a
 //!    5xx, a transport error included, **release** the key so a retry goes through; a 504
 //!    (the write may still apply upstream) **holds** it until its expiry, so that no retry runs
 //!    beside it. This step runs to its end whatever the client does: a client that goes away

@@ -217,7 +217,9 @@ impl IdempotencyStore for MemoryRecords {
         }
         table.remove(claim.key);
         let mut size = SLOT_OVERHEAD + recorded.response.as_ref().map_or(0, |r| r.size());
-        if !table.make_room(size, self.config, now) {
+        // A response larger than the whole bound can never fit: evicting every other record
+        // for it would only turn their retries into second executions.
+        if size > self.config.max_bytes || !table.make_room(size, self.config, now) {
             // No room for the response: keep the mark that the request completed, which a
             // retry must see (it then gets 409, never a second execution). The claim's own
             // slot was just freed, so the mark fits.
@@ -322,6 +324,39 @@ mod tests {
                 Some(Held::InFlight(fingerprint(n)))
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_response_that_can_never_fit_evicts_no_other_record() {
+        use crate::store::contract::{fingerprint, record_of, response_of};
+        let records = bounded(10, 4 * 1024);
+        let hold = Duration::from_secs(60);
+        let mut keys = Vec::new();
+        for n in 1..=3u8 {
+            let key = ResourceKey::from_bytes([n; 16]);
+            let Began::Taken(claim) = records.begin(key, fingerprint(n), hold).await.unwrap()
+            else {
+                panic!("held");
+            };
+            let small = record_of(fingerprint(n), Some(response_of(201, b"{}")));
+            assert!(records.record(&claim, small, hold).await.unwrap());
+            keys.push(key);
+        }
+        let key = ResourceKey::from_bytes([9; 16]);
+        let Began::Taken(claim) = records.begin(key, fingerprint(9), hold).await.unwrap() else {
+            panic!("held");
+        };
+        let big = record_of(fingerprint(9), Some(response_of(201, &[b'x'; 8 * 1024])));
+        assert!(records.record(&claim, big, hold).await.unwrap());
+        // The others' retries must still be replays, not second executions.
+        for (n, key) in (1..=3u8).zip(keys) {
+            let held = records.lookup(key).await.unwrap();
+            assert!(
+                matches!(held, Some(Held::Done(_))),
+                "record {n} evicted: {held:?}"
+            );
+        }
+        assert_eq!(records.stats().unwrap().evictions, 0);
     }
 
     #[tokio::test]
