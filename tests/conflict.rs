@@ -430,3 +430,73 @@ async fn a_version_is_shown_only_to_the_credentials_it_was_served_to() {
     })
     .await;
 }
+
+/// A document store that keeps the bytes it is sent, as many APIs do (no re-encoding).
+async fn byte_store(initial: &str) -> (support::BackendHandle, std::sync::Arc<std::sync::Mutex<bytes::Bytes>>) {
+    use http_body_util::BodyExt;
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(bytes::Bytes::from(initial.to_owned())));
+    let (get, put) = (doc.clone(), doc.clone());
+    let backend = Backend::new()
+        .route_fn(Method::GET, "/doc", move |_req| {
+            let body = get.lock().unwrap().clone();
+            async move {
+                Reply::ok(body)
+                    .header("content-type", "application/json")
+                    .response()
+            }
+        })
+        .route_fn(Method::PUT, "/doc", move |req| {
+            let put = put.clone();
+            async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                *put.lock().unwrap() = body.clone();
+                Reply::ok(body)
+                    .header("content-type", "application/json")
+                    .response()
+            }
+        })
+        .spawn()
+        .await;
+    (backend, doc)
+}
+
+#[tokio::test]
+async fn a_merge_keeps_numbers_nobody_changed_exactly_as_they_were() {
+    bounded(async {
+        let big = r#"{"id":12345678901234567890123,"price":0.10000000000000000000001,"name":"widget","stock":10}"#;
+        let (backend, doc) = byte_store(big).await;
+        let proxy = Proxy::spawn(config_with(backend.addr, MERGE)).await;
+        let client = Client::http1();
+        let base = client.get(proxy.url("/doc")).await.header("etag").to_owned();
+        let alice = big.replace("\"stock\":10", "\"stock\":9");
+        let saved = client
+            .send(
+                request(Method::PUT, &proxy.url("/doc"))
+                    .header("if-match", &base)
+                    .header("content-type", "application/json")
+                    .body(full(alice))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(saved.status, StatusCode::OK, "{saved:?}");
+        let bob = big.replace("\"widget\"", "\"gadget\"");
+        let merged = client
+            .send(
+                request(Method::PUT, &proxy.url("/doc"))
+                    .header("if-match", &base)
+                    .header("content-type", "application/json")
+                    .body(full(bob))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(merged.status, StatusCode::OK, "{merged:?}");
+        assert!(!merged.header("ifmatch-merged").is_empty());
+        let stored = String::from_utf8(doc.lock().unwrap().to_vec()).unwrap();
+        assert!(stored.contains("\"gadget\"") && stored.contains("\"stock\":9"), "{stored}");
+        assert!(
+            stored.contains("12345678901234567890123") && stored.contains("0.10000000000000000000001"),
+            "the merge rewrote numbers nobody changed: {stored}"
+        );
+    })
+    .await;
+}
