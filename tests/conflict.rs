@@ -500,3 +500,80 @@ async fn a_merge_keeps_numbers_nobody_changed_exactly_as_they_were() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_merge_never_applies_a_write_to_another_representation_of_the_resource() {
+    use http_body_util::BodyExt;
+    bounded(async {
+        // One item, served as v2 (`title`, `qty`) or as plain JSON (`name`, `stock`); written
+        // as v2.
+        let doc = std::sync::Arc::new(std::sync::Mutex::new(json!({"title": "widget", "qty": 10})));
+        let (get, put) = (doc.clone(), doc.clone());
+        let backend = Backend::new()
+            .route_fn(Method::GET, "/doc", move |req| {
+                let v2 = req
+                    .headers()
+                    .get("accept")
+                    .is_some_and(|a| a.to_str().unwrap().contains("v2"));
+                let item = get.lock().unwrap().clone();
+                async move {
+                    if v2 {
+                        Reply::ok(item.to_string())
+                            .header("content-type", "application/vnd.v2+json")
+                            .response()
+                    } else {
+                        let plain = json!({"name": item["title"], "stock": item["qty"]});
+                        Reply::ok(plain.to_string())
+                            .header("content-type", "application/json")
+                            .response()
+                    }
+                }
+            })
+            .route_fn(Method::PUT, "/doc", move |req| {
+                let put = put.clone();
+                async move {
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    *put.lock().unwrap() = serde_json::from_slice(&body).unwrap();
+                    Reply::ok(body)
+                        .header("content-type", "application/vnd.v2+json")
+                        .response()
+                }
+            })
+            .spawn()
+            .await;
+        let proxy = Proxy::spawn(config_with(backend.addr, MERGE)).await;
+        let client = Client::http1();
+        let v2_put = |if_match: &str, body: Value| {
+            request(Method::PUT, &proxy.url("/doc"))
+                .header("if-match", if_match)
+                .header("content-type", "application/vnd.v2+json")
+                .body(full(body.to_string()))
+                .unwrap()
+        };
+        let read = request(Method::GET, &proxy.url("/doc"))
+            .header("accept", "application/vnd.v2+json")
+            .body(full(""))
+            .unwrap();
+        let base = client.send(read).await.header("etag").to_owned();
+        let alice = client
+            .send(v2_put(&base, json!({"title": "widget", "qty": 9})))
+            .await;
+        assert_eq!(alice.status, StatusCode::OK, "{alice:?}");
+        // Someone reads the plain representation: the one the guard now knows.
+        assert_eq!(
+            client.get(proxy.url("/doc")).await.json(),
+            json!({"name": "widget", "stock": 9})
+        );
+        // Bob adds a note to the v2 document he read before Alice's write.
+        let bob = client
+            .send(v2_put(&base, json!({"title": "widget", "qty": 10, "note": "x"})))
+            .await;
+        let stored = doc.lock().unwrap().clone();
+        assert!(
+            bob.status == StatusCode::CONFLICT
+                || stored == json!({"title": "widget", "qty": 9, "note": "x"}),
+            "{bob:?}: the upstream now holds {stored}"
+        );
+    })
+    .await;
+}

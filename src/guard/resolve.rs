@@ -44,6 +44,7 @@ use super::versions::Version;
 use crate::etag::EntityTag;
 use crate::precondition::{Preconditions, TagCondition};
 use crate::store::{KeyState, Outcome, Store};
+use crate::validator::Representation;
 use crate::telemetry;
 
 /// The longest the guard waits for a stale write's body (less if `response_timeout` is
@@ -110,7 +111,10 @@ impl<S, St: Store> Stale<'_, S, St> {
         let (key, versions) = (exchange.key, exchange.versions.clone());
         // Only what this writer's credentials were shown.
         let viewer = super::versions::audience(req.headers());
-        let mut current = remembered(&versions, (key, viewer), &state);
+        // The representation the write replaces: the current version shown, and merged into,
+        // is of it when the memory holds one.
+        let written = headers::representation(req.headers());
+        let mut current = remembered(&versions, (key, viewer), &state, written);
         if current.is_none() && policy.conflict_body == ConflictBody::Current {
             let get = revalidation_request(&req, &policy);
             let revalidation = Revalidation {
@@ -129,7 +133,7 @@ impl<S, St: Store> Stale<'_, S, St> {
                     Some(fresher) => rejection = fresher,
                 }
                 state = fresh;
-                current = remembered(&versions, (key, viewer), &state);
+                current = remembered(&versions, (key, viewer), &state, written);
             }
         }
         let Some(current) = current else {
@@ -156,7 +160,11 @@ impl<S, St: Store> Stale<'_, S, St> {
         };
         let base_doc = base.as_ref().and_then(document);
         let content_type = req.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+        // Never across representations: a document merged into another one's shape and sent
+        // as this one would replace the resource with what the client never wrote.
         let may_merge = policy.on_conflict == OnConflict::Merge
+            && base.as_ref().is_some_and(|base| of(base, written))
+            && of(&current, written)
             && base_doc.is_some()
             && current_doc.is_some()
             && content_type.is_some_and(super::conflict::is_json);
@@ -219,19 +227,29 @@ async fn end<St: Store>(lease: &mut Option<Exchange<St>>) {
 }
 
 /// The current version, if remembered for this `viewer`: the first of the state's validators
-/// the memory holds.
+/// of the `written` representation the memory holds, else the first of any.
 fn remembered(
     versions: &super::Versions,
     (key, viewer): (crate::key::ResourceKey, super::versions::Audience),
     state: &KeyState,
+    written: Representation,
 ) -> Option<Version> {
     let KeyState::Present { validators, .. } = state else {
         return None;
     };
-    validators
-        .iter()
-        .filter_map(|v| versions.get(key, &v.tag))
-        .find(|version| version.audience == viewer)
+    let find = |of_written: bool| {
+        validators
+            .iter()
+            .filter(|v| (v.representation == written) == of_written)
+            .filter_map(|v| versions.get(key, &v.tag))
+            .find(|version| version.audience == viewer)
+    };
+    find(true).or_else(|| find(false))
+}
+
+/// Whether a remembered (identity-coded) `version` is of the `written` representation.
+fn of(version: &Version, written: Representation) -> bool {
+    Representation::new(&version.content_type, b"") == written
 }
 
 /// Whether the client's body is the current representation, byte for byte: the same bytes as
