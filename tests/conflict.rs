@@ -4,6 +4,9 @@
 //! re-creation, the opt-in merge (and a storm of disjoint writers on one hot key, with teeth),
 //! and the body read that keeps the connection.
 
+#[path = "support/redis_server.rs"]
+#[allow(dead_code)]
+mod redis_server;
 mod support;
 
 use std::time::Duration;
@@ -432,9 +435,16 @@ async fn a_version_is_shown_only_to_the_credentials_it_was_served_to() {
 }
 
 /// A document store that keeps the bytes it is sent, as many APIs do (no re-encoding).
-async fn byte_store(initial: &str) -> (support::BackendHandle, std::sync::Arc<std::sync::Mutex<bytes::Bytes>>) {
+async fn byte_store(
+    initial: &str,
+) -> (
+    support::BackendHandle,
+    std::sync::Arc<std::sync::Mutex<bytes::Bytes>>,
+) {
     use http_body_util::BodyExt;
-    let doc = std::sync::Arc::new(std::sync::Mutex::new(bytes::Bytes::from(initial.to_owned())));
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(bytes::Bytes::from(
+        initial.to_owned(),
+    )));
     let (get, put) = (doc.clone(), doc.clone());
     let backend = Backend::new()
         .route_fn(Method::GET, "/doc", move |_req| {
@@ -566,7 +576,10 @@ async fn a_merge_never_applies_a_write_to_another_representation_of_the_resource
         );
         // Bob adds a note to the v2 document he read before Alice's write.
         let bob = client
-            .send(v2_put(&base, json!({"title": "widget", "qty": 10, "note": "x"})))
+            .send(v2_put(
+                &base,
+                json!({"title": "widget", "qty": 10, "note": "x"}),
+            ))
             .await;
         let stored = doc.lock().unwrap().clone();
         assert!(
@@ -576,4 +589,103 @@ async fn a_merge_never_applies_a_write_to_another_representation_of_the_resource
         );
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_after_two_gets_under_the_lease_never_outlives_the_lease() {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    bounded(async {
+        let redis = redis_server::RedisServer::start();
+        // An upstream with strong ETags that does not check If-Match itself.
+        let state = Arc::new(Mutex::new((0u64, json!({"a": 1, "b": 1}))));
+        let slow_gets = Arc::new(AtomicUsize::new(0));
+        let (get, store, slow) = (state.clone(), state.clone(), slow_gets.clone());
+        let backend = Backend::new()
+            .route_fn(Method::GET, "/doc", move |_req| {
+                let (get, slow) = (get.clone(), slow.clone());
+                async move {
+                    let was_slow = slow
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if was_slow {
+                        tokio::time::sleep(Duration::from_millis(1300)).await;
+                    }
+                    let (n, doc) = get.lock().unwrap().clone();
+                    Reply::ok(doc.to_string())
+                        .header("content-type", "application/json")
+                        .header("etag", &format!("\"v{n}\""))
+                        .response()
+                }
+            })
+            .route_fn(Method::PUT, "/doc", move |req| {
+                let store = store.clone();
+                async move {
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let doc: Value = serde_json::from_slice(&body).unwrap();
+                    if doc["b"] == 2 {
+                        tokio::time::sleep(Duration::from_millis(1400)).await;
+                    }
+                    let mut held = store.lock().unwrap();
+                    *held = (held.0 + 1, doc);
+                    Reply::ok(held.1.to_string())
+                        .header("content-type", "application/json")
+                        .header("etag", &format!("\"v{}\"", held.0))
+                        .response()
+                }
+            })
+            .spawn()
+            .await;
+        let sections = format!(
+            "[server]\nresponse_timeout = \"1500ms\"\nwrite_outcome_timeout = \"1500ms\"\nbody_read_timeout = \"1s\"\n\
+             [store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"50ms\"\nttl = \"1s\"\n\
+             lease_ttl = \"3200ms\"\n\
+             [defaults]\non_conflict = \"merge\"\nconflict_body = \"current\"",
+            redis.url()
+        );
+        let proxy = Proxy::spawn(config_with(backend.addr, &sections)).await;
+        let client = Client::http1();
+        let url = proxy.url("/doc");
+        assert_eq!(client.get(&url).await.header("etag"), "\"v0\"");
+        // A stale write: the conflict's GET makes the proxy remember v0.
+        let problem = stale(&client, &url, "\"x\"", &json!({"a": 1, "b": 9})).await;
+        assert_eq!(problem["current"], json!({"a": 1, "b": 1}));
+        // A write that bypasses the proxy makes v1; the proxy's entry expires.
+        let direct = client
+            .send(put(&backend_url(&backend), ("if-match", "\"v0\""), &json!({"a": 2, "b": 1})))
+            .await;
+        assert_eq!(direct.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+
+        // A edited v0's b: a revalidation and the conflict's GET, each slow, then its merge.
+        slow_gets.store(2, Ordering::SeqCst);
+        let a = {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                client
+                    .send(put(&url, ("if-match", "\"v0\""), &json!({"a": 1, "b": 2})))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(2800)).await;
+        // B edited v1's a.
+        let b = client
+            .send(put(&url, ("if-match", "\"v1\""), &json!({"a": 3, "b": 1})))
+            .await;
+        let a = a.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (_, stored) = state.lock().unwrap().clone();
+        assert!(
+            !b.status.is_success() || stored["a"] == 3,
+            "B's write was acknowledged ({}) and lost (A: {}): the upstream holds {stored}",
+            b.status,
+            a.status
+        );
+    })
+    .await;
+}
+
+fn backend_url(backend: &support::BackendHandle) -> String {
+    format!("http://{}/doc", backend.addr)
 }

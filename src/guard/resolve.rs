@@ -44,8 +44,8 @@ use super::versions::Version;
 use crate::etag::EntityTag;
 use crate::precondition::{Preconditions, TagCondition};
 use crate::store::{KeyState, Outcome, Store};
-use crate::validator::Representation;
 use crate::telemetry;
+use crate::validator::Representation;
 
 /// The longest the guard waits for a stale write's body (less if `response_timeout` is
 /// less): a client that trickles it gets the minimal 409, and a merge, which waits under the
@@ -115,6 +115,10 @@ impl<S, St: Store> Stale<'_, S, St> {
         // is of it when the memory holds one.
         let written = headers::representation(req.headers());
         let mut current = remembered(&versions, (key, viewer), &state, written);
+        // What is spent under the lease from here (the GET, the body) comes out of the
+        // forwarded write's budget: the revalidation before it already took the GET's share
+        // of `config::lease_budget`.
+        let started = Instant::now();
         if current.is_none() && policy.conflict_body == ConflictBody::Current {
             let get = revalidation_request(&req, &policy);
             let revalidation = Revalidation {
@@ -129,7 +133,11 @@ impl<S, St: Store> Stale<'_, S, St> {
             };
             if let Ok(fresh) = revalidation.run::<B, RB>(key, generation, get).await? {
                 match super::write::check(&fresh, pre, &policy, instance) {
-                    None => return Ok(Resolved::Pass(req, exchange)),
+                    None => {
+                        let mut exchange = exchange;
+                        spend(&mut exchange, started.elapsed());
+                        return Ok(Resolved::Pass(req, exchange));
+                    }
                     Some(fresher) => rejection = fresher,
                 }
                 state = fresh;
@@ -175,7 +183,6 @@ impl<S, St: Store> Stale<'_, S, St> {
         }
         let (parts, body) = req.into_parts();
         let wait = BODY_WAIT.min(policy.response_timeout);
-        let started = Instant::now();
         let Some(bytes) = read_bounded(body, policy.max_hash_bytes, wait).await else {
             end(&mut lease).await;
             let sides = Sides {
