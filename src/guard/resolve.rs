@@ -329,8 +329,9 @@ fn merged_header(base: &EntityTag, current: &EntityTag) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("?1"))
 }
 
-/// The time a merge spent reading the body, out of the write's outcome budget: every step
-/// under a lease stays within what `config::lease_budget` covers.
+/// The time spent under the lease since the precondition failed (the conflict's GET, a
+/// merge's body read), out of the write's outcome budget: every step under a lease stays
+/// within what `config::lease_budget` covers.
 fn spend<St: Store>(exchange: &mut Exchange<St>, spent: Duration) {
     let mut policy = (*exchange.policy).clone();
     let floor = Duration::from_millis(1);
