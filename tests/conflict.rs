@@ -689,3 +689,31 @@ async fn a_merge_after_two_gets_under_the_lease_never_outlives_the_lease() {
 fn backend_url(backend: &support::BackendHandle) -> String {
     format!("http://{}/doc", backend.addr)
 }
+
+/// Known gap, not fixed: the audience is `Authorization` and `Cookie` only, so an API that
+/// authenticates with another header (here `X-Api-Key`) on a route without `key_headers`
+/// shows one key's version to another key's stale write.
+#[tokio::test]
+#[ignore = "known gap: the version memory's audience ignores credentials in other headers"]
+async fn a_version_is_not_shown_to_another_api_key() {
+    bounded(async {
+        let (_demo, proxy, client) = demo_behind("").await;
+        let read = request(Method::GET, &proxy.url("/items/1"))
+            .header("x-api-key", "alice")
+            .body(full(""))
+            .unwrap();
+        assert_eq!(client.send(read).await.status, StatusCode::OK);
+        let stale = request(Method::PUT, &proxy.url("/items/1"))
+            .header("if-match", "\"never-seen\"")
+            .header("x-api-key", "mallory")
+            .header("content-type", "application/json")
+            .body(full(json!({"id": "1"}).to_string()))
+            .unwrap();
+        let problem = client
+            .send(stale)
+            .await
+            .assert_problem(409, "stale-precondition");
+        assert!(problem.get("current").is_none(), "{problem}");
+    })
+    .await;
+}
