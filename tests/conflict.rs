@@ -4,6 +4,9 @@
 //! re-creation, the opt-in merge (and a storm of disjoint writers on one hot key, with teeth),
 //! and the body read that keeps the connection.
 
+#[path = "support/redis_server.rs"]
+#[allow(dead_code)]
+mod redis_server;
 mod support;
 
 use std::time::Duration;
@@ -427,6 +430,290 @@ async fn a_version_is_shown_only_to_the_credentials_it_was_served_to() {
             .await
             .assert_problem(409, "stale-precondition");
         assert_eq!(problem["current"]["name"], "widget");
+    })
+    .await;
+}
+
+/// A document store that keeps the bytes it is sent, as many APIs do (no re-encoding).
+async fn byte_store(
+    initial: &str,
+) -> (
+    support::BackendHandle,
+    std::sync::Arc<std::sync::Mutex<bytes::Bytes>>,
+) {
+    use http_body_util::BodyExt;
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(bytes::Bytes::from(
+        initial.to_owned(),
+    )));
+    let (get, put) = (doc.clone(), doc.clone());
+    let backend = Backend::new()
+        .route_fn(Method::GET, "/doc", move |_req| {
+            let body = get.lock().unwrap().clone();
+            async move {
+                Reply::ok(body)
+                    .header("content-type", "application/json")
+                    .response()
+            }
+        })
+        .route_fn(Method::PUT, "/doc", move |req| {
+            let put = put.clone();
+            async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                *put.lock().unwrap() = body.clone();
+                Reply::ok(body)
+                    .header("content-type", "application/json")
+                    .response()
+            }
+        })
+        .spawn()
+        .await;
+    (backend, doc)
+}
+
+#[tokio::test]
+async fn a_merge_keeps_numbers_nobody_changed_exactly_as_they_were() {
+    bounded(async {
+        let big = r#"{"id":12345678901234567890123,"price":0.10000000000000000000001,"name":"widget","stock":10}"#;
+        let (backend, doc) = byte_store(big).await;
+        let proxy = Proxy::spawn(config_with(backend.addr, MERGE)).await;
+        let client = Client::http1();
+        let base = client.get(proxy.url("/doc")).await.header("etag").to_owned();
+        let alice = big.replace("\"stock\":10", "\"stock\":9");
+        let saved = client
+            .send(
+                request(Method::PUT, &proxy.url("/doc"))
+                    .header("if-match", &base)
+                    .header("content-type", "application/json")
+                    .body(full(alice))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(saved.status, StatusCode::OK, "{saved:?}");
+        let bob = big.replace("\"widget\"", "\"gadget\"");
+        let merged = client
+            .send(
+                request(Method::PUT, &proxy.url("/doc"))
+                    .header("if-match", &base)
+                    .header("content-type", "application/json")
+                    .body(full(bob))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(merged.status, StatusCode::OK, "{merged:?}");
+        assert!(!merged.header("ifmatch-merged").is_empty());
+        let stored = String::from_utf8(doc.lock().unwrap().to_vec()).unwrap();
+        assert!(stored.contains("\"gadget\"") && stored.contains("\"stock\":9"), "{stored}");
+        assert!(
+            stored.contains("12345678901234567890123") && stored.contains("0.10000000000000000000001"),
+            "the merge rewrote numbers nobody changed: {stored}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_merge_never_applies_a_write_to_another_representation_of_the_resource() {
+    use http_body_util::BodyExt;
+    bounded(async {
+        // One item, served as v2 (`title`, `qty`) or as plain JSON (`name`, `stock`); written
+        // as v2.
+        let doc = std::sync::Arc::new(std::sync::Mutex::new(json!({"title": "widget", "qty": 10})));
+        let (get, put) = (doc.clone(), doc.clone());
+        let backend = Backend::new()
+            .route_fn(Method::GET, "/doc", move |req| {
+                let v2 = req
+                    .headers()
+                    .get("accept")
+                    .is_some_and(|a| a.to_str().unwrap().contains("v2"));
+                let item = get.lock().unwrap().clone();
+                async move {
+                    if v2 {
+                        Reply::ok(item.to_string())
+                            .header("content-type", "application/vnd.v2+json")
+                            .response()
+                    } else {
+                        let plain = json!({"name": item["title"], "stock": item["qty"]});
+                        Reply::ok(plain.to_string())
+                            .header("content-type", "application/json")
+                            .response()
+                    }
+                }
+            })
+            .route_fn(Method::PUT, "/doc", move |req| {
+                let put = put.clone();
+                async move {
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    *put.lock().unwrap() = serde_json::from_slice(&body).unwrap();
+                    Reply::ok(body)
+                        .header("content-type", "application/vnd.v2+json")
+                        .response()
+                }
+            })
+            .spawn()
+            .await;
+        let proxy = Proxy::spawn(config_with(backend.addr, MERGE)).await;
+        let client = Client::http1();
+        let v2_put = |if_match: &str, body: Value| {
+            request(Method::PUT, &proxy.url("/doc"))
+                .header("if-match", if_match)
+                .header("content-type", "application/vnd.v2+json")
+                .body(full(body.to_string()))
+                .unwrap()
+        };
+        let read = request(Method::GET, &proxy.url("/doc"))
+            .header("accept", "application/vnd.v2+json")
+            .body(full(""))
+            .unwrap();
+        let base = client.send(read).await.header("etag").to_owned();
+        let alice = client
+            .send(v2_put(&base, json!({"title": "widget", "qty": 9})))
+            .await;
+        assert_eq!(alice.status, StatusCode::OK, "{alice:?}");
+        // Someone reads the plain representation: the one the guard now knows.
+        assert_eq!(
+            client.get(proxy.url("/doc")).await.json(),
+            json!({"name": "widget", "stock": 9})
+        );
+        // Bob adds a note to the v2 document he read before Alice's write.
+        let bob = client
+            .send(v2_put(
+                &base,
+                json!({"title": "widget", "qty": 10, "note": "x"}),
+            ))
+            .await;
+        let stored = doc.lock().unwrap().clone();
+        assert!(
+            bob.status == StatusCode::CONFLICT
+                || stored == json!({"title": "widget", "qty": 9, "note": "x"}),
+            "{bob:?}: the upstream now holds {stored}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_after_two_gets_under_the_lease_never_outlives_the_lease() {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    bounded(async {
+        let redis = redis_server::RedisServer::start();
+        // An upstream with strong ETags that does not check If-Match itself.
+        let state = Arc::new(Mutex::new((0u64, json!({"a": 1, "b": 1}))));
+        let slow_gets = Arc::new(AtomicUsize::new(0));
+        let (get, store, slow) = (state.clone(), state.clone(), slow_gets.clone());
+        let backend = Backend::new()
+            .route_fn(Method::GET, "/doc", move |_req| {
+                let (get, slow) = (get.clone(), slow.clone());
+                async move {
+                    let was_slow = slow
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if was_slow {
+                        tokio::time::sleep(Duration::from_millis(1300)).await;
+                    }
+                    let (n, doc) = get.lock().unwrap().clone();
+                    Reply::ok(doc.to_string())
+                        .header("content-type", "application/json")
+                        .header("etag", &format!("\"v{n}\""))
+                        .response()
+                }
+            })
+            .route_fn(Method::PUT, "/doc", move |req| {
+                let store = store.clone();
+                async move {
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let doc: Value = serde_json::from_slice(&body).unwrap();
+                    if doc["b"] == 2 {
+                        tokio::time::sleep(Duration::from_millis(1400)).await;
+                    }
+                    let mut held = store.lock().unwrap();
+                    *held = (held.0 + 1, doc);
+                    Reply::ok(held.1.to_string())
+                        .header("content-type", "application/json")
+                        .header("etag", &format!("\"v{}\"", held.0))
+                        .response()
+                }
+            })
+            .spawn()
+            .await;
+        let sections = format!(
+            "[server]\nresponse_timeout = \"1500ms\"\nwrite_outcome_timeout = \"1500ms\"\nbody_read_timeout = \"1s\"\n\
+             [store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"50ms\"\nttl = \"1s\"\n\
+             lease_ttl = \"3200ms\"\n\
+             [defaults]\non_conflict = \"merge\"\nconflict_body = \"current\"",
+            redis.url()
+        );
+        let proxy = Proxy::spawn(config_with(backend.addr, &sections)).await;
+        let client = Client::http1();
+        let url = proxy.url("/doc");
+        assert_eq!(client.get(&url).await.header("etag"), "\"v0\"");
+        // A stale write: the conflict's GET makes the proxy remember v0.
+        let problem = stale(&client, &url, "\"x\"", &json!({"a": 1, "b": 9})).await;
+        assert_eq!(problem["current"], json!({"a": 1, "b": 1}));
+        // A write that bypasses the proxy makes v1; the proxy's entry expires.
+        let direct = client
+            .send(put(&backend_url(&backend), ("if-match", "\"v0\""), &json!({"a": 2, "b": 1})))
+            .await;
+        assert_eq!(direct.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+
+        // A edited v0's b: a revalidation and the conflict's GET, each slow, then its merge.
+        slow_gets.store(2, Ordering::SeqCst);
+        let a = {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                client
+                    .send(put(&url, ("if-match", "\"v0\""), &json!({"a": 1, "b": 2})))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(2800)).await;
+        // B edited v1's a.
+        let b = client
+            .send(put(&url, ("if-match", "\"v1\""), &json!({"a": 3, "b": 1})))
+            .await;
+        let a = a.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (_, stored) = state.lock().unwrap().clone();
+        assert!(
+            !b.status.is_success() || stored["a"] == 3,
+            "B's write was acknowledged ({}) and lost (A: {}): the upstream holds {stored}",
+            b.status,
+            a.status
+        );
+    })
+    .await;
+}
+
+fn backend_url(backend: &support::BackendHandle) -> String {
+    format!("http://{}/doc", backend.addr)
+}
+
+/// Known gap, not fixed: the audience is `Authorization` and `Cookie` only, so an API that
+/// authenticates with another header (here `X-Api-Key`) on a route without `key_headers`
+/// shows one key's version to another key's stale write.
+#[tokio::test]
+#[ignore = "known gap: the version memory's audience ignores credentials in other headers"]
+async fn a_version_is_not_shown_to_another_api_key() {
+    bounded(async {
+        let (_demo, proxy, client) = demo_behind("").await;
+        let read = request(Method::GET, &proxy.url("/items/1"))
+            .header("x-api-key", "alice")
+            .body(full(""))
+            .unwrap();
+        assert_eq!(client.send(read).await.status, StatusCode::OK);
+        let stale = request(Method::PUT, &proxy.url("/items/1"))
+            .header("if-match", "\"never-seen\"")
+            .header("x-api-key", "mallory")
+            .header("content-type", "application/json")
+            .body(full(json!({"id": "1"}).to_string()))
+            .unwrap();
+        let problem = client
+            .send(stale)
+            .await
+            .assert_problem(409, "stale-precondition");
+        assert!(problem.get("current").is_none(), "{problem}");
     })
     .await;
 }

@@ -45,6 +45,7 @@ use crate::etag::EntityTag;
 use crate::precondition::{Preconditions, TagCondition};
 use crate::store::{KeyState, Outcome, Store};
 use crate::telemetry;
+use crate::validator::Representation;
 
 /// The longest the guard waits for a stale write's body (less if `response_timeout` is
 /// less): a client that trickles it gets the minimal 409, and a merge, which waits under the
@@ -110,7 +111,14 @@ impl<S, St: Store> Stale<'_, S, St> {
         let (key, versions) = (exchange.key, exchange.versions.clone());
         // Only what this writer's credentials were shown.
         let viewer = super::versions::audience(req.headers());
-        let mut current = remembered(&versions, (key, viewer), &state);
+        // The representation the write replaces: the current version shown, and merged into,
+        // is of it when the memory holds one.
+        let written = headers::representation(req.headers());
+        let mut current = remembered(&versions, (key, viewer), &state, written);
+        // What is spent under the lease from here (the GET, the body) comes out of the
+        // forwarded write's budget: the revalidation before it already took the GET's share
+        // of `config::lease_budget`.
+        let started = Instant::now();
         if current.is_none() && policy.conflict_body == ConflictBody::Current {
             let get = revalidation_request(&req, &policy);
             let revalidation = Revalidation {
@@ -125,11 +133,15 @@ impl<S, St: Store> Stale<'_, S, St> {
             };
             if let Ok(fresh) = revalidation.run::<B, RB>(key, generation, get).await? {
                 match super::write::check(&fresh, pre, &policy, instance) {
-                    None => return Ok(Resolved::Pass(req, exchange)),
+                    None => {
+                        let mut exchange = exchange;
+                        spend(&mut exchange, started.elapsed());
+                        return Ok(Resolved::Pass(req, exchange));
+                    }
                     Some(fresher) => rejection = fresher,
                 }
                 state = fresh;
-                current = remembered(&versions, (key, viewer), &state);
+                current = remembered(&versions, (key, viewer), &state, written);
             }
         }
         let Some(current) = current else {
@@ -156,7 +168,11 @@ impl<S, St: Store> Stale<'_, S, St> {
         };
         let base_doc = base.as_ref().and_then(document);
         let content_type = req.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+        // Never across representations: a document merged into another one's shape and sent
+        // as this one would replace the resource with what the client never wrote.
         let may_merge = policy.on_conflict == OnConflict::Merge
+            && base.as_ref().is_some_and(|base| of(base, written))
+            && of(&current, written)
             && base_doc.is_some()
             && current_doc.is_some()
             && content_type.is_some_and(super::conflict::is_json);
@@ -167,7 +183,6 @@ impl<S, St: Store> Stale<'_, S, St> {
         }
         let (parts, body) = req.into_parts();
         let wait = BODY_WAIT.min(policy.response_timeout);
-        let started = Instant::now();
         let Some(bytes) = read_bounded(body, policy.max_hash_bytes, wait).await else {
             end(&mut lease).await;
             let sides = Sides {
@@ -219,19 +234,29 @@ async fn end<St: Store>(lease: &mut Option<Exchange<St>>) {
 }
 
 /// The current version, if remembered for this `viewer`: the first of the state's validators
-/// the memory holds.
+/// of the `written` representation the memory holds, else the first of any.
 fn remembered(
     versions: &super::Versions,
     (key, viewer): (crate::key::ResourceKey, super::versions::Audience),
     state: &KeyState,
+    written: Representation,
 ) -> Option<Version> {
     let KeyState::Present { validators, .. } = state else {
         return None;
     };
-    validators
-        .iter()
-        .filter_map(|v| versions.get(key, &v.tag))
-        .find(|version| version.audience == viewer)
+    let find = |of_written: bool| {
+        validators
+            .iter()
+            .filter(|v| (v.representation == written) == of_written)
+            .filter_map(|v| versions.get(key, &v.tag))
+            .find(|version| version.audience == viewer)
+    };
+    find(true).or_else(|| find(false))
+}
+
+/// Whether a remembered (identity-coded) `version` is of the `written` representation.
+fn of(version: &Version, written: Representation) -> bool {
+    Representation::new(&version.content_type, b"") == written
 }
 
 /// Whether the client's body is the current representation, byte for byte: the same bytes as
@@ -304,8 +329,9 @@ fn merged_header(base: &EntityTag, current: &EntityTag) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("?1"))
 }
 
-/// The time a merge spent reading the body, out of the write's outcome budget: every step
-/// under a lease stays within what `config::lease_budget` covers.
+/// The time spent under the lease since the precondition failed (the conflict's GET, a
+/// merge's body read), out of the write's outcome budget: every step under a lease stays
+/// within what `config::lease_budget` covers.
 fn spend<St: Store>(exchange: &mut Exchange<St>, spent: Duration) {
     let mut policy = (*exchange.policy).clone();
     let floor = Duration::from_millis(1);

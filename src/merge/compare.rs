@@ -1,6 +1,7 @@
 //! Field-level comparison of JSON documents, and the three-way merge built on it.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 
 use serde_json::{Number, Value};
 
@@ -60,8 +61,9 @@ fn same_number(x: &Number, y: &Number) -> bool {
     if x.is_f64() || y.is_f64() {
         return x.as_f64() == y.as_f64();
     }
-    // A negative integer and one above i64::MAX.
-    false
+    // Integers beyond 64 bits (kept as written: `arbitrary_precision`): JSON spells an
+    // integer one way (no leading zeros, no `+`), so the same digits are the same number.
+    x.to_string() == y.to_string()
 }
 
 /// A part of the document both sides changed.
@@ -101,19 +103,38 @@ pub struct Comparison {
 pub fn compare(base: &Value, current: &Value, yours: &Value) -> Comparison {
     let your_changes = changes(base, yours);
     let their_changes = changes(base, current);
+    // Looked up, not scanned: a document's changes may number hundreds of thousands on each
+    // side, and every pair would be compared. In pointer order a pointer's descendants follow
+    // it directly, so the overlapping changes of one of mine are its ancestors (itself
+    // included), then whether the next of theirs lies below it: the same list, in the same
+    // order, as comparing every pair.
+    let theirs: BTreeSet<&Pointer> = their_changes.iter().collect();
     let mut seen = BTreeSet::new();
     let mut conflicts = Vec::new();
+    let mut conflict = |pointer: &Pointer| {
+        if seen.insert(pointer.clone()) {
+            conflicts.push(Conflict {
+                pointer: pointer.clone(),
+                base: pointer.get(base).cloned(),
+                current: pointer.get(current).cloned(),
+                yours: pointer.get(yours).cloned(),
+            });
+        }
+    };
     for mine in &your_changes {
-        for theirs in their_changes.iter().filter(|theirs| mine.overlaps(theirs)) {
-            let pointer = if mine.covers(theirs) { mine } else { theirs };
-            if seen.insert(pointer.clone()) {
-                conflicts.push(Conflict {
-                    pointer: pointer.clone(),
-                    base: pointer.get(base).cloned(),
-                    current: pointer.get(current).cloned(),
-                    yours: pointer.get(yours).cloned(),
-                });
+        let mut ancestor = Pointer::root();
+        for token in mine.tokens() {
+            if theirs.contains(&ancestor) {
+                conflict(&ancestor);
             }
+            ancestor = ancestor.child(token);
+        }
+        let below = theirs
+            .range::<&Pointer, _>((Bound::Excluded(mine), Bound::Unbounded))
+            .next()
+            .is_some_and(|next| mine.covers(next));
+        if theirs.contains(mine) || below {
+            conflict(mine);
         }
     }
     Comparison {

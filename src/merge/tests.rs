@@ -320,3 +320,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn comparing_wide_documents_takes_time_linear_in_their_size() {
+    // Every member changed on one side or the other, none on both: a document a client may
+    // send (bounded by `max_hash_bytes`, 8 MiB by default, far wider than this).
+    let n = 30_000;
+    let wide = |mine: i64, theirs: i64| -> Value {
+        let mut object = serde_json::Map::new();
+        for i in 0..n {
+            object.insert(format!("m{i}"), json!(mine));
+            object.insert(format!("t{i}"), json!(theirs));
+        }
+        Value::Object(object)
+    };
+    let (base, current, yours) = (wide(0, 0), wide(0, 1), wide(1, 0));
+    let started = std::time::Instant::now();
+    let comparison = compare(&base, &current, &yours);
+    assert!(comparison.conflicts.is_empty());
+    assert_eq!(comparison.your_changes.len(), n);
+    assert_eq!(comparison.their_changes.len(), n);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_secs(3),
+        "a three-way comparison of {n} x {n} changes took {elapsed:?}"
+    );
+}
