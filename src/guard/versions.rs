@@ -31,19 +31,32 @@ pub const DEFAULT_VERSION_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 /// Bookkeeping charged per version on top of its body (map slots, tag, content type).
 const OVERHEAD: usize = 160;
 
-/// Who may be shown a remembered representation: a digest of the `Authorization` and
-/// `Cookie` values of the request it answered. A conflict response shows a version only to
+/// Who may be shown a remembered representation: a digest of the credential headers
+/// ([`CREDENTIAL_HEADERS`]) of the request it answered. A conflict response shows a version only to
 /// a writer with the same credentials, so that it never discloses what an upstream that
 /// authorizes reads per user would not show that writer (the route's `key_headers` already
 /// separate per-user resources; this covers routes that do not set them).
 pub type Audience = [u8; 16];
 
+/// The request headers that carry credentials in the APIs ifmatch fronts: the standard ones
+/// and the common API-key spellings. A route whose credentials travel in another header sets
+/// it in `key_headers`, which separates the resources themselves.
+pub const CREDENTIAL_HEADERS: [&str; 7] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-access-token",
+];
+
 /// The audience of a request with `headers`.
 pub fn audience(headers: &http::HeaderMap) -> Audience {
     let mut hasher = blake3::Hasher::new();
-    for name in [http::header::AUTHORIZATION, http::header::COOKIE] {
-        for value in headers.get_all(&name) {
-            hasher.update(name.as_str().as_bytes());
+    for name in CREDENTIAL_HEADERS {
+        for value in headers.get_all(name) {
+            hasher.update(name.as_bytes());
             hasher.update(&(value.len() as u64).to_le_bytes());
             hasher.update(value.as_bytes());
         }
