@@ -254,3 +254,146 @@ async fn fail_open_forwards_conditional_writes_while_redis_is_down() {
     assert!(forwarded.status.is_success(), "{forwarded:?}");
     assert_eq!(upstream_value(&client, &demo.url("/items/open")).await, 7);
 }
+
+/// A TCP relay between a replica and Redis that can be cut: while cut, it forwards nothing in
+/// either direction and closes nothing (packets dropped by a partition, not a refused
+/// connection), and connections made meanwhile are accepted and held the same way.
+struct Partition {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Partition {
+    async fn to(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let addr = listener.local_addr().expect("relay addr");
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(client_read, server_write, watch.clone()));
+                tokio::spawn(pump(server_read, client_write, watch.clone()));
+            }
+        });
+        Self { addr, cut }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    fn set(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// Copies `from` to `to`, holding every chunk while the partition is cut.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 || cut.wait_for(|cut| !cut).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_partitioned_from_redis_stops_taking_writes_within_the_store_timeout() {
+    let redis = RedisServer::start();
+    let demo = DemoHandle::spawn().await;
+    let redis_addr: std::net::SocketAddr = format!("127.0.0.1:{}", redis.port())
+        .parse()
+        .expect("redis addr");
+    let partition = Partition::to(redis_addr).await;
+    let timeout = Duration::from_millis(300);
+    let cut_off = replica(redis_config(
+        &demo,
+        &partition.url(),
+        "fail_closed",
+        "300ms",
+    ))
+    .await;
+    let other = replica(redis_config(&demo, &redis.url(), "fail_closed", "5s")).await;
+    let client = Client::http1();
+    let (url, url_other) = (cut_off.url("/items/split"), other.url("/items/split"));
+    let direct = demo.url("/items/split");
+
+    assert!(put(&client, &url, 0, None).await.status.is_success());
+    let (_, v0) = counter(&client, &url).await;
+    assert!(put(&client, &url, 1, Some(&v0)).await.status.is_success());
+    let (n, v1) = counter(&client, &url).await;
+    assert_eq!(n, 1);
+
+    partition.set(true);
+    // Current or stale, a conditional write cannot be checked: 503 once the store timeout
+    // has passed (the connection is up, but nothing answers), never forwarded.
+    for tag in [&v1, &v0] {
+        let started = std::time::Instant::now();
+        let refused = put(&client, &url, 99, Some(tag)).await;
+        let took = started.elapsed();
+        refused.assert_problem(503, "store-unavailable");
+        assert!(
+            took >= timeout,
+            "refused after {took:?}, before the store timeout"
+        );
+        // Bounded by the timeout (the lease call; a loaded machine adds scheduling delay).
+        assert!(
+            took < timeout * 2 + Duration::from_secs(1),
+            "refused only after {took:?}"
+        );
+    }
+    assert_eq!(
+        upstream_value(&client, &direct).await,
+        1,
+        "a write refused by the partitioned replica reached the API"
+    );
+    // The replica that still reaches Redis goes on, checked: a stale tag is refused, the
+    // current one passes.
+    put(&client, &url_other, 50, Some(&v0))
+        .await
+        .assert_problem(409, "stale-precondition");
+    let (_, current) = counter(&client, &url_other).await;
+    assert!(
+        put(&client, &url_other, 2, Some(&current))
+            .await
+            .status
+            .is_success()
+    );
+    assert_eq!(upstream_value(&client, &direct).await, 2);
+
+    // Healed: the cut-off replica's view is checked against Redis again, so the tag it last
+    // saw (v1) is stale now and refused; the other replica's current tag passes.
+    partition.set(false);
+    let (_, now) = counter(&client, &url_other).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let stale = loop {
+        let answer = put(&client, &url, 77, Some(&v1)).await;
+        if answer.status != StatusCode::SERVICE_UNAVAILABLE {
+            break answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery after the partition healed"
+        );
+    };
+    stale.assert_problem(409, "stale-precondition");
+    assert!(put(&client, &url, 3, Some(&now)).await.status.is_success());
+    assert_eq!(upstream_value(&client, &direct).await, 3);
+}

@@ -20,6 +20,10 @@ macro_rules! policy_keys {
         $generate! {
             $($args)*
             keys {
+                /// Whether the precondition guard sees the route's traffic at all. `false`:
+                /// requests pass as through a plain reverse proxy, with no store look-up and
+                /// no check (for routes nobody writes through, or writes that need none).
+                guard: bool = true;
                 /// Status for a failed precondition on a write: 409 (Conflict) or 412
                 /// (Precondition Failed).
                 conflict_status: u16 = Policy::default().conflict_status.as_u16();
@@ -190,6 +194,7 @@ impl PolicyConfig {
             return None;
         }
         Some(Policy {
+            guard: self.guard,
             conflict_status: conflict_status?,
             require_precondition: if self.require_if_match {
                 methods?

@@ -170,6 +170,9 @@ pub enum OnConflict {
 /// How the guard treats one route's traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
+    /// Whether the guard applies at all (`false`: the route's requests pass unchecked and
+    /// unobserved, as through a plain proxy).
+    pub guard: bool,
     /// Status for a failed precondition on a write: 409 (default) or 412.
     pub conflict_status: StatusCode,
     /// Methods whose unconditional requests get 428 Precondition Required (empty: none).
@@ -215,6 +218,7 @@ impl Policy {
 impl Default for Policy {
     fn default() -> Self {
         Self {
+            guard: true,
             conflict_status: StatusCode::CONFLICT,
             require_precondition: Vec::new(),
             on_unknown: OnUnknown::Revalidate,

@@ -58,9 +58,22 @@ where
     }
 
     // The generation seen *before* going upstream: if a write lands meanwhile, what this read
-    // brings back is refused by the store.
-    let snapshot = match store.load(key).await {
-        Ok(snapshot) => Some(snapshot),
+    // brings back is refused by the store. A HEAD also needs what is known (it has no body to
+    // hash: it carries the known tag); a GET needs only the generation, which a networked
+    // store may remember without a round trip.
+    let seen = if is_get {
+        store.read_generation(key).await.map(|generation| Seen {
+            generation,
+            known: None,
+        })
+    } else {
+        store.load(key).await.map(|snapshot| Seen {
+            generation: snapshot.generation,
+            known: Some(snapshot),
+        })
+    };
+    let seen = match seen {
+        Ok(seen) => Some(seen),
         Err(error) => {
             tracing::warn!(%key, %error, "store load failed, read passes unobserved");
             None
@@ -76,7 +89,7 @@ where
     if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
         // A view that is not there says nothing of the resource (see the revalidation).
         if variant == 0 {
-            learn(&store, key, &snapshot, Observation::Absent).await;
+            learn(&store, key, &seen, Observation::Absent).await;
         }
         return Ok(upstream(parts, body));
     }
@@ -112,7 +125,7 @@ where
                 validator,
                 last_modified: headers::last_modified(&parts.headers),
             };
-            learn(&store, key, &snapshot, observation).await;
+            learn(&store, key, &seen, observation).await;
             if !synthesized {
                 return Ok(Response::from_parts(parts, body));
             }
@@ -130,7 +143,8 @@ where
             if !is_get {
                 // HEAD has no body to hash: it carries the validator already known, if any.
                 let representation = headers::representation(&parts.headers).with_variant(variant);
-                if let Some(tag) = known_tag(&snapshot, representation) {
+                let known = seen.as_ref().and_then(|seen| seen.known.as_ref());
+                if let Some(tag) = known_tag(known, representation) {
                     headers::set_etag(&mut parts.headers, tag);
                 }
             }
@@ -156,10 +170,18 @@ where
             // Too large to hash: whatever was known no longer describes this resource.
             tracing::debug!(%key, limit = policy.max_hash_bytes, "body too large to hash");
             metrics::counter!(telemetry::ETAGS_SKIPPED, "route" => route).increment(1);
-            learn(&store, key, &snapshot, Observation::Unknown).await;
+            learn(&store, key, &seen, Observation::Unknown).await;
             Ok(Response::from_parts(parts, body))
         }
     }
+}
+
+/// What the store showed before the read went upstream.
+struct Seen {
+    /// The generation to learn against.
+    generation: u64,
+    /// The state, for a HEAD.
+    known: Option<Snapshot>,
 }
 
 /// Records an observation against the generation seen before the read; a refusal is normal
@@ -167,11 +189,11 @@ where
 async fn learn<St: Store>(
     store: &St,
     key: ResourceKey,
-    snapshot: &Option<Snapshot>,
+    seen: &Option<Seen>,
     observation: Observation,
 ) {
-    let Some(snapshot) = snapshot else { return };
-    match store.learn(key, snapshot.generation, observation).await {
+    let Some(seen) = seen else { return };
+    match store.learn(key, seen.generation, observation).await {
         Ok(recorded) => tracing::trace!(%key, recorded, "observed"),
         Err(error) => tracing::warn!(%key, %error, "store learn failed"),
     }
@@ -183,7 +205,7 @@ fn upstream<RB: Body>(parts: http::response::Parts, body: RB) -> Response<Respon
 
 /// The validator known for `representation`, else any known one of the same view.
 fn known_tag(
-    snapshot: &Option<Snapshot>,
+    snapshot: Option<&Snapshot>,
     representation: crate::validator::Representation,
 ) -> Option<&EntityTag> {
     let Some(Snapshot {

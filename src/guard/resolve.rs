@@ -56,10 +56,14 @@ pub(crate) const BODY_WAIT: Duration = Duration::from_secs(2);
 /// the client edited and the one its changes were applied to.
 pub const MERGED_HEADER: &str = "ifmatch-merged";
 
-/// A write whose precondition failed, under its lease.
+/// A write whose precondition failed, under its lease if one was taken.
 pub(crate) struct Stale<'a, S, St: Store> {
     pub(crate) inner: S,
-    pub(crate) exchange: Exchange<St>,
+    /// The write's lease, or `None` when the store saw the precondition fail and took none
+    /// (only on routes that neither merge nor fetch the current version: see
+    /// [`needs_lease`]).
+    pub(crate) held: Option<Exchange<St>>,
+    pub(crate) about: About,
     pub(crate) rejection: Rejection,
     /// The state the precondition failed against (the write's view of it).
     pub(crate) state: KeyState,
@@ -67,6 +71,34 @@ pub(crate) struct Stale<'a, S, St: Store> {
     pub(crate) instance: &'a str,
     /// The lease's generation, for what a GET under it learns.
     pub(crate) generation: u64,
+}
+
+/// Which resource a stale write is to, and the route's rules.
+pub(crate) struct About {
+    pub(crate) key: crate::key::ResourceKey,
+    pub(crate) route: Arc<str>,
+    pub(crate) policy: Arc<super::policy::Policy>,
+    pub(crate) variant: u32,
+    pub(crate) versions: super::Versions,
+}
+
+impl About {
+    pub(crate) fn of<St: Store>(exchange: &Exchange<St>) -> Self {
+        Self {
+            key: exchange.key,
+            route: exchange.route.clone(),
+            policy: Arc::clone(&exchange.policy),
+            variant: exchange.variant,
+            versions: exchange.versions.clone(),
+        }
+    }
+}
+
+/// Whether resolving a stale write on this route may need its lease: to fetch the current
+/// version under it, or to forward a merge. Else the 409 needs none, and a store that sees the
+/// precondition fail need not take one.
+pub(crate) fn needs_lease(policy: &super::policy::Policy) -> bool {
+    policy.conflict_body == ConflictBody::Current || policy.on_conflict == OnConflict::Merge
 }
 
 /// What becomes of the stale write.
@@ -91,24 +123,31 @@ impl<S, St: Store> Stale<'_, S, St> {
     {
         let Stale {
             inner,
-            exchange,
+            held,
+            about,
             mut rejection,
             mut state,
             pre,
             instance,
             generation,
         } = self;
-        let policy = Arc::clone(&exchange.policy);
-        let route = exchange.route.clone();
+        let About {
+            key,
+            route,
+            policy,
+            variant,
+            versions,
+        } = about;
+        // Ended as soon as nothing more needs it.
+        let mut lease = held;
         let resolvable = matches!(
             rejection.kind,
             RejectionKind::StalePrecondition | RejectionKind::AlreadyExists
         );
-        if policy.conflict_body == ConflictBody::Minimal || exchange.variant != 0 || !resolvable {
-            exchange.end(Outcome::Unchanged).await;
+        if policy.conflict_body == ConflictBody::Minimal || variant != 0 || !resolvable {
+            end(&mut lease).await;
             return Ok(Resolved::Answer(rejection.into_response()));
         }
-        let (key, versions) = (exchange.key, exchange.versions.clone());
         // Only what this writer's credentials were shown.
         let viewer = super::versions::audience(req.headers());
         // The representation the write replaces: the current version shown, and merged into,
@@ -119,13 +158,14 @@ impl<S, St: Store> Stale<'_, S, St> {
         // forwarded write's budget: the revalidation before it already took the GET's share
         // of `config::lease_budget`.
         let started = Instant::now();
-        if current.is_none() && policy.conflict_body == ConflictBody::Current {
+        let fetch = current.is_none() && policy.conflict_body == ConflictBody::Current;
+        if let (true, Some(exchange)) = (fetch, &lease) {
             let get = revalidation_request(&req, &policy);
             let revalidation = Revalidation {
                 inner,
                 store: &exchange.store,
                 policy: &policy,
-                route: &exchange.route,
+                route: &route,
                 instance,
                 variant: 0,
                 versions: &versions,
@@ -134,9 +174,10 @@ impl<S, St: Store> Stale<'_, S, St> {
             if let Ok(fresh) = revalidation.run::<B, RB>(key, generation, get).await? {
                 match super::write::check(&fresh, pre, &policy, instance) {
                     None => {
-                        let mut exchange = exchange;
-                        spend(&mut exchange, started.elapsed());
-                        return Ok(Resolved::Pass(req, exchange));
+                        if let Some(mut exchange) = lease.take() {
+                            spend(&mut exchange, started.elapsed());
+                            return Ok(Resolved::Pass(req, exchange));
+                        }
                     }
                     Some(fresher) => rejection = fresher,
                 }
@@ -145,12 +186,12 @@ impl<S, St: Store> Stale<'_, S, St> {
             }
         }
         let Some(current) = current else {
-            exchange.end(Outcome::Unchanged).await;
+            end(&mut lease).await;
             return Ok(Resolved::Answer(rejection.into_response()));
         };
         let current_doc = document(&current);
         if req.method() != Method::PUT {
-            exchange.end(Outcome::Unchanged).await;
+            end(&mut lease).await;
             let sides = Sides {
                 base: None,
                 current: current_doc,
@@ -177,7 +218,6 @@ impl<S, St: Store> Stale<'_, S, St> {
             && current_doc.is_some()
             && content_type.is_some_and(super::conflict::is_json);
         // Only a merge needs the lease while the body comes.
-        let mut lease = Some(exchange);
         if !may_merge {
             end(&mut lease).await;
         }

@@ -115,11 +115,17 @@ where
             *method,
             Method::PUT | Method::PATCH | Method::DELETE | Method::POST
         );
-        if !is_read && !is_write {
-            if let Some(rejection) = miscased_write(method, req.uri()) {
+        let unguarded = req
+            .extensions()
+            .get::<RouteContext>()
+            .is_some_and(|route| !route.policy.guard);
+        if unguarded || !is_read && !is_write {
+            let miscased = (!unguarded).then(|| miscased_write(method, req.uri()));
+            if let Some(rejection) = miscased.flatten() {
                 return ShortCircuit::answered(rejection.into_response());
             }
-            // OPTIONS, TRACE, extension methods: neither teach nor change a validator.
+            // OPTIONS, TRACE, extension methods: neither teach nor change a validator; nor does
+            // anything on a route the guard is off for.
             let future = inner.call(req.map(RequestBody::new));
             return ShortCircuit::called(Box::pin(async move {
                 Ok(future.await?.map(ResponseBody::upstream))

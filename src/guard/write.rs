@@ -19,7 +19,7 @@ use super::body::{RequestBody, ResponseBody};
 use super::exchange::{self, Exchange};
 use super::headers;
 use super::policy::{FailedOpen, OnStoreUnavailable, OnUnknown, Policy};
-use super::resolve::{MERGED_HEADER, Resolved, Stale};
+use super::resolve::{About, MERGED_HEADER, Resolved, Stale, needs_lease};
 use super::response::{Rejection, RejectionKind};
 use super::revalidate::{Revalidation, revalidation_request};
 use super::service::Guarded;
@@ -29,7 +29,7 @@ use crate::key::ResourceKey;
 use crate::precondition::{
     Decision, Failure, Preconditions, RequestKind, ResourceState, TagCondition, evaluate,
 };
-use crate::store::{KeyState, Outcome, Store, StoreError};
+use crate::store::{Acquired, KeyState, Outcome, Refusal, RefusalCondition, Store, StoreError};
 use crate::telemetry;
 
 /// A write `admit`ted with preconditions `pre`.
@@ -60,16 +60,58 @@ where
     let instance = uri.path_and_query().map_or("/", |pq| pq.as_str());
 
     // 2. At most one write per resource in flight, including unconditional ones: a write the
-    // guard did not serialize could change the resource under a conditional one.
+    // guard did not serialize could change the resource under a conditional one. Where the
+    // conflict needs no lease, the store may see a failed precondition and take none.
     let waiting = Instant::now();
-    let acquired = store.acquire(key, policy.lease_wait).await;
-    metrics::histogram!(telemetry::LEASE_WAIT, "route" => route.clone())
-        .record(waiting.elapsed().as_secs_f64());
-    let (lease, snapshot) = match acquired {
-        Ok(acquired) => acquired,
+    let mut refusal = refusal(&pre, &policy, variant);
+    let (lease, snapshot) = loop {
+        let acquired = match refusal.take() {
+            Some(refusal) => store.acquire_unless(key, policy.lease_wait, &refusal).await,
+            None => (store.acquire(key, policy.lease_wait).await)
+                .map(|(lease, snapshot)| Acquired::Held(lease, snapshot)),
+        };
+        metrics::histogram!(telemetry::LEASE_WAIT, "route" => route.clone())
+            .record(waiting.elapsed().as_secs_f64());
+        let error = match acquired {
+            Ok(Acquired::Held(lease, snapshot)) => break (lease, snapshot),
+            Ok(Acquired::Refused(snapshot)) => {
+                let state = state_of(snapshot.state, variant);
+                let Some(rejection) = check(&state, &pre, &policy, instance) else {
+                    // The store's check is narrower than ours, so this is not expected; the
+                    // write then takes its lease as any other.
+                    continue;
+                };
+                let stale: Stale<'_, S, St> = Stale {
+                    inner: inner.clone(),
+                    held: None,
+                    about: About {
+                        key,
+                        route,
+                        policy,
+                        variant,
+                        versions,
+                    },
+                    rejection,
+                    state,
+                    pre: &pre,
+                    instance,
+                    generation: snapshot.generation,
+                };
+                return match Box::pin(stale.resolve(req)).await? {
+                    Resolved::Answer(answer) => Ok(answer),
+                    // Not reached: without a lease nothing is fetched or merged.
+                    Resolved::Pass(..) | Resolved::Merged(..) => Ok(retry_shortly(
+                        RejectionKind::LeaseTimeout,
+                        instance,
+                        "the precondition could not be checked; retry",
+                    )),
+                };
+            }
+            Err(error) => error,
+        };
         // Boxed, as the revalidation below: a rare path's state would otherwise be part of
         // every write's future (moved on each call).
-        Err(error) => return Box::pin(unleased(error, &pre, &policy, instance, inner, req)).await,
+        return Box::pin(unleased(error, &pre, &policy, instance, inner, req)).await;
     };
     let key_headers = if policy.key_headers.is_empty() {
         Vec::new()
@@ -122,7 +164,8 @@ where
         Vetted::Refused { rejection, state } => {
             let stale = Stale {
                 inner: inner.clone(),
-                exchange,
+                about: About::of(&exchange),
+                held: Some(exchange),
                 rejection,
                 state,
                 pre: &pre,
@@ -354,6 +397,27 @@ impl<St: Store, B> Vetting<'_, St, B> {
             Some(rejection) => Vetted::Refused { rejection, state },
         })
     }
+}
+
+/// The precondition as the store may check it before taking the lease, when the route
+/// resolves a conflict without one: `If-Match` (a failing `If-Match` fails the request whatever
+/// else it asks, RFC 9110 §13.2.2), or `If-None-Match: *` alone.
+fn refusal(pre: &Preconditions, policy: &Policy, variant: u32) -> Option<Refusal> {
+    if needs_lease(policy) {
+        return None;
+    }
+    let condition = match (&pre.if_match, &pre.if_none_match) {
+        (Some(TagCondition::Any), _) => RefusalCondition::IfMatchAny,
+        (Some(TagCondition::Tags(tags)), _) => RefusalCondition::IfMatch(
+            tags.iter()
+                .filter(|tag| !tag.is_weak())
+                .map(|tag| Box::from(tag.opaque()))
+                .collect(),
+        ),
+        (None, Some(TagCondition::Any)) => RefusalCondition::IfNoneMatchAny,
+        (None, _) => return None,
+    };
+    Some(Refusal { variant, condition })
 }
 
 /// The state as a write through query `variant` sees it: only the validators of that view.

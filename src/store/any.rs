@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use super::{
-    MemoryLease, MemoryStore, Observation, Outcome, Snapshot, Store, StoreError, StoreStats,
+    Acquired, MemoryLease, MemoryStore, Observation, Outcome, Refusal, Snapshot, Store, StoreError,
+    StoreStats,
 };
 #[cfg(feature = "redis")]
 use super::{RedisLease, RedisStore};
@@ -81,6 +82,36 @@ impl Store for AnyStore {
                 let (lease, snapshot) = store.acquire(key, wait).await?;
                 Ok((AnyLease::Redis(lease), snapshot))
             }
+        }
+    }
+
+    async fn acquire_unless(
+        &self,
+        key: ResourceKey,
+        wait: Duration,
+        refusal: &Refusal,
+    ) -> Result<Acquired<AnyLease>, StoreError> {
+        let acquired = match self {
+            Self::Memory(store) => match store.acquire_unless(key, wait, refusal).await? {
+                Acquired::Held(lease, snapshot) => {
+                    Acquired::Held(AnyLease::Memory(lease), snapshot)
+                }
+                Acquired::Refused(snapshot) => Acquired::Refused(snapshot),
+            },
+            #[cfg(feature = "redis")]
+            Self::Redis(store) => match store.acquire_unless(key, wait, refusal).await? {
+                Acquired::Held(lease, snapshot) => Acquired::Held(AnyLease::Redis(lease), snapshot),
+                Acquired::Refused(snapshot) => Acquired::Refused(snapshot),
+            },
+        };
+        Ok(acquired)
+    }
+
+    async fn read_generation(&self, key: ResourceKey) -> Result<u64, StoreError> {
+        match self {
+            Self::Memory(store) => store.read_generation(key).await,
+            #[cfg(feature = "redis")]
+            Self::Redis(store) => store.read_generation(key).await,
         }
     }
 

@@ -12,7 +12,10 @@ mod idempotency;
 // The idempotency records' contract: its own checks, generated the same way.
 pub(crate) use idempotency::*;
 
-use super::{KeyState, Observation, Outcome, Representation, Store, StoreError, Validator};
+use super::{
+    Acquired, KeyState, Observation, Outcome, Refusal, RefusalCondition, Representation, Store,
+    StoreError, Validator,
+};
 use crate::etag::EntityTag;
 use crate::key::ResourceKey;
 
@@ -91,6 +94,8 @@ macro_rules! contract_tests {
             dropped_lease_marks_unknown_and_releases,
             dropped_lease_hands_over_to_a_waiter,
             purge_forgets,
+            read_generation_racing_a_write_is_refused,
+            acquire_unless_takes_the_lease_unless_the_precondition_fails,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn no_starvation() {
@@ -488,4 +493,136 @@ pub(crate) async fn purge_forgets<S: Store>(store: S) {
     assert!(!store.purge(key(9)).await.expect("purge"));
     learn_now(&store, key(2), Observation::Absent).await;
     assert!(store.purge(key(2)).await.expect("purge"));
+}
+
+/// A read's generation, remembered or loaded, refuses what the read saw once a write happened
+/// after it was taken; with nothing in between, the read records.
+pub(crate) async fn read_generation_racing_a_write_is_refused<S: Store>(store: S) {
+    let (old, new) = (validator("old", 1), validator("new", 1));
+    learn_now(&store, key(1), observed(&old)).await;
+    let g = store.read_generation(key(1)).await.expect("generation");
+    let (lease, _) = store.acquire(key(1), WAIT).await.expect("acquire");
+    store
+        .complete(lease, replaced(&new))
+        .await
+        .expect("complete");
+    assert!(!store.learn(key(1), g, observed(&old)).await.expect("learn"));
+    assert_eq!(
+        state(&store, key(1)).await,
+        present(std::slice::from_ref(&new))
+    );
+    // Taken after the write: the next read records (here, a newer representation).
+    let newer = validator("newer", 1);
+    let g = store.read_generation(key(1)).await.expect("generation");
+    assert!(
+        store
+            .learn(key(1), g, observed(&newer))
+            .await
+            .expect("learn")
+    );
+    assert_eq!(state(&store, key(1)).await, present(&[newer]));
+    // A key never seen, and one only purged.
+    let g = store.read_generation(key(2)).await.expect("generation");
+    assert!(
+        store
+            .learn(key(2), g, Observation::Absent)
+            .await
+            .expect("learn")
+    );
+    assert!(store.purge(key(2)).await.expect("purge"));
+    let g = store.read_generation(key(2)).await.expect("generation");
+    assert!(store.learn(key(2), g, observed(&old)).await.expect("learn"));
+}
+
+fn if_match(variant: u32, tags: &[&str]) -> Refusal {
+    Refusal {
+        variant,
+        condition: RefusalCondition::IfMatch(tags.iter().map(|&t| Box::from(t)).collect()),
+    }
+}
+
+/// `acquire_unless` either takes the lease (always allowed) or, only when the precondition
+/// fails on a known state and nobody holds the lease, refuses without changing anything.
+pub(crate) async fn acquire_unless_takes_the_lease_unless_the_precondition_fails<S: Store>(
+    store: S,
+) {
+    let current = validator("cur", 0);
+    learn_now(&store, key(1), observed(&current)).await;
+    let before = store.load(key(1)).await.expect("load");
+    // Refused or not, the outcome is consistent with the state.
+    let checks = [
+        (if_match(0, &["old"]), true),
+        (if_match(0, &["old", "cur"]), false),
+        (if_match(0, &[]), true),
+        (
+            Refusal {
+                variant: 0,
+                condition: RefusalCondition::IfMatchAny,
+            },
+            false,
+        ),
+        (
+            Refusal {
+                variant: 0,
+                condition: RefusalCondition::IfNoneMatchAny,
+            },
+            true,
+        ),
+        // No validator of this view is known: the write revalidates under the lease.
+        (if_match(7, &["old"]), false),
+    ];
+    for (refusal, fails) in checks {
+        match store
+            .acquire_unless(key(1), WAIT, &refusal)
+            .await
+            .expect("acquire_unless")
+        {
+            Acquired::Held(lease, snapshot) => {
+                assert!(snapshot.leased);
+                store
+                    .complete(lease, Outcome::Unchanged)
+                    .await
+                    .expect("complete");
+            }
+            Acquired::Refused(snapshot) => {
+                assert!(fails, "{refusal:?} refused, yet it may hold");
+                assert_eq!(snapshot.state, before.state);
+                assert!(!snapshot.leased);
+                // Nothing is held: a writer takes the lease at once.
+                let (lease, _) = store.acquire(key(1), Duration::ZERO).await.expect("free");
+                store
+                    .complete(lease, Outcome::Unchanged)
+                    .await
+                    .expect("complete");
+            }
+        }
+    }
+    assert_eq!(state(&store, key(1)).await, present(&[current]));
+    // While another write holds the lease, the state may be changing: wait, never refuse.
+    let (held, _) = store.acquire(key(1), WAIT).await.expect("acquire");
+    let waited = store
+        .acquire_unless(key(1), Duration::from_millis(50), &if_match(0, &["old"]))
+        .await;
+    assert!(matches!(waited, Err(StoreError::LeaseTimeout)));
+    store
+        .complete(held, Outcome::Unchanged)
+        .await
+        .expect("complete");
+    // Known absent: If-Match fails through the plain path, If-None-Match: * holds.
+    learn_now(&store, key(2), Observation::Absent).await;
+    let any = Refusal {
+        variant: 0,
+        condition: RefusalCondition::IfNoneMatchAny,
+    };
+    let Acquired::Held(lease, _) = store
+        .acquire_unless(key(2), WAIT, &any)
+        .await
+        .expect("acquire")
+    else {
+        panic!("If-None-Match: * refused on an absent resource");
+    };
+    store
+        .complete(lease, Outcome::Unchanged)
+        .await
+        .expect("complete");
 }

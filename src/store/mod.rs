@@ -97,6 +97,38 @@ pub enum Outcome {
     Unchanged,
 }
 
+/// A write's precondition in the form a store can check against its state by itself (see
+/// [`Store::acquire_unless`]): the write goes through its query `variant`'s validators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The write's query variant (0: none).
+    pub variant: u32,
+    /// What the write asks of the state.
+    pub condition: RefusalCondition,
+}
+
+/// The precondition a [`Refusal`] checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefusalCondition {
+    /// `If-Match` with these strong tags' opaque values (weak ones never match and are left
+    /// out): fails on a known state with validators of the variant none of which is among
+    /// them, and, through no query, on a resource known to be absent.
+    IfMatch(Vec<Box<str>>),
+    /// `If-Match: *`: fails, through no query, on a resource known to be absent.
+    IfMatchAny,
+    /// `If-None-Match: *`: fails on a state with a validator of the variant.
+    IfNoneMatchAny,
+}
+
+/// What [`Store::acquire_unless`] did.
+#[derive(Debug)]
+pub enum Acquired<L> {
+    /// The lease is held, as [`Store::acquire`] takes it.
+    Held(L, Snapshot),
+    /// No lease was held or taken, and this state shows the precondition failed.
+    Refused(Snapshot),
+}
+
 /// Counters a store may keep for the metrics endpoint (read on scrape, never on the hot path).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -148,6 +180,35 @@ pub trait Store: Clone + Send + Sync + 'static {
         key: ResourceKey,
         wait: Duration,
     ) -> impl Future<Output = Result<(Self::Lease, Snapshot), StoreError>> + Send;
+
+    /// Takes the write lease as [`Store::acquire`] does, unless no lease is held and the state
+    /// shows `refusal`'s precondition failed: then nothing is taken or changed (the generation
+    /// stays), which saves a networked store the round trip of giving the lease back. A store
+    /// may always take the lease (this default does); the caller evaluates the preconditions
+    /// against the snapshot either way.
+    fn acquire_unless(
+        &self,
+        key: ResourceKey,
+        wait: Duration,
+        refusal: &Refusal,
+    ) -> impl Future<Output = Result<Acquired<Self::Lease>, StoreError>> + Send {
+        let _ = refusal;
+        async move {
+            let (lease, snapshot) = self.acquire(key, wait).await?;
+            Ok(Acquired::Held(lease, snapshot))
+        }
+    }
+
+    /// The generation a read about to go upstream hands to [`Store::learn`] afterwards: the
+    /// key's current one, or one this process saw earlier. An earlier one is as safe (if the
+    /// key changed since, the learn is refused, as for a read that raced a write), so a
+    /// networked store may answer from memory without a round trip. This default loads.
+    fn read_generation(
+        &self,
+        key: ResourceKey,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async move { Ok(self.load(key).await?.generation) }
+    }
 
     /// Records a write's outcome, moves the generation on and releases the lease.
     fn complete(

@@ -9,6 +9,7 @@
 //! | `s`, `v`, `m` | state (`u`nknown, `a`bsent, `p`resent), validators (`<16 hex repr><opaque>\n` each), `Last-Modified` (`secs.nanos`) |
 //! | `e` | when the state stops being trusted (server ms); past it the state reads as unknown |
 //! | `l`, `x` | the write lease: holder's random id (the fencing check) and expiry (server ms) |
+//! | `k` | when the hash itself expires (server ms; `PEXPIREAT`), so it is moved only when needed |
 //!
 //! A lease that reaches its expiry with `l` still set was never completed: its holder crashed
 //! or lost Redis, and its write may have applied. The next script to touch the key **settles**
@@ -18,13 +19,19 @@
 //!
 //! A missing hash reads as unknown with generation 0; a learn against 0 creates the hash only
 //! if it is still missing. Removal (purge) keeps the hash as a tombstone with a new generation;
-//! the hash itself expires `ttl` after everything in it lapsed, far longer than any read takes,
+//! the hash itself expires `ttl` after everything in it lapsed (at least 15/16 of it: expiries
+//! move only once they fell `ttl / 16` behind, and so does `e`), far longer than any read takes,
 //! so a read cannot straddle a removal (with `maxmemory-policy` evicting keys, it could: use
 //! `noeviction` or `volatile-ttl` with room to spare).
 //!
 //! Waiting for a lease polls with capped exponential backoff; waiters in the same process are
 //! also woken at once when a local holder releases. Round trips: `load`, `learn`, `complete`,
-//! `purge` one each; `acquire` one when uncontended.
+//! `purge` one each; `acquire` one when uncontended, and `acquire_unless` one also when it
+//! refuses (a stale write then needs no second one to give the lease back). Every reply carries
+//! the key's generation, which the store remembers per key (bounded), so that a read takes its
+//! generation from memory ([`Store::read_generation`]) and a learning GET costs one round trip,
+//! the learn: a remembered generation is one the key had before the read began, so if anything
+//! changed since, the learn is refused, exactly as for a read that raced a write.
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -48,13 +55,18 @@ use codec::{decode_generation, decode_state, encode_time, encode_validator, malf
 use connection::Connection;
 use scripts::Scripts;
 
-use super::{Observation, Outcome, Snapshot, Store, StoreError};
+use super::{
+    Acquired, Observation, Outcome, Refusal, RefusalCondition, Snapshot, Store, StoreError,
+};
 use crate::key::ResourceKey;
 
 /// First pause of a lease waiter; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(1);
 /// Longest pause between two attempts of a waiter for a lease held by another replica.
 const MAX_BACKOFF: Duration = Duration::from_millis(25);
+/// Most generations remembered for reads ([`Store::read_generation`]); past it the memory
+/// starts over (a read of a forgotten key loads first: one more round trip, nothing else).
+const SEEN_CAPACITY: usize = 100_000;
 
 /// Settings of the Redis store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +136,11 @@ struct Inner {
     /// Lease ids: a per-process random prefix and a counter.
     id_seed: u64,
     id_counter: AtomicU64,
+    /// The last generation each script reply showed per key, so that a read can hand the
+    /// learn a generation without loading first (see [`Store::read_generation`]).
+    seen: DashMap<ResourceKey, u64>,
+    /// Entries of `seen` (approximate), to bound it.
+    seen_len: AtomicU64,
 }
 
 impl RedisStore {
@@ -147,6 +164,8 @@ impl RedisStore {
             releasing: DashMap::new(),
             id_seed: random.hash_one(std::process::id()),
             id_counter: AtomicU64::new(0),
+            seen: DashMap::new(),
+            seen_len: AtomicU64::new(0),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -179,26 +198,129 @@ impl RedisStore {
         &self,
         key: ResourceKey,
         id: &str,
-    ) -> Result<Option<Snapshot>, StoreError> {
+        refusal: Option<&Refusal>,
+    ) -> Result<Attempt, StoreError> {
         let inner = &self.inner;
         let mut call = inner.scripts.acquire.key(inner.key(key));
         call.arg(inner.ttl_ms).arg(inner.lease_ms).arg(id);
+        match refusal {
+            None => {
+                call.arg("").arg("");
+            }
+            Some(refusal) => {
+                let variant = format!("{:08x}", refusal.variant);
+                match &refusal.condition {
+                    RefusalCondition::IfMatch(tags) => {
+                        call.arg("m").arg(variant);
+                        for tag in tags {
+                            call.arg(&**tag);
+                        }
+                    }
+                    RefusalCondition::IfMatchAny => {
+                        call.arg("*").arg(variant);
+                    }
+                    RefusalCondition::IfNoneMatchAny => {
+                        call.arg("n").arg(variant);
+                    }
+                }
+            }
+        }
         let reply: Vec<String> = inner.run(&call).await?;
         match reply.as_slice() {
-            [held] if held == "0" => Ok(None),
-            [_, generation, s, v, m] => Ok(Some(Snapshot {
-                state: decode_state(s, v, m)?,
-                generation: decode_generation(generation)?,
-                leased: true,
-            })),
+            [held] if held == "0" => Ok(Attempt::Busy),
+            [taken, generation, s, v, m] => {
+                let generation = decode_generation(generation)?;
+                let snapshot = Snapshot {
+                    state: decode_state(s, v, m)?,
+                    generation,
+                    leased: taken == "1",
+                };
+                inner.saw(key, generation);
+                match taken.as_str() {
+                    "1" => Ok(Attempt::Taken(snapshot)),
+                    "2" => Ok(Attempt::Refused(snapshot)),
+                    _ => Err(malformed("acquire")),
+                }
+            }
             _ => Err(malformed("acquire")),
         }
     }
+
+    /// The lease on `key`, waiting at most `wait`, unless `refusal` (see
+    /// [`Store::acquire_unless`]).
+    async fn take(
+        &self,
+        key: ResourceKey,
+        wait: Duration,
+        refusal: Option<&Refusal>,
+    ) -> Result<Acquired<RedisLease>, StoreError> {
+        self.settled(key).await;
+        let deadline = Instant::now() + wait;
+        // Armed (not `completed`) only while an attempt is in flight: a caller that goes away
+        // then (a client that hung up) may leave the lease taken in Redis with nobody holding
+        // it, so dropping the armed lease gives it back (a no-op unless it is ours) rather than
+        // block the key until it lapses. The same holds for an attempt that timed out.
+        let mut lease = RedisLease {
+            inner: Arc::clone(&self.inner),
+            key,
+            id: self.inner.lease_id(),
+            completed: true,
+        };
+        let slot = WaitSlot::new(&self.inner, key);
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            // Registered before the attempt, so a local release between the attempt and the
+            // pause is not missed.
+            let notified = slot.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            lease.completed = false;
+            match self.try_acquire(key, &lease.id, refusal).await {
+                Ok(Attempt::Taken(snapshot)) => return Ok(Acquired::Held(lease, snapshot)),
+                Ok(Attempt::Refused(snapshot)) => {
+                    lease.completed = true;
+                    return Ok(Acquired::Refused(snapshot));
+                }
+                Ok(Attempt::Busy) => lease.completed = true,
+                Err(error) => return Err(error),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StoreError::LeaseTimeout);
+            }
+            let pause = backoff.min(deadline - now);
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// One attempt at a lease.
+enum Attempt {
+    /// Another holder has it.
+    Busy,
+    /// Taken: the state under the lease.
+    Taken(Snapshot),
+    /// Not taken: the state shows the precondition fails.
+    Refused(Snapshot),
 }
 
 impl Inner {
     fn key(&self, key: ResourceKey) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    /// Remembers `generation` as the latest seen for `key`.
+    fn saw(&self, key: ResourceKey, generation: u64) {
+        if self.seen.insert(key, generation).is_none()
+            && self.seen_len.fetch_add(1, Ordering::Relaxed) >= SEEN_CAPACITY as u64
+        {
+            self.seen.clear();
+            self.seen_len.store(0, Ordering::Relaxed);
+        }
     }
 
     fn lease_id(&self) -> String {
@@ -235,11 +357,13 @@ impl Inner {
             .arg(rep)
             .arg(tag)
             .arg(encode_time(last_modified));
-        let result = self.run::<i64>(&call).await;
+        let result = self.run::<(String, String)>(&call).await;
         if let Some(waiters) = self.waiters.get(&key) {
             waiters.notify_waiters();
         }
-        if result? == 0 {
+        let (recorded, generation) = result?;
+        self.saw(key, decode_generation(&generation)?);
+        if recorded != "1" {
             // Our lease lapsed (we were too slow, or Redis lost it): whoever comes next sees
             // the key unknown, which is what a write of unrecorded outcome needs.
             tracing::warn!(%key, "lease lapsed before completion, outcome not recorded");
@@ -278,9 +402,11 @@ impl Store for RedisStore {
         let [generation, s, v, m, leased] = reply.as_slice() else {
             return Err(malformed("load"));
         };
+        let generation = decode_generation(generation)?;
+        inner.saw(key, generation);
         Ok(Snapshot {
             state: decode_state(s, v, m)?,
-            generation: decode_generation(generation)?,
+            generation,
             leased: leased == "1",
         })
     }
@@ -309,7 +435,9 @@ impl Store for RedisStore {
             .arg(rep)
             .arg(tag)
             .arg(encode_time(last_modified));
-        Ok(inner.run::<i64>(&call).await? == 1)
+        let (recorded, generation): (String, String) = inner.run(&call).await?;
+        inner.saw(key, decode_generation(&generation)?);
+        Ok(recorded == "1")
     }
 
     async fn acquire(
@@ -317,43 +445,27 @@ impl Store for RedisStore {
         key: ResourceKey,
         wait: Duration,
     ) -> Result<(RedisLease, Snapshot), StoreError> {
-        self.settled(key).await;
-        let deadline = Instant::now() + wait;
-        // Armed (not `completed`) only while an attempt is in flight: a caller that goes away
-        // then (a client that hung up) may leave the lease taken in Redis with nobody holding
-        // it, so dropping the armed lease gives it back (a no-op unless it is ours) rather than
-        // block the key until it lapses. The same holds for an attempt that timed out.
-        let mut lease = RedisLease {
-            inner: Arc::clone(&self.inner),
-            key,
-            id: self.inner.lease_id(),
-            completed: true,
-        };
-        let slot = WaitSlot::new(&self.inner, key);
-        let mut backoff = MIN_BACKOFF;
-        loop {
-            // Registered before the attempt, so a local release between the attempt and the
-            // pause is not missed.
-            let notified = slot.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            lease.completed = false;
-            match self.try_acquire(key, &lease.id).await {
-                Ok(Some(snapshot)) => return Ok((lease, snapshot)),
-                Ok(None) => lease.completed = true,
-                Err(error) => return Err(error),
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(StoreError::LeaseTimeout);
-            }
-            let pause = backoff.min(deadline - now);
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep(pause) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+        match self.take(key, wait, None).await? {
+            Acquired::Held(lease, snapshot) => Ok((lease, snapshot)),
+            Acquired::Refused(_) => Err(malformed("acquire")),
         }
+    }
+
+    async fn acquire_unless(
+        &self,
+        key: ResourceKey,
+        wait: Duration,
+        refusal: &Refusal,
+    ) -> Result<Acquired<RedisLease>, StoreError> {
+        self.take(key, wait, Some(refusal)).await
+    }
+
+    async fn read_generation(&self, key: ResourceKey) -> Result<u64, StoreError> {
+        self.settled(key).await;
+        if let Some(generation) = self.inner.seen.get(&key) {
+            return Ok(*generation);
+        }
+        Ok(self.load(key).await?.generation)
     }
 
     async fn complete(&self, mut lease: RedisLease, outcome: Outcome) -> Result<(), StoreError> {
@@ -371,7 +483,11 @@ impl Store for RedisStore {
         let inner = &self.inner;
         let mut call = inner.scripts.purge.key(inner.key(key));
         call.arg(inner.ttl_ms);
-        Ok(inner.run::<i64>(&call).await? == 1)
+        let known = inner.run::<i64>(&call).await? == 1;
+        if inner.seen.remove(&key).is_some() {
+            inner.seen_len.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(known)
     }
 }
 
@@ -555,6 +671,70 @@ mod tests {
         let snap = store.load(k).await.unwrap();
         assert_eq!(snap.state, KeyState::Unknown);
         assert!(!snap.leased);
+    }
+
+    #[tokio::test]
+    async fn a_failed_precondition_is_refused_in_one_call_without_a_lease() {
+        let store = store();
+        let k = key(4);
+        let current = validator("cur", 0);
+        contract::learn_now(&store, k, observed(&current)).await;
+        let before = store.load(k).await.unwrap();
+        let stale = Refusal {
+            variant: 0,
+            condition: RefusalCondition::IfMatch(vec!["old".into()]),
+        };
+        let Acquired::Refused(snapshot) = store
+            .acquire_unless(k, Duration::ZERO, &stale)
+            .await
+            .unwrap()
+        else {
+            panic!("a stale If-Match took the lease");
+        };
+        assert_eq!(snapshot.state, contract::present(&[current]));
+        // Nothing changed: not even the generation, so no read in flight is refused for it.
+        let after = store.load(k).await.unwrap();
+        assert_eq!(after.generation, before.generation);
+        assert!(!after.leased);
+        // Known absent: If-Match fails too.
+        contract::learn_now(&store, key(5), Observation::Absent).await;
+        let refused = store.acquire_unless(key(5), Duration::ZERO, &stale).await;
+        assert!(matches!(refused, Ok(Acquired::Refused(_))));
+    }
+
+    #[tokio::test]
+    async fn a_read_takes_its_generation_from_the_last_reply() {
+        let store = store();
+        let k = key(6);
+        contract::learn_now(&store, k, observed(&validator("a", 1))).await;
+        let remembered = store.read_generation(k).await.unwrap();
+        assert_eq!(remembered, store.load(k).await.unwrap().generation);
+        // Another replica's write: this process's memory is behind, and the learn refused.
+        let other = RedisStore::new(RedisStoreConfig {
+            url: server().url(),
+            key_prefix: store.inner.prefix.clone(),
+            timeout: Duration::from_secs(2),
+            ..RedisStoreConfig::default()
+        })
+        .unwrap();
+        let (lease, _) = other.acquire(k, Duration::ZERO).await.unwrap();
+        let outcome = Outcome::Replaced {
+            validator: validator("b", 1),
+            last_modified: None,
+        };
+        other.complete(lease, outcome).await.unwrap();
+        assert_eq!(store.read_generation(k).await.unwrap(), remembered);
+        let refused = store.learn(k, remembered, observed(&validator("a", 1)));
+        assert!(!refused.await.unwrap());
+        // The refusal's reply brought the memory up to date: the next read records.
+        let g = store.read_generation(k).await.unwrap();
+        assert_ne!(g, remembered);
+        assert!(
+            store
+                .learn(k, g, observed(&validator("b", 1)))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

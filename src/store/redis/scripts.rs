@@ -11,80 +11,114 @@ pub(super) struct Scripts {
     pub(super) purge: Script,
 }
 
-/// Shared by every script: the server clock, settling of lapsed leases and expired states,
-/// generations, and the hash's own lifetime. `ARGV[1]` is always the state TTL in ms.
+/// Shared by every script: the server clock, the hash read once (`HMGET`) into `h`, settling
+/// of lapsed leases and expired states, generations, and the hash written back once by
+/// `flush` (one `HSET`, one `HDEL` of cleared fields, and, when the hash must live longer, one
+/// `PEXPIREAT`, each only if needed). `ARGV[1]` is always the state TTL in ms.
+///
+/// Each `redis.call` costs Redis one to two microseconds of its own here, most of a script's
+/// time on one small hash, so they are few: a trusted state's expiry and the hash's own are
+/// moved only once they fell a sixteenth of the TTL behind, so a GET that confirms what is
+/// known writes nothing. The fields are those the previous release's scripts use, plus `k`
+/// (which they ignore), so replicas of both can share one Redis during a rolling upgrade.
 const PRELUDE: &str = r#"
 pcall(redis.replicate_commands) -- Redis < 5: TIME before writes needs effects replication
 local k = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
-local function num(field) return tonumber(redis.call('HGET', k, field) or '0') end
+local slack = math.floor(ttl / 16)
+local r = redis.call('HMGET', k, 'g', 's', 'v', 'm', 'e', 'l', 'x', 'k')
+local h = {g = r[1], s = r[2], v = r[3], m = r[4], e = r[5], l = r[6], x = r[7], k = r[8]}
+local changed = {}
+-- Every hash the scripts make has a generation.
+local exists = h.g ~= false
+local function put(name, value) h[name] = value; changed[name] = true end
+local function num(name) return tonumber(h[name] or '0') end
 -- A new hash starts from the clock in µs, so a key that expired and came back never reuses
--- a generation (nor, with it, a stale reader's).
+-- a generation (nor, with it, a stale reader's). Exact: µs clocks stay far below 2^53.
 local function bump()
-  if redis.call('HEXISTS', k, 'g') == 0 then
-    redis.call('HINCRBY', k, 'g', t[1] .. string.format('%06d', tonumber(t[2])))
+  if not h.g then
+    put('g', t[1] .. string.format('%06d', tonumber(t[2])))
   else
-    redis.call('HINCRBY', k, 'g', 1)
+    put('g', string.format('%.0f', tonumber(h.g) + 1))
   end
 end
 local function set(s, v, m)
-  redis.call('HSET', k, 's', s)
+  put('s', s)
   if s == 'p' then
-    redis.call('HSET', k, 'v', v)
-    if m ~= '' then redis.call('HSET', k, 'm', m) else redis.call('HDEL', k, 'm') end
+    put('v', v)
+    put('m', (m and m ~= '') and m or false)
   else
-    redis.call('HDEL', k, 'v', 'm')
+    put('v', false)
+    put('m', false)
   end
 end
 -- What time decided: a lapsed lease means a write of unknown outcome (new generation, so no
 -- read that started before it can record); an expired state is no longer trusted.
 local function settle()
-  local x = redis.call('HGET', k, 'x')
-  if x and tonumber(x) <= now then
-    redis.call('HDEL', k, 'l', 'x')
+  if h.x and tonumber(h.x) <= now then
+    put('l', false)
+    put('x', false)
     set('u')
     bump()
   end
-  local e = redis.call('HGET', k, 'e')
-  if not e or tonumber(e) <= now then
-    if redis.call('HGET', k, 's') ~= 'u' then set('u') end
+  if not h.e or tonumber(h.e) <= now then
+    if h.s ~= 'u' then set('u') end
   end
 end
 local function view()
-  local e = redis.call('HGET', k, 'e')
-  if not e or tonumber(e) <= now then return 'u', '', '' end
-  return redis.call('HGET', k, 's') or 'u', redis.call('HGET', k, 'v') or '',
-    redis.call('HGET', k, 'm') or ''
+  if not h.e or tonumber(h.e) <= now then return 'u', '', '' end
+  return h.s or 'u', h.v or '', h.m or ''
 end
-local function trust() redis.call('HSET', k, 'e', string.format('%d', now + ttl)) end
--- The hash outlives what it holds by a TTL: long enough that no read straddles its removal.
+-- Trusted for the TTL from now (at least 15/16 of it, between two refreshes).
+local function trust()
+  if num('e') < now + ttl - slack then put('e', string.format('%d', now + ttl)) end
+end
+-- The hash outlives what it holds by a TTL (at least 15/16 of one): long enough that no read
+-- straddles its removal.
 local function keep()
-  local last = math.max(num('e'), num('x'), now)
-  redis.call('PEXPIRE', k, string.format('%d', last + ttl - now))
+  local last = math.max(num('e'), num('x'), now) + ttl
+  if num('k') < last - slack then put('k', string.format('%d', last)) end
+end
+local function flush()
+  local args, gone = {}, {}
+  for name in pairs(changed) do
+    if h[name] then
+      args[#args + 1] = name
+      args[#args + 1] = h[name]
+    else
+      gone[#gone + 1] = name
+    end
+  end
+  if #args > 0 then redis.call('HSET', k, unpack(args)) end
+  if #gone > 0 then redis.call('HDEL', k, unpack(gone)) end
+  if changed.k then redis.call('PEXPIREAT', k, h.k) end
 end
 "#;
 
 /// -> {generation, state, validators, last_modified, leased}
 const LOAD: &str = r#"
-if redis.call('EXISTS', k) == 0 then return {'0', 'u', '', '', '0'} end
+if not exists then return {'0', 'u', '', '', '0'} end
 settle()
+flush()
 local s, v, m = view()
-local leased = redis.call('HEXISTS', k, 'l') == 1 and '1' or '0'
-return {redis.call('HGET', k, 'g'), s, v, m, leased}
+return {h.g, s, v, m, h.l and '1' or '0'}
 "#;
 
-/// ARGV: ttl, generation, kind (v|a|u), representation, opaque, last_modified -> 1 recorded
+/// ARGV: ttl, generation, kind (v|a|u), representation, opaque, last_modified
+/// -> {recorded (1|0), the generation after}
 const LEARN: &str = r#"
 local gen, kind, rep, tag, lm = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local s, v, m = 'u', '', ''
-if redis.call('EXISTS', k) == 0 then
-  if gen ~= '0' then return 0 end
-  if kind == 'u' then return 1 end
+if not exists then
+  if gen ~= '0' or kind == 'u' then return {gen == '0' and '1' or '0', '0'} end
 else
   settle()
-  if redis.call('HGET', k, 'g') ~= gen then return 0 end
+  if h.g ~= gen then
+    flush()
+    return {'0', h.g}
+  end
   s, v, m = view()
 end
 local ns, nv
@@ -115,33 +149,69 @@ if ns then
 end
 trust()
 keep()
-return 1
+flush()
+return {'1', h.g}
 "#;
 
-/// ARGV: ttl, lease ms, lease id -> {'0'} held, or {'1', generation, state, validators, lm}
+/// ARGV: ttl, lease ms, lease id, refusal (''|m|*|n), variant (8 hex), tags...
+/// -> {'0'} held by another, {'1', generation, state, validators, lm} taken, or
+/// {'2', generation, state, validators, lm} refused: no lease is held and the state shows the
+/// precondition fails (`m` If-Match with these tags, `*` If-Match: *, `n` If-None-Match: *),
+/// so none is taken and nothing changes.
 const ACQUIRE: &str = r#"
-if redis.call('EXISTS', k) == 1 then
+if exists then
   settle()
-  if redis.call('HEXISTS', k, 'l') == 1 then return {'0'} end
+  if h.l then
+    flush()
+    return {'0'}
+  end
+  local refusal = ARGV[4]
+  if refusal ~= '' then
+    local s, v, m = view()
+    local refused = false
+    if s == 'p' then
+      local of_variant, matched = false, false
+      for rec in string.gmatch(v, '[^\n]*\n') do
+        if string.sub(rec, 1, 8) == ARGV[5] then
+          of_variant = true
+          local tag = string.sub(rec, 17, -2)
+          for i = 6, #ARGV do
+            if ARGV[i] == tag then matched = true end
+          end
+        end
+      end
+      refused = of_variant and (refusal == 'n' or (refusal == 'm' and not matched))
+    elseif s == 'a' then
+      refused = ARGV[5] == '00000000' and refusal ~= 'n'
+    end
+    if refused then
+      flush()
+      return {'2', h.g, s, v, m}
+    end
+  end
 end
-redis.call('HSET', k, 'l', ARGV[3], 'x', string.format('%d', now + tonumber(ARGV[2])))
+put('l', ARGV[3])
+put('x', string.format('%d', now + tonumber(ARGV[2])))
 bump()
 local s, v, m = view()
 keep()
-return {'1', redis.call('HGET', k, 'g'), s, v, m}
+flush()
+return {'1', h.g, s, v, m}
 "#;
 
 /// ARGV: ttl, lease id, kind (r|d|u|n), representation, opaque, last_modified
-/// -> 1 recorded, 0 ignored (not the holder, or the lease lapsed)
+/// -> {recorded (1), or ignored (0: not the holder, or the lease lapsed), the generation after}
 const COMPLETE: &str = r#"
-if redis.call('HGET', k, 'l') ~= ARGV[2] then return 0 end
+if h.l ~= ARGV[2] then return {'0', h.g or '0'} end
 if num('x') <= now then
   settle()
   keep()
-  return 0
+  flush()
+  return {'0', h.g}
 end
 settle()
-redis.call('HDEL', k, 'l', 'x')
+put('l', false)
+put('x', false)
 local kind = ARGV[3]
 if kind == 'r' then
   set('p', ARGV[4] .. ARGV[5] .. '\n', ARGV[6])
@@ -155,17 +225,19 @@ elseif kind == 'u' then
 end
 bump()
 keep()
-return 1
+flush()
+return {'1', h.g}
 "#;
 
 /// ARGV: ttl -> 1 if something was known
 const PURGE: &str = r#"
-if redis.call('EXISTS', k) == 0 then return 0 end
+if not exists then return 0 end
 settle()
 local s = view()
 set('u')
 bump()
 keep()
+flush()
 if s ~= 'u' then return 1 end
 return 0
 "#;
