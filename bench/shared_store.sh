@@ -73,15 +73,20 @@ for _ in $(seq 1 50); do redis-cli -p "$PORT_REDIS" ping >/dev/null 2>&1 && brea
 
 "$BIN" demo --api-only --api-listen "127.0.0.1:$PORT_API" >"$WORK/api.log" 2>&1 &
 PIDS+=($!)
+API_PID=$!
+REDIS_PID=$(redis-cli -p "$PORT_REDIS" info server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')
 wait_http "http://127.0.0.1:$PORT_API/items"
 export RUST_LOG=${RUST_LOG:-warn}
 "$BIN" --upstream "http://127.0.0.1:$PORT_API" --listen "127.0.0.1:$PORT_MEM" \
   --admin-listen 127.0.0.1:0 >"$WORK/mem.log" 2>&1 &
 PIDS+=($!)
+MEM_PID=$!
+REPLICA_PIDS=()
 for port in "$PORT_R1" "$PORT_R2"; do
   "$BIN" --upstream "http://127.0.0.1:$PORT_API" --listen "127.0.0.1:$port" \
     --admin-listen 127.0.0.1:0 --store "redis://127.0.0.1:$PORT_REDIS" >"$WORK/r$port.log" 2>&1 &
   PIDS+=($!)
+  REPLICA_PIDS+=($!)
 done
 for port in "$PORT_MEM" "$PORT_R1" "$PORT_R2"; do wait_http "http://127.0.0.1:$port/items"; done
 
@@ -106,43 +111,64 @@ commits() {
   python3 -c 'import json,sys; print(sum(json.load(open(f))["commits"] for f in sys.argv[1:]))' "$@"
 }
 
+# CPU ticks (utime+stime) of the processes given, summed.
+ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+# Microseconds of CPU per commit: ticks, commits.
+per_commit() { python3 -c "print(round($1 * 1e6 / $HZ / max($2, 1)))"; }
+
 storm() { # port writers prefix json
   "$BIN" storm --target "http://127.0.0.1:$1/items" --writers "$2" --keys "$KEYS" \
-    --key-prefix "$3" --create none --duration "$DURATION" --no-progress --allow-lost \
+    --key-prefix "$3" --field n --create none --duration "$DURATION" --no-progress --allow-lost \
     --json "$4" >"$4.txt" 2>&1
 }
 
 secs=$(python3 -c "import sys; d=sys.argv[1]; print(float(d[:-2])/1000 if d.endswith('ms') else float(d[:-1]) if d.endswith('s') else float(d))" "$DURATION")
 mkdir -p "$OUT"
 TSV=$OUT/shared_store.tsv
-printf 'rep\ttarget\tcommits\tcommits_per_s\tlost\tevalsha_per_commit\tevalsha_usec_per_call\n' >"$TSV"
+printf 'rep\ttarget\tcommits\tcommits_per_s\tlost\tevalsha_per_commit\tevalsha_usec_per_call\tproxy_cpu_us_per_commit\tredis_cpu_us_per_commit\tapi_cpu_us_per_commit\n' >"$TSV"
 
 run_memory() {
   local prefix="m$1-"
   create_keys "$prefix"
+  local p0 a0
+  p0=$(ticks "$MEM_PID"); a0=$(ticks "$API_PID")
   storm "$PORT_MEM" "$WRITERS" "$prefix" "$WORK/m$1.json"
-  local c s
+  local p1 a1 c s
+  p1=$(ticks "$MEM_PID"); a1=$(ticks "$API_PID")
   c=$(commits "$WORK/m$1.json")
   s=$(sum_keys "$prefix")
-  printf '%s\tmemory\t%s\t%s\t%s\t\t\n' "$1" "$c" "$(python3 -c "print(round($c/$secs))")" "$((c - s))" >>"$TSV"
+  printf '%s\tmemory\t%s\t%s\t%s\t\t\t%s\t\t%s\n' "$1" "$c" "$(python3 -c "print(round($c/$secs))")" "$((c - s))" \
+    "$(per_commit $((p1 - p0)) "$c")" "$(per_commit $((a1 - a0)) "$c")" >>"$TSV"
 }
 
 run_redis() {
   local prefix="r$1-" half=$((WRITERS / 2))
   create_keys "$prefix"
   redis-cli -p "$PORT_REDIS" config resetstat >/dev/null
+  local p0 r0 a0
+  p0=$(ticks "${REPLICA_PIDS[@]}"); r0=$(ticks "$REDIS_PID"); a0=$(ticks "$API_PID")
   storm "$PORT_R1" "$half" "$prefix" "$WORK/a$1.json" &
   local a=$!
   storm "$PORT_R2" "$((WRITERS - half))" "$prefix" "$WORK/b$1.json"
   wait "$a"
+  local p1 r1 a1
+  p1=$(ticks "${REPLICA_PIDS[@]}"); r1=$(ticks "$REDIS_PID"); a1=$(ticks "$API_PID")
   redis-cli -p "$PORT_REDIS" info commandstats >"$WORK/stats$1.txt"
   local c s calls usec
   c=$(commits "$WORK/a$1.json" "$WORK/b$1.json")
   s=$(sum_keys "$prefix")
   calls=$(sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' "$WORK/stats$1.txt")
   usec=$(sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\),.*/\1/p' "$WORK/stats$1.txt")
-  printf '%s\tredis2\t%s\t%s\t%s\t%s\t%s\n' "$1" "$c" "$(python3 -c "print(round($c/$secs))")" \
-    "$((c - s))" "$(python3 -c "print(round(${calls:-0}/max($c,1), 2))")" "${usec:-}" >>"$TSV"
+  printf '%s\tredis2\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$c" "$(python3 -c "print(round($c/$secs))")" \
+    "$((c - s))" "$(python3 -c "print(round(${calls:-0}/max($c,1), 2))")" "${usec:-}" \
+    "$(per_commit $((p1 - p0)) "$c")" "$(per_commit $((r1 - r0)) "$c")" "$(per_commit $((a1 - a0)) "$c")" >>"$TSV"
   cp "$WORK/stats$1.txt" "$OUT/shared_store_commandstats_$1.txt"
 }
 
@@ -160,10 +186,17 @@ rows = list(csv.DictReader(open(sys.argv[1]), delimiter='\t'))
 def col(target, name):
     return [float(r[name]) for r in rows if r['target'] == target and r[name] != '']
 mem, red = col('memory', 'commits_per_s'), col('redis2', 'commits_per_s')
-print(f"| store | commits/s per rep | median commits/s | lost updates | EVALSHA per commit (median) | EVALSHA usec_per_call under load (median) |")
-print("|---|---|---|---|---|---|")
-print(f"| memory, one proxy | {' / '.join(str(int(x)) for x in mem)} | {statistics.median(mem):.0f} | {int(sum(col('memory','lost')))} | | |")
-print(f"| redis, two replicas | {' / '.join(str(int(x)) for x in red)} | {statistics.median(red):.0f} | {int(sum(col('redis2','lost')))} | {statistics.median(col('redis2','evalsha_per_commit')):.2f} | {statistics.median(col('redis2','evalsha_usec_per_call')):.2f} |")
+def med(target, name):
+    values = col(target, name)
+    return f"{statistics.median(values):g}" if values else ""
+print("| store | commits/s per rep | median commits/s | lost updates | EVALSHA per commit | EVALSHA usec_per_call under load | proxy CPU µs/commit | redis CPU µs/commit | API CPU µs/commit |")
+print("|---|---|---|---|---|---|---|---|---|")
+for target, name in [('memory', 'memory, one proxy'), ('redis2', 'redis, two replicas')]:
+    values = col(target, 'commits_per_s')
+    print(f"| {name} | {' / '.join(str(int(x)) for x in values)} | {statistics.median(values):.0f} | "
+          f"{int(sum(col(target, 'lost')))} | {med(target, 'evalsha_per_commit')} | "
+          f"{med(target, 'evalsha_usec_per_call')} | {med(target, 'proxy_cpu_us_per_commit')} | "
+          f"{med(target, 'redis_cpu_us_per_commit')} | {med(target, 'api_cpu_us_per_commit')} |")
 ratios = [r / m for m, r in zip(mem, red)]
 print(f"\nredis2 / memory: median of the per-rep ratios {statistics.median(ratios):.2f}x "
       f"(per rep: {', '.join(f'{x:.2f}' for x in ratios)}); ratio of medians "
