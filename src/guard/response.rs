@@ -344,12 +344,25 @@ fn push_json_escaped(out: &mut String, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
     let mut start = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight bytes at a time while none needs escaping (the usual case: prose).
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let byte = bytes[i];
+        i += 1;
         if byte >= 0x20 && byte != b'"' && byte != b'\\' {
             continue;
         }
-        // `i` is at an ASCII byte, so both slices end on char boundaries.
-        out.push_str(&text[start..i]);
+        let at = i - 1;
+        // `at` is at an ASCII byte, so both slices end on char boundaries.
+        out.push_str(&text[start..at]);
         match byte {
             b'"' => out.push_str("\\\""),
             b'\\' => out.push_str("\\\\"),
@@ -364,9 +377,21 @@ fn push_json_escaped(out: &mut String, text: &str) {
                 out.push(char::from(HEX[usize::from(byte & 0xf)]));
             }
         }
-        start = i + 1;
+        start = i;
     }
     out.push_str(&text[start..]);
+}
+
+/// Whether any of the eight bytes of `word` is a control character, `"` or `\\` (exact: the
+/// usual "has a zero byte" and "has a byte less than" bit tricks, which never flag a byte of
+/// 0x80 or more).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below = |n: u64| word.wrapping_sub(ONES * n) & !word & HIGHS;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    below(0x20) | zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\')))
+        != 0
 }
 
 #[cfg(test)]
@@ -512,6 +537,25 @@ mod tests {
             let mut out = String::new();
             push_json_str(&mut out, &text);
             proptest::prop_assert_eq!(out, serde_json::to_string(&text).unwrap());
+        }
+    }
+
+    #[test]
+    fn eight_bytes_need_escaping_exactly_when_one_does() {
+        for byte in 0..=255u8 {
+            let escaped = byte < 0x20 || byte == b'"' || byte == b'\\';
+            for at in 0..8 {
+                // Around it: plain bytes, and bytes of 0x80 or more, which never need it.
+                for fill in [b'a', 0xff, 0x80, 0x21] {
+                    let mut word = [fill; 8];
+                    word[at] = byte;
+                    assert_eq!(
+                        needs_escape(u64::from_le_bytes(word)),
+                        escaped,
+                        "{byte:#x} at {at}"
+                    );
+                }
+            }
         }
     }
 
