@@ -3,6 +3,7 @@
 #
 #   bench/load.sh                      # DURATION=5 REPS=3 CONNS=64
 #   DURATION=10 REPS=5 bench/load.sh
+#   CONNS="1 32 256" ONLY="get put_pass put_stale" bench/load.sh   # each workload at each count
 #   ONLY="get put_pass" KEEP_WORK=1 bench/load.sh   # some workloads; keep logs and nginx.conf
 #
 # Side by side, in one run, each measurement repeated REPS times (median reported):
@@ -217,28 +218,31 @@ if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" scale_"* ]]; then
 fi
 
 ALL="direct bare ifmatch nginx"
-# workload  conns  method  path  keys  if-match  targets
+# workload  conns (C: each of CONNS)  method  path  keys  if-match  targets
 WORKLOADS=(
-  "get           $CONNS GET /items/         $KEYS -         $ALL"
-  "put_pass      $CONNS PUT /items/         $KEYS \"v1\"    $ALL"
+  "get           C      GET /items/         $KEYS -         $ALL"
+  "put_pass      C      PUT /items/         $KEYS \"v1\"    $ALL"
   "put_pass_c1   1      PUT /items/         $KEYS \"v1\"    $ALL"
-  "put_stale     $CONNS PUT /items/         $KEYS \"stale\" $ALL"
-  "hot_key       $CONNS PUT /items/hot      0     \"v1\"    $ALL"
+  "put_stale     C      PUT /items/         $KEYS \"stale\" $ALL"
+  "hot_key       C      PUT /items/hot      0     \"v1\"    $ALL"
   "hot_serial    1      PUT /items/hot      0     \"v1\"    direct"
-  "hot_key_1ms   $CONNS PUT /slow/hot       0     \"v1\"    direct ifmatch"
+  "hot_key_1ms   C      PUT /slow/hot       0     \"v1\"    direct ifmatch"
   "hot_serial_1ms 1     PUT /slow/hot       0     \"v1\"    direct"
-  "synth_1k      $CONNS GET /plain/1024     0     -         $ALL"
-  "synth_1m      $CONNS GET /plain/1048576  0     -         $ALL"
-  "scale_get     $CONNS GET /items/         scale -         ifmatch ifmatch_1m"
-  "scale_put     $CONNS PUT /items/         scale \"v1\"    ifmatch ifmatch_1m"
+  "synth_1k      C      GET /plain/1024     0     -         $ALL"
+  "synth_1m      C      GET /plain/1048576  0     -         $ALL"
+  "scale_get     C      GET /items/         scale -         ifmatch ifmatch_1m"
+  "scale_put     C      PUT /items/         scale \"v1\"    ifmatch ifmatch_1m"
 )
 for spec in "${WORKLOADS[@]}"; do
-  read -r workload conns method path keys if_match targets <<<"$spec"
+  read -r workload conns_spec method path keys if_match targets <<<"$spec"
   [ "$if_match" != - ] || if_match=""
   [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $workload "* ]] || continue
-  for rep in $(seq "$REPS"); do
-    for target in $targets; do
-      run "$workload" "$target" "$rep" "$conns" "$method" "$path" "$keys" "$if_match"
+  counts=$conns_spec; [ "$conns_spec" != C ] || counts=$CONNS
+  for conns in $counts; do
+    for rep in $(seq "$REPS"); do
+      for target in $targets; do
+        run "$workload" "$target" "$rep" "$conns" "$method" "$path" "$keys" "$if_match"
+      done
     done
   done
 done
@@ -259,7 +263,7 @@ SUMMARY="$OUT/summary.md"
     }
     function ratio(a, b) { return (a == "NA" || b == "" || b == "NA" || b + 0 == 0) ? "" : sprintf("%.2fx", a / b) }
     NR > 1 {
-      k = $1 SUBSEP $2
+      k = $1 SUBSEP $2 SUBSEP $4
       if (!(k in seen)) { seen[k] = 1; order[++n] = k; conns[k] = $4 }
       rps[k] = rps[k] " " $7; p50[k] = p50[k] " " $8; p99[k] = p99[k] " " $9
       cpu[k] = cpu[k] " " $10; bad[k] = bad[k] " " $6; up[k] = up[k] " " $11
@@ -267,8 +271,9 @@ SUMMARY="$OUT/summary.md"
     END {
       for (i = 1; i <= n; i++) { k = order[i]; R[k] = median(rps[k]); C[k] = median(cpu[k]) }
       for (i = 1; i <= n; i++) {
-        k = order[i]; split(k, f, SUBSEP); w = f[1]
-        printf "| %s | %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", w, f[2], conns[k], R[k], median(p50[k]), median(p99[k]), C[k], ratio(R[k], R[w SUBSEP "bare"]), ratio(R[k], R[w SUBSEP "nginx"]), ratio(C[k], C[w SUBSEP "bare"]), ratio(C[k], C[w SUBSEP "nginx"]), median(bad[k]), median(up[k])
+        k = order[i]; split(k, f, SUBSEP); w = f[1]; c = f[3]
+        b = w SUBSEP "bare" SUBSEP c; x = w SUBSEP "nginx" SUBSEP c
+        printf "| %s | %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", w, f[2], conns[k], R[k], median(p50[k]), median(p99[k]), C[k], ratio(R[k], R[b]), ratio(R[k], R[x]), ratio(C[k], C[b]), ratio(C[k], C[x]), median(bad[k]), median(up[k])
       }
     }' "$RAW"
   echo

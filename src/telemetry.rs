@@ -285,6 +285,94 @@ pub fn describe() {
     );
 }
 
+/// One route's metric handles, looked up in the recorder once, on the route's first request,
+/// instead of once per request (a lookup hashes the name and every label). A route table
+/// built by a reload gets new ones. Handles bound before any recorder is installed record
+/// nothing, as the macros would.
+pub struct RouteMetrics {
+    route: metrics::SharedString,
+    handles: std::sync::OnceLock<RouteHandles>,
+}
+
+struct RouteHandles {
+    /// [`REQUESTS`] by [`METHOD_LABELS`] index, then [`STATUS_CLASSES`] index.
+    requests: Vec<[metrics::Counter; 5]>,
+    /// [`CONFLICTS`] by [`CONFLICT_REASONS`] index.
+    conflicts: Vec<metrics::Counter>,
+    upstream_duration: metrics::Histogram,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &&*self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteMetrics {
+    /// The handles of route `route`, bound on first use.
+    pub fn new(route: std::sync::Arc<str>) -> Self {
+        Self {
+            route: metrics::SharedString::from(route),
+            handles: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn handles(&self) -> &RouteHandles {
+        self.handles.get_or_init(|| {
+            let route = &self.route;
+            RouteHandles {
+                requests: METHOD_LABELS
+                    .iter()
+                    .map(|&method| {
+                        STATUS_CLASSES.map(|status| {
+                            metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
+                        })
+                    })
+                    .collect(),
+                conflicts: CONFLICT_REASONS
+                    .iter()
+                    .map(|&reason| {
+                        metrics::counter!(CONFLICTS, "route" => route.clone(), "reason" => reason)
+                    })
+                    .collect(),
+                upstream_duration: metrics::histogram!(UPSTREAM_DURATION, "route" => route.clone()),
+            }
+        })
+    }
+
+    /// [`REQUESTS`] with this route, `method` (one of [`METHOD_LABELS`]) and `status` (one of
+    /// [`STATUS_CLASSES`]); other labels count as `other` and `5xx`.
+    pub fn request(&self, method: &str, status: &str) -> &metrics::Counter {
+        let method = METHOD_LABELS
+            .iter()
+            .position(|&label| label == method)
+            .unwrap_or(METHOD_LABELS.len() - 1);
+        let status = STATUS_CLASSES
+            .iter()
+            .position(|&class| class == status)
+            .unwrap_or(STATUS_CLASSES.len() - 1);
+        &self.handles().requests[method][status]
+    }
+
+    /// [`CONFLICTS`] with this route and `reason`, if it is one of [`CONFLICT_REASONS`].
+    pub fn conflict(&self, reason: &str) -> Option<&metrics::Counter> {
+        let index = CONFLICT_REASONS.iter().position(|&r| r == reason)?;
+        self.handles().conflicts.get(index)
+    }
+
+    /// [`UPSTREAM_DURATION`] with this route.
+    pub fn upstream_duration(&self) -> &metrics::Histogram {
+        &self.handles().upstream_duration
+    }
+
+    /// The route label.
+    pub fn route(&self) -> &metrics::SharedString {
+        &self.route
+    }
+}
+
 /// The status class label of `status`, without allocating.
 pub fn status_class(status: http::StatusCode) -> &'static str {
     match status.as_u16() {

@@ -59,7 +59,7 @@ pub(crate) fn last_modified(headers: &HeaderMap) -> Option<SystemTime> {
 
 /// Sets the `ETag` header to `tag`.
 pub(crate) fn set_etag(headers: &mut HeaderMap, tag: &EntityTag) {
-    if let Ok(value) = HeaderValue::from_str(&tag.to_string()) {
+    if let Some(value) = super::response::etag_value(tag) {
         headers.insert(ETAG, value);
     }
 }
@@ -95,33 +95,38 @@ pub(crate) fn strip_synthesized(headers: &mut HeaderMap, pre: &Preconditions) {
 /// Formats a tag list as it was sent, for problem details and logs: a little less than
 /// [`MAX_ECHO_BYTES`] of it, then how many tags were left out (a client may send thousands),
 /// so that with a field name in front it still fits in a [`Rejection`](super::Rejection)'s
-/// bound, marker included.
-pub(crate) fn describe(condition: &TagCondition) -> String {
+/// bound, marker included. Appended to `out` (a field name already in it, say), with no
+/// string per tag.
+pub(crate) fn describe_into(out: &mut String, condition: &TagCondition) {
     const BUDGET: usize = MAX_ECHO_BYTES - 64;
     let tags = match condition {
-        TagCondition::Any => return "*".to_owned(),
+        TagCondition::Any => return out.push('*'),
         TagCondition::Tags(tags) => tags,
     };
-    let mut shown = String::new();
+    let base = out.len();
     for (i, tag) in tags.iter().enumerate() {
-        let tag = tag.to_string();
         let separator = if i == 0 { "" } else { ", " };
-        if shown.len() + separator.len() + tag.len() > BUDGET {
+        let tag_len = tag.opaque().len() + 2 + if tag.is_weak() { 2 } else { 0 };
+        if out.len() - base + separator.len() + tag_len > BUDGET {
             if i == 0 {
                 // One tag longer than the bound: show its start.
-                shown.push_str(&bounded(&tag, BUDGET));
+                out.push_str(&bounded(&tag.to_string(), BUDGET));
                 if tags.len() > 1 {
-                    shown.push_str(&format!(", …[+{} more tags]", tags.len() - 1));
+                    out.push_str(&format!(", …[+{} more tags]", tags.len() - 1));
                 }
             } else {
-                shown.push_str(&format!(", …[+{} more tags]", tags.len() - i));
+                out.push_str(&format!(", …[+{} more tags]", tags.len() - i));
             }
-            return shown;
+            return;
         }
-        shown.push_str(separator);
-        shown.push_str(&tag);
+        out.push_str(separator);
+        if tag.is_weak() {
+            out.push_str("W/");
+        }
+        out.push('"');
+        out.push_str(tag.opaque());
+        out.push('"');
     }
-    shown
 }
 
 /// The precondition lines of a write as the client sent them, kept (cheap `Bytes` clones)
@@ -162,6 +167,12 @@ impl SentLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn describe(condition: &TagCondition) -> String {
+        let mut shown = String::new();
+        describe_into(&mut shown, condition);
+        shown
+    }
 
     fn tags(n: usize) -> TagCondition {
         TagCondition::Tags(

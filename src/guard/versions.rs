@@ -32,7 +32,7 @@ pub const DEFAULT_VERSION_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 const OVERHEAD: usize = 160;
 
 /// Who may be shown a remembered representation: a digest of the credential headers
-/// ([`CREDENTIAL_HEADERS`]) of the request it answered. A conflict response shows a version only to
+/// (`CREDENTIAL_NAMES`) of the request it answered. A conflict response shows a version only to
 /// a writer with the same credentials, so that it never discloses what an upstream that
 /// authorizes reads per user would not show that writer (the route's `key_headers` already
 /// separate per-user resources; this covers routes that do not set them).
@@ -40,29 +40,41 @@ pub type Audience = [u8; 16];
 
 /// The request headers that carry credentials in the APIs ifmatch fronts: the standard ones
 /// and the common API-key spellings. A route whose credentials travel in another header sets
-/// it in `key_headers`, which separates the resources themselves.
-pub const CREDENTIAL_HEADERS: [&str; 7] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-    "api-key",
-    "x-auth-token",
-    "x-access-token",
+/// it in `key_headers`, which separates the resources themselves. Names, not strings: a lookup
+/// by `&str` parses the name on every call.
+static CREDENTIAL_NAMES: [http::HeaderName; 7] = [
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::COOKIE,
+    http::HeaderName::from_static("x-api-key"),
+    http::HeaderName::from_static("api-key"),
+    http::HeaderName::from_static("x-auth-token"),
+    http::HeaderName::from_static("x-access-token"),
 ];
 
 /// The audience of a request with `headers`.
 pub fn audience(headers: &http::HeaderMap) -> Audience {
+    // Most requests carry no credential header: their audience is the digest of nothing,
+    // computed once (a hasher is about 2 KiB to set up).
+    static ANONYMOUS: std::sync::OnceLock<Audience> = std::sync::OnceLock::new();
+    if !headers.keys().any(|name| CREDENTIAL_NAMES.contains(name)) {
+        return *ANONYMOUS.get_or_init(|| truncate(blake3::Hasher::new().finalize()));
+    }
     let mut hasher = blake3::Hasher::new();
-    for name in CREDENTIAL_HEADERS {
+    for name in &CREDENTIAL_NAMES {
         for value in headers.get_all(name) {
-            hasher.update(name.as_bytes());
+            hasher.update(name.as_str().as_bytes());
             hasher.update(&(value.len() as u64).to_le_bytes());
             hasher.update(value.as_bytes());
         }
     }
+    truncate(hasher.finalize())
+}
+
+/// The first 16 bytes of `digest`.
+fn truncate(digest: blake3::Hash) -> Audience {
     let mut audience = [0u8; 16];
-    audience.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    audience.copy_from_slice(&digest.as_bytes()[..16]);
     audience
 }
 
@@ -247,6 +259,24 @@ pub(crate) fn remember<B: http_body::Body>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_credential_names_are_the_credential_headers() {
+        let names: Vec<&str> = CREDENTIAL_NAMES.iter().map(|n| n.as_str()).collect();
+        let want = [
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "x-api-key",
+            "api-key",
+            "x-auth-token",
+            "x-access-token",
+        ];
+        assert_eq!(names, want);
+        // The shortcut for requests without credentials gives the digest the hasher gives.
+        let empty = http::HeaderMap::new();
+        assert_eq!(audience(&empty), truncate(blake3::Hasher::new().finalize()));
+    }
 
     #[test]
     fn the_audience_is_the_credentials() {

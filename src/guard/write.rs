@@ -495,7 +495,9 @@ pub(crate) fn check(
     let shown = current
         .as_ref()
         .map_or_else(|| "none".to_owned(), ToString::to_string);
-    let sent = rejection_sent(pre).unwrap_or_default();
+    // Rendered once: the detail quotes it and the log line shows it.
+    let sent_line = rejection_sent(pre);
+    let sent = sent_line.as_deref().unwrap_or_default();
     let (kind, detail) = match failure {
         Failure::StaleIfMatch if weak_match(pre, &tags) => (
             RejectionKind::StalePrecondition,
@@ -541,11 +543,7 @@ pub(crate) fn check(
         ),
     };
     let rejection = Rejection::new(kind, policy.conflict_status, instance, detail);
-    Some(
-        rejection
-            .with_current_etag(current)
-            .with_sent(rejection_sent(pre)),
-    )
+    Some(rejection.with_current_etag(current).with_sent(sent_line))
 }
 
 /// Whether `If-Match` failed only because it sent a current tag as weak.
@@ -559,11 +557,16 @@ fn weak_match(pre: &Preconditions, current: &[EntityTag]) -> bool {
 
 /// The precondition as the client sent it, for details and logs.
 fn rejection_sent(pre: &Preconditions) -> Option<String> {
-    if let Some(condition) = &pre.if_match {
-        return Some(format!("If-Match: {}", headers::describe(condition)));
-    }
-    if let Some(condition) = &pre.if_none_match {
-        return Some(format!("If-None-Match: {}", headers::describe(condition)));
+    for (field, condition) in [
+        ("If-Match: ", &pre.if_match),
+        ("If-None-Match: ", &pre.if_none_match),
+    ] {
+        if let Some(condition) = condition {
+            let mut sent = String::with_capacity(64);
+            sent.push_str(field);
+            headers::describe_into(&mut sent, condition);
+            return Some(sent);
+        }
     }
     pre.if_unmodified_since
         .map(|date| format!("If-Unmodified-Since: {}", httpdate::fmt_http_date(date)))

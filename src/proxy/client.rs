@@ -20,7 +20,7 @@ use super::router::Target;
 use super::timed_body::{BodyTimedOut, TimedBody};
 use crate::config::ServerConfig;
 use crate::guard::{RequestBody, UpstreamDeadline};
-use crate::telemetry;
+use crate::telemetry::RouteMetrics;
 
 /// The request the client sends: the client's body, or none for a request the guard makes.
 pub type UpstreamRequest = Request<RequestBody<ClientBody>>;
@@ -85,7 +85,7 @@ impl Service<UpstreamRequest> for UpstreamClient {
     }
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
-        let route = req.extensions().get::<Target>().map(|t| t.route.clone());
+        let route = req.extensions().get::<Target>().map(|t| t.metrics.clone());
         let body_read_timeout = self.body_read_timeout;
         // A guarded write's exchange runs to its outcome, whoever stops waiting for it: the
         // guard answers the client at the response timeout itself.
@@ -112,7 +112,7 @@ pin_project! {
         timeout: Duration,
         body_read_timeout: Duration,
         started: Instant,
-        route: Option<Arc<str>>,
+        route: Option<Arc<RouteMetrics>>,
     }
 }
 
@@ -123,7 +123,8 @@ impl Future for ResponseFuture {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         if let Some(route) = this.route.take() {
-            metrics::histogram!(telemetry::UPSTREAM_DURATION, "route" => route)
+            route
+                .upstream_duration()
                 .record(this.started.elapsed().as_secs_f64());
         }
         Poll::Ready(match result {

@@ -252,6 +252,7 @@ mod tests {
             route: "r".into(),
             upstream: "10.0.0.1:3000".parse().unwrap(),
             preserve_host,
+            metrics: std::sync::Arc::new(crate::telemetry::RouteMetrics::new("r".into())),
         });
         req.extensions_mut()
             .insert(ClientAddr::new("192.0.2.7:5555".parse().unwrap()));

@@ -16,8 +16,9 @@ use tower::{Layer, Service};
 use super::hotspots::Hotspots;
 use super::log_budget::{Admit, LogBudget, REJECTION_LINES_PER_SEC};
 use super::request_id::RequestId;
+use super::router::Target;
 use crate::guard::{FailedOpen, MAX_ECHO_BYTES, Rejection, RejectionKind, RouteContext, bounded};
-use crate::telemetry::{self, method_label, status_class};
+use crate::telemetry::{self, RouteMetrics, method_label, status_class};
 
 /// Applies [`Observe`].
 #[derive(Debug, Clone, Default)]
@@ -65,6 +66,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let seen = Seen {
             route: req.extensions().get::<RouteContext>().map(|c| c.id.clone()),
+            metrics: req.extensions().get::<Target>().map(|t| t.metrics.clone()),
             method: method_label(req.method()),
             request_id: req.extensions().get::<RequestId>().cloned(),
             hotspots: self.hotspots.clone(),
@@ -79,6 +81,8 @@ where
 /// What the request looked like, kept for its response.
 struct Seen {
     route: Option<Arc<str>>,
+    /// The route's metric handles (none: not routed by the router, so looked up by name).
+    metrics: Option<Arc<RouteMetrics>>,
     method: &'static str,
     request_id: Option<RequestId>,
     hotspots: Option<Hotspots>,
@@ -94,20 +98,29 @@ impl Seen {
     }
 
     fn record(self, status: &'static str, rejection: Option<&Rejection>) {
-        metrics::counter!(
-            telemetry::REQUESTS,
-            "route" => self.route_label(),
-            "method" => self.method,
-            "status" => status
-        )
-        .increment(1);
+        match &self.metrics {
+            Some(handles) => handles.request(self.method, status).increment(1),
+            None => metrics::counter!(
+                telemetry::REQUESTS,
+                "route" => self.route_label(),
+                "method" => self.method,
+                "status" => status
+            )
+            .increment(1),
+        }
         if let Some(rejection) = rejection {
             self.rejected(rejection);
         }
     }
 
     fn rejected(&self, rejection: &Rejection) {
-        match LogBudget::rejections().admit() {
+        // Below the info level no line is written, so none is counted against the budget.
+        let admit = if tracing::enabled!(tracing::Level::INFO) {
+            LogBudget::rejections().admit()
+        } else {
+            Admit::Suppress
+        };
+        match admit {
             Admit::Log { suppressed } => {
                 if suppressed > 0 {
                     tracing::info!(
@@ -120,21 +133,26 @@ impl Seen {
             }
             Admit::Suppress => {}
         }
-        let label = self.route_label();
         match rejection.kind {
             RejectionKind::PreconditionRequired => {
+                let label = self.route_label();
                 metrics::counter!(telemetry::PRECONDITION_REQUIRED, "route" => label).increment(1);
             }
             RejectionKind::MalformedPrecondition => {
+                let label = self.route_label();
                 metrics::counter!(telemetry::MALFORMED_PRECONDITION, "route" => label).increment(1);
             }
             _ if rejection.is_conflict() => {
-                metrics::counter!(
-                    telemetry::CONFLICTS,
-                    "route" => label,
-                    "reason" => rejection.kind.slug()
-                )
-                .increment(1);
+                let reason = rejection.kind.slug();
+                match self.metrics.as_ref().and_then(|m| m.conflict(reason)) {
+                    Some(counter) => counter.increment(1),
+                    None => metrics::counter!(
+                        telemetry::CONFLICTS,
+                        "route" => self.route_label(),
+                        "reason" => reason
+                    )
+                    .increment(1),
+                }
                 if let (Some(hotspots), Some(route)) = (&self.hotspots, &self.route) {
                     hotspots.record(route, &rejection.instance);
                 }

@@ -13,6 +13,7 @@ use tower::{Layer, Service};
 use crate::config::Route;
 use crate::guard::ShortCircuit;
 use crate::guard::{Rejection, RejectionKind, ResponseBody, RouteContext};
+use crate::telemetry::RouteMetrics;
 
 /// Where a routed request goes: put in its extensions next to the guard's [`RouteContext`].
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct Target {
     pub upstream: Authority,
     /// Whether the upstream sees the client's `Host`.
     pub preserve_host: bool,
+    /// The route's metric handles, shared by its requests.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 #[derive(Debug)]
@@ -37,6 +40,9 @@ struct Entry {
 #[derive(Debug)]
 pub struct RouteTable {
     entries: Vec<Entry>,
+    /// Whether any route names a host: if none does, requests are routed by path alone and
+    /// their host is never parsed.
+    has_hosts: bool,
 }
 
 impl RouteTable {
@@ -50,6 +56,7 @@ impl RouteTable {
                     policy: route.policy,
                 },
                 target: Target {
+                    metrics: Arc::new(RouteMetrics::new(route.id.clone())),
                     route: route.id,
                     upstream: route.upstream,
                     preserve_host: route.preserve_host,
@@ -60,7 +67,8 @@ impl RouteTable {
             .collect();
         // Stable: among equals, the first in the file wins.
         entries.sort_by_key(|e| (e.host.is_none(), std::cmp::Reverse(e.prefix.len())));
-        Self { entries }
+        let has_hosts = entries.iter().any(|e| e.host.is_some());
+        Self { entries, has_hosts }
     }
 
     /// The best route for a request to `host` (lowercase, without port) and `path`.
@@ -226,9 +234,13 @@ where
                 "CONNECT is not supported: ifmatch is a reverse proxy, not a tunnel",
             );
         }
-        let host = request_host(&req);
         // A guard, not a clone: no reference count traffic per request.
         let table = self.table.0.load();
+        let host = if table.has_hosts {
+            request_host(&req)
+        } else {
+            None
+        };
         let Some(entry) = table.find(host.as_deref(), req.uri().path()) else {
             tracing::debug!(host = ?host, path = req.uri().path(), "no route");
             return rejected(
