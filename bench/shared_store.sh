@@ -5,6 +5,9 @@
 #
 #   bench/shared_store.sh                          # REPS=5 DURATION=5s WRITERS=16 KEYS=64
 #   REPS=3 DURATION=10s bench/shared_store.sh
+#   SCRIPTS_ONLY=1 SCRIPT_REPS=7 bench/shared_store.sh   # only the scripts-alone table
+#   SCRIPTS_ONLY=1 SCRIPTS_RS=old.rs bench/shared_store.sh # the same, scripts from another
+#                                                         # version's scripts.rs (git show)
 #
 # Each rep runs, in alternating order:
 #   memory   one ifmatch (memory store), one `ifmatch storm` of WRITERS writers
@@ -172,6 +175,7 @@ run_redis() {
   cp "$WORK/stats$1.txt" "$OUT/shared_store_commandstats_$1.txt"
 }
 
+if [ "${SCRIPTS_ONLY:-0}" != 1 ]; then
 for rep in $(seq 1 "$REPS"); do
   if [ $((rep % 2)) -eq 1 ]; then
     log "rep $rep: memory, then redis2"; run_memory "$rep"; run_redis "$rep"
@@ -202,47 +206,84 @@ print(f"\nredis2 / memory: median of the per-rep ratios {statistics.median(ratio
       f"(per rep: {', '.join(f'{x:.2f}' for x in ratios)}); ratio of medians "
       f"{statistics.median(red) / statistics.median(mem):.2f}x")
 PY
+fi
 
 # Each script alone, Redis kept busy by redis-benchmark: what a call costs Redis itself.
 log "scripts alone (redis-benchmark)"
 SCRIPTS=$(mktemp -d -p "$WORK")
-python3 - "$ROOT/src/store/redis/scripts.rs" "$SCRIPTS" <<'PY'
+python3 - "${SCRIPTS_RS:-$ROOT/src/store/redis/scripts.rs}" "$SCRIPTS" <<'PY'
 import re, sys
 source = open(sys.argv[1]).read()
 def grab(name):
     return re.search(r'const ' + name + r': &str = r#"(.*?)"#;', source, re.S).group(1)
+# The fragments (`@settle` ...) spliced in, in the order of FRAGMENTS, as `Scripts::new` does.
+fragments = re.search(r'const FRAGMENTS[^=]*= \[(.*?)\];', source, re.S)
+order = re.findall(r'\("(@\w+)", (\w+)\)', fragments.group(1)) if fragments else []
 for name in ['LOAD', 'LEARN', 'ACQUIRE', 'COMPLETE']:
-    open(f"{sys.argv[2]}/{name}.lua", 'w').write(grab('PRELUDE') + grab(name))
+    text = grab('PRELUDE') + grab(name)
+    for marker, const in order:
+        text = text.replace(marker, grab(const))
+    open(f"{sys.argv[2]}/{name}.lua", 'w').write(text)
 PY
 R="redis-cli -p $PORT_REDIS"
+usec() { $R info commandstats | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\),.*/\1/p'; }
 alone() { # script args...
   local sha
   sha=$($R script load "$(cat "$SCRIPTS/$1.lua")")
   shift
   $R config resetstat >/dev/null
   redis-benchmark -p "$PORT_REDIS" -n 20000 -c 4 -q evalsha "$sha" "$@" >/dev/null
-  $R info commandstats | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\),.*/\1/p'
+  usec
+}
+# Each script measured alone; $2 is the other step, done by a plain command between calls.
+piped() { # script first-line other-line
+  local sha
+  sha=$($R script load "$(cat "$SCRIPTS/$1.lua")")
+  $R config resetstat >/dev/null
+  for i in $(seq 1 4000); do
+    echo "${2//ID/id$i}"
+    echo "${3//ID/id$i}"
+  done | sed "s/SHA/$sha/" | $R --pipe >/dev/null
+  usec
 }
 key=bench:alone
-$R del "$key" >/dev/null
-$R evalsha "$($R script load "$(cat "$SCRIPTS/LEARN.lua")")" 1 "$key" 300000 0 v 0000000000000001 abc "" >/dev/null
-gen=$($R hget "$key" g)
+ROWS=(empty load learn refused acqref held acquire complete)
+declare -A NAMES=(
+  [empty]="empty script (\`return 1\`), for scale"
+  [load]="load"
+  [learn]="learn, the validator known (a GET that confirms)"
+  [refused]="learn, refused (the generation moved)"
+  [acqref]="acquire, refused (stale If-Match)"
+  [held]="acquire, held by another (a waiter's poll)"
+  [acquire]="acquire, taken (a passing write's first call; HDEL between calls gives it back)"
+  [complete]="complete, recorded (its second; HSET between calls hands a lease to it)"
+)
+SCRIPT_REPS=${SCRIPT_REPS:-5}
+SCRIPT_TSV=$OUT/shared_store_scripts.tsv
+printf 'rep\tscript\tusec_per_call\n' >"$SCRIPT_TSV"
+for rep in $(seq 1 "$SCRIPT_REPS"); do
+  $R del "$key" >/dev/null
+  $R evalsha "$($R script load "$(cat "$SCRIPTS/LEARN.lua")")" 1 "$key" 300000 0 v 0000000000000001 abc "" >/dev/null
+  gen=$($R hget "$key" g)
+  declare -A V=()
+  V[empty]=$(sha=$($R script load 'return 1'); $R config resetstat >/dev/null; redis-benchmark -p "$PORT_REDIS" -n 20000 -c 4 -q evalsha "$sha" 0 >/dev/null; usec)
+  V[load]=$(alone LOAD 1 "$key" 300000)
+  V[learn]=$(alone LEARN 1 "$key" 300000 "$gen" v 0000000000000001 abc '')
+  V[refused]=$(alone LEARN 1 "$key" 300000 5 v 0000000000000001 abc '')
+  V[acqref]=$(alone ACQUIRE 1 "$key" 300000 75000 id1 m 00000000 old)
+  $R hset "$key" l other x 99999999999999 >/dev/null
+  V[held]=$(alone ACQUIRE 1 "$key" 300000 75000 id1 m 00000000 abc)
+  $R hdel "$key" l x >/dev/null
+  V[acquire]=$(piped ACQUIRE "evalsha SHA 1 $key 300000 75000 ID m 00000000 abc" "hdel $key l x")
+  V[complete]=$(piped COMPLETE "hset $key l ID x 99999999999999" \
+    "evalsha SHA 1 $key 300000 ID r 0000000000000001 abc \"\"")
+  for row in "${ROWS[@]}"; do printf '%s\t%s\t%s\n' "$rep" "$row" "${V[$row]}" >>"$SCRIPT_TSV"; done
+done
 echo
-echo "| script (one hash, 20000 calls) | usec_per_call |"
-echo "|---|---|"
-echo "| empty script (\`return 1\`), for scale | $(sha=$($R script load 'return 1'); $R config resetstat >/dev/null; redis-benchmark -p "$PORT_REDIS" -n 20000 -c 4 -q evalsha "$sha" 0 >/dev/null; $R info commandstats | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\),.*/\1/p') |"
-echo "| load | $(alone LOAD 1 "$key" 300000) |"
-echo "| learn, the validator known (a GET that confirms) | $(alone LEARN 1 "$key" 300000 "$gen" v 0000000000000001 abc '') |"
-echo "| learn, refused (the generation moved) | $(alone LEARN 1 "$key" 300000 5 v 0000000000000001 abc '') |"
-echo "| acquire, refused (stale If-Match) | $(alone ACQUIRE 1 "$key" 300000 75000 id1 m 00000000 old) |"
-echo "| acquire, held by another (a waiter's poll) | $($R hset "$key" l other x 99999999999999 >/dev/null; alone ACQUIRE 1 "$key" 300000 75000 id1 m 00000000 abc) |"
-$R hdel "$key" l x >/dev/null
-# A lease taken and completed, alternately: the two scripts of a passing write, averaged.
-acq=$($R script load "$(cat "$SCRIPTS/ACQUIRE.lua")")
-com=$($R script load "$(cat "$SCRIPTS/COMPLETE.lua")")
-$R config resetstat >/dev/null
-for i in $(seq 1 4000); do
-  echo "evalsha $acq 1 $key 300000 75000 id$i m 00000000 abc"
-  echo "evalsha $com 1 $key 300000 id$i r 0000000000000001 abc \"\""
-done | $R --pipe >/dev/null
-echo "| acquire + complete, alternating (mean of both; \`redis-cli --pipe\`) | $($R info commandstats | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\),.*/\1/p') |"
+echo "| script (one hash; median of $SCRIPT_REPS runs) | usec_per_call | runs |"
+echo "|---|---|---|"
+for row in "${ROWS[@]}"; do
+  values=$(awk -F'\t' -v r="$row" '$2 == r {print $3}' "$SCRIPT_TSV" | sort -n)
+  median=$(echo "$values" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  echo "| ${NAMES[$row]} | $median | $(echo $values | tr ' ' ',') |"
+done

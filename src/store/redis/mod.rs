@@ -5,7 +5,7 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `g` | generation: `HINCRBY`, started from the server clock in µs when the hash is created, so it never repeats even after the hash expired and came back |
+//! | `g` | generation: incremented, started from the server clock in µs when the hash is created, so it never repeats even after the hash expired and came back |
 //! | `s`, `v`, `m` | state (`u`nknown, `a`bsent, `p`resent), validators (`<16 hex repr><opaque>\n` each), `Last-Modified` (`secs.nanos`) |
 //! | `e` | when the state stops being trusted (server ms); past it the state reads as unknown |
 //! | `l`, `x` | the write lease: holder's random id (the fencing check) and expiry (server ms) |
@@ -735,6 +735,54 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn a_state_is_trusted_for_the_ttl_and_its_hash_outlives_it() {
+        let ttl = Duration::from_millis(400);
+        let store = RedisStore::new(RedisStoreConfig {
+            url: server().url(),
+            key_prefix: format!("test{}-ttl:", std::process::id()),
+            ttl,
+            timeout: Duration::from_secs(2),
+            ..RedisStoreConfig::default()
+        })
+        .unwrap();
+        let k = key(9);
+        let v = validator("a", 1);
+        let learned = Instant::now();
+        contract::learn_now(&store, k, observed(&v)).await;
+        assert_eq!(
+            store.load(k).await.unwrap().state,
+            contract::present(&[v.clone()])
+        );
+        // The hash lives a TTL past the trust: between one and two TTLs from now.
+        let mut conn = store.inner.conn.clone();
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(store.inner.key(k))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((400..=800).contains(&pttl), "PTTL {pttl} ms");
+        // The state reads as unknown once its TTL has passed on the server's clock, not before.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let unknown = loop {
+            let snapshot = store.load(k).await.unwrap();
+            if snapshot.state == KeyState::Unknown {
+                break snapshot;
+            }
+            assert!(Instant::now() < deadline, "the state never expired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(learned.elapsed() >= ttl - Duration::from_millis(50));
+        // Learnt again under the generation it reads at, it is trusted again.
+        assert!(
+            store
+                .learn(k, unknown.generation, observed(&v))
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.load(k).await.unwrap().state, contract::present(&[v]));
     }
 
     #[tokio::test]

@@ -1,5 +1,21 @@
 //! The Lua scripts, one per store operation, each run atomically on one key's hash (the
-//! fields are described in the parent module). Every script starts with the same prelude.
+//! fields are described in the parent module).
+//!
+//! Every script starts with the same prelude: the server clock, and the hash read once
+//! (`HMGET`) into one local per field. The shared steps (settling, a new generation, trusting
+//! the state, keeping the hash alive, viewing the state, writing the hash back) are fragments
+//! of text that [`Scripts::new`] splices in where a script names them (`@settle` and so on),
+//! not Lua functions: Redis runs a script's body afresh on each call, so every `local
+//! function` would be a closure made anew each time, and the helpers' closures, their table of
+//! fields and the `pairs` walk to write it back cost as much as the script's Redis commands.
+//! Written out this way a script costs about 6-8 µs of Redis time (BENCHMARKS.md).
+//!
+//! The hash is written back once: one `HSET` of the fields that changed, one `HDEL` of those
+//! cleared, and `PEXPIREAT` only when the hash must live longer. A trusted state's expiry and
+//! the hash's own are moved only once they fell a sixteenth of the TTL behind, so a GET that
+//! confirms what is known writes nothing. The fields are those the previous releases' scripts
+//! use, plus `k` (which they ignore), so replicas of both can share one Redis during a rolling
+//! upgrade.
 
 use redis::Script;
 
@@ -11,16 +27,9 @@ pub(super) struct Scripts {
     pub(super) purge: Script,
 }
 
-/// Shared by every script: the server clock, the hash read once (`HMGET`) into `h`, settling
-/// of lapsed leases and expired states, generations, and the hash written back once by
-/// `flush` (one `HSET`, one `HDEL` of cleared fields, and, when the hash must live longer, one
-/// `PEXPIREAT`, each only if needed). `ARGV[1]` is always the state TTL in ms.
-///
-/// Each `redis.call` costs Redis one to two microseconds of its own here, most of a script's
-/// time on one small hash, so they are few: a trusted state's expiry and the hash's own are
-/// moved only once they fell a sixteenth of the TTL behind, so a GET that confirms what is
-/// known writes nothing. The fields are those the previous release's scripts use, plus `k`
-/// (which they ignore), so replicas of both can share one Redis during a rolling upgrade.
+/// The clock, the TTL (`ARGV[1]` in every script), and the hash's fields, one local each
+/// (`false` when absent); `r` keeps them as read, for `@flush`. A hash the scripts made always
+/// has a generation, so `hg` tells whether it exists.
 const PRELUDE: &str = r#"
 pcall(redis.replicate_commands) -- Redis < 5: TIME before writes needs effects replication
 local k = KEYS[1]
@@ -29,128 +38,133 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 local slack = math.floor(ttl / 16)
 local r = redis.call('HMGET', k, 'g', 's', 'v', 'm', 'e', 'l', 'x', 'k')
-local h = {g = r[1], s = r[2], v = r[3], m = r[4], e = r[5], l = r[6], x = r[7], k = r[8]}
-local changed = {}
--- Every hash the scripts make has a generation.
-local exists = h.g ~= false
-local function put(name, value) h[name] = value; changed[name] = true end
-local function num(name) return tonumber(h[name] or '0') end
--- A new hash starts from the clock in µs, so a key that expired and came back never reuses
--- a generation (nor, with it, a stale reader's). Exact: µs clocks stay far below 2^53.
-local function bump()
-  if not h.g then
-    put('g', t[1] .. string.format('%06d', tonumber(t[2])))
-  else
-    put('g', string.format('%.0f', tonumber(h.g) + 1))
-  end
+local hg, hs, hv, hm, he, hl, hx, hk = r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]
+local vs, vv, vm
+"#;
+
+/// A new generation. A new hash starts from the clock in µs, so a key that expired and came
+/// back never reuses a generation (nor, with it, a stale reader's). Exact: µs clocks stay far
+/// below 2^53.
+const BUMP: &str = r#"
+if hg then
+  hg = string.format('%.0f', tonumber(hg) + 1)
+else
+  hg = t[1] .. string.format('%06d', tonumber(t[2]))
 end
-local function set(s, v, m)
-  put('s', s)
-  if s == 'p' then
-    put('v', v)
-    put('m', (m and m ~= '') and m or false)
-  else
-    put('v', false)
-    put('m', false)
-  end
+"#;
+
+/// What time decided: a lapsed lease means a write of unknown outcome (new generation, so no
+/// read that started before it can record); an expired state is no longer trusted.
+const SETTLE: &str = r#"
+if hx and tonumber(hx) <= now then
+  hl, hx, hs, hv, hm = false, false, 'u', false, false
+  @bump
 end
--- What time decided: a lapsed lease means a write of unknown outcome (new generation, so no
--- read that started before it can record); an expired state is no longer trusted.
-local function settle()
-  if h.x and tonumber(h.x) <= now then
-    put('l', false)
-    put('x', false)
-    set('u')
-    bump()
-  end
-  if not h.e or tonumber(h.e) <= now then
-    if h.s ~= 'u' then set('u') end
-  end
+if (not he or tonumber(he) <= now) and hs ~= 'u' then hs, hv, hm = 'u', false, false end
+"#;
+
+/// The state as a reader sees it, into `vs`, `vv`, `vm`: unknown once no longer trusted.
+const VIEW: &str = r#"
+if he and tonumber(he) > now then
+  vs, vv, vm = hs or 'u', hv or '', hm or ''
+else
+  vs, vv, vm = 'u', '', ''
 end
-local function view()
-  if not h.e or tonumber(h.e) <= now then return 'u', '', '' end
-  return h.s or 'u', h.v or '', h.m or ''
-end
--- Trusted for the TTL from now (at least 15/16 of it, between two refreshes).
-local function trust()
-  if num('e') < now + ttl - slack then put('e', string.format('%d', now + ttl)) end
-end
--- The hash outlives what it holds by a TTL (at least 15/16 of one): long enough that no read
--- straddles its removal.
-local function keep()
-  local last = math.max(num('e'), num('x'), now) + ttl
-  if num('k') < last - slack then put('k', string.format('%d', last)) end
-end
-local function flush()
-  local args, gone = {}, {}
-  for name in pairs(changed) do
-    if h[name] then
-      args[#args + 1] = name
-      args[#args + 1] = h[name]
+"#;
+
+/// Trusted for the TTL from now (at least 15/16 of it, between two refreshes).
+const TRUST: &str = r#"
+if tonumber(he or '0') < now + ttl - slack then he = string.format('%d', now + ttl) end
+"#;
+
+/// The hash outlives what it holds by a TTL (at least 15/16 of one): long enough that no read
+/// straddles its removal.
+const KEEP: &str = r#"
+local last = math.max(tonumber(he or '0'), tonumber(hx or '0'), now) + ttl
+if tonumber(hk or '0') < last - slack then hk = string.format('%d', last) end
+"#;
+
+/// Writes back the fields that differ from what was read.
+const FLUSH: &str = r#"
+local f, w, d = {hg, hs, hv, hm, he, hl, hx, hk}, {}, {}
+for i = 1, 8 do
+  if f[i] ~= r[i] then
+    local name = string.sub('gsvmelxk', i, i)
+    if f[i] then
+      w[#w + 1] = name
+      w[#w + 1] = f[i]
     else
-      gone[#gone + 1] = name
+      d[#d + 1] = name
     end
   end
-  if #args > 0 then redis.call('HSET', k, unpack(args)) end
-  if #gone > 0 then redis.call('HDEL', k, unpack(gone)) end
-  if changed.k then redis.call('PEXPIREAT', k, h.k) end
 end
+if #w > 0 then redis.call('HSET', k, unpack(w)) end
+if #d > 0 then redis.call('HDEL', k, unpack(d)) end
+if hk ~= r[8] then redis.call('PEXPIREAT', k, hk) end
 "#;
 
 /// -> {generation, state, validators, last_modified, leased}
 const LOAD: &str = r#"
-if not exists then return {'0', 'u', '', '', '0'} end
-settle()
-flush()
-local s, v, m = view()
-return {h.g, s, v, m, h.l and '1' or '0'}
+if not hg then return {'0', 'u', '', '', '0'} end
+@settle
+@flush
+@view
+return {hg, vs, vv, vm, hl and '1' or '0'}
 "#;
 
 /// ARGV: ttl, generation, kind (v|a|u), representation, opaque, last_modified
 /// -> {recorded (1|0), the generation after}
 const LEARN: &str = r#"
 local gen, kind, rep, tag, lm = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local s, v, m = 'u', '', ''
-if not exists then
+vs, vv, vm = 'u', '', ''
+if not hg then
   if gen ~= '0' or kind == 'u' then return {gen == '0' and '1' or '0', '0'} end
 else
-  settle()
-  if h.g ~= gen then
-    flush()
-    return {'0', h.g}
+  @settle
+  if hg ~= gen then
+    @flush
+    return {'0', hg}
   end
-  s, v, m = view()
+  @view
 end
 local ns, nv
 if kind == 'u' then
-  if s ~= 'u' then ns = 'u' end
+  if vs ~= 'u' then ns = 'u' end
 elseif kind == 'a' then
-  if s ~= 'a' then ns = 'a' end
+  if vs ~= 'a' then ns = 'a' end
 else
   local rec = rep .. tag .. '\n'
   ns, nv = 'p', rec
-  if s == 'p' then
+  if vv == rec then
+    -- The one validator known: a change only if Last-Modified moved.
+    if vm == lm then ns = nil else nv = vv end
+  elseif vs == 'p' then
     local found, count = nil, 0
-    for r in string.gmatch(v, '[^\n]*\n') do
+    for one in string.gmatch(vv, '[^\n]*\n') do
       count = count + 1
-      if string.sub(r, 1, 16) == rep then found = r end
+      if string.sub(one, 1, 16) == rep then found = one end
     end
     if found == rec then
       -- The same validator: a change only if Last-Modified moved.
-      if m == lm then ns = nil else nv = v end
+      if vm == lm then ns = nil else nv = vv end
     elseif not found and count < 4 then
-      nv = v .. rec
+      nv = vv .. rec
     end
   end
 end
 if ns then
-  set(ns, nv, lm)
-  bump()
+  hs = ns
+  if ns == 'p' then
+    hv, hm = nv, lm ~= '' and lm or false
+  else
+    hv, hm = false, false
+  end
+  @bump
 end
-trust()
-keep()
-flush()
-return {'1', h.g}
+@trust
+@keep
+@flush
+return {'1', hg}
 "#;
 
 /// ARGV: ttl, lease ms, lease id, refusal (''|m|*|n), variant (8 hex), tags...
@@ -159,98 +173,131 @@ return {'1', h.g}
 /// precondition fails (`m` If-Match with these tags, `*` If-Match: *, `n` If-None-Match: *),
 /// so none is taken and nothing changes.
 const ACQUIRE: &str = r#"
-if exists then
-  settle()
-  if h.l then
-    flush()
+vs, vv, vm = 'u', '', ''
+if hg then
+  @settle
+  if hl then
+    @flush
     return {'0'}
   end
+  @view
   local refusal = ARGV[4]
   if refusal ~= '' then
-    local s, v, m = view()
     local refused = false
-    if s == 'p' then
+    if vs == 'p' then
       local of_variant, matched = false, false
-      for rec in string.gmatch(v, '[^\n]*\n') do
-        if string.sub(rec, 1, 8) == ARGV[5] then
+      for one in string.gmatch(vv, '[^\n]*\n') do
+        if string.sub(one, 1, 8) == ARGV[5] then
           of_variant = true
-          local tag = string.sub(rec, 17, -2)
+          local tag = string.sub(one, 17, -2)
           for i = 6, #ARGV do
             if ARGV[i] == tag then matched = true end
           end
         end
       end
       refused = of_variant and (refusal == 'n' or (refusal == 'm' and not matched))
-    elseif s == 'a' then
+    elseif vs == 'a' then
       refused = ARGV[5] == '00000000' and refusal ~= 'n'
     end
     if refused then
-      flush()
-      return {'2', h.g, s, v, m}
+      @flush
+      return {'2', hg, vs, vv, vm}
     end
   end
 end
-put('l', ARGV[3])
-put('x', string.format('%d', now + tonumber(ARGV[2])))
-bump()
-local s, v, m = view()
-keep()
-flush()
-return {'1', h.g, s, v, m}
+hl = ARGV[3]
+hx = string.format('%d', now + tonumber(ARGV[2]))
+@bump
+@keep
+@flush
+return {'1', hg, vs, vv, vm}
 "#;
 
 /// ARGV: ttl, lease id, kind (r|d|u|n), representation, opaque, last_modified
 /// -> {recorded (1), or ignored (0: not the holder, or the lease lapsed), the generation after}
 const COMPLETE: &str = r#"
-if h.l ~= ARGV[2] then return {'0', h.g or '0'} end
-if num('x') <= now then
-  settle()
-  keep()
-  flush()
-  return {'0', h.g}
+if hl ~= ARGV[2] then return {'0', hg or '0'} end
+if tonumber(hx or '0') <= now then
+  @settle
+  @keep
+  @flush
+  return {'0', hg}
 end
-settle()
-put('l', false)
-put('x', false)
+@settle
+hl, hx = false, false
 local kind = ARGV[3]
 if kind == 'r' then
-  set('p', ARGV[4] .. ARGV[5] .. '\n', ARGV[6])
-  trust()
+  hs, hv, hm = 'p', ARGV[4] .. ARGV[5] .. '\n', ARGV[6] ~= '' and ARGV[6] or false
+  @trust
 elseif kind == 'd' then
-  set('a')
-  trust()
+  hs, hv, hm = 'a', false, false
+  @trust
 elseif kind == 'u' then
-  set('u')
-  trust()
+  hs, hv, hm = 'u', false, false
+  @trust
 end
-bump()
-keep()
-flush()
-return {'1', h.g}
+@bump
+@keep
+@flush
+return {'1', hg}
 "#;
 
 /// ARGV: ttl -> 1 if something was known
 const PURGE: &str = r#"
-if not exists then return 0 end
-settle()
-local s = view()
-set('u')
-bump()
-keep()
-flush()
-if s ~= 'u' then return 1 end
+if not hg then return 0 end
+@settle
+@view
+local known = vs ~= 'u'
+hs, hv, hm = 'u', false, false
+@bump
+@keep
+@flush
+if known then return 1 end
 return 0
 "#;
 
+/// The fragments a script may name, in the order they are spliced in (`@settle` names
+/// `@bump`, so it comes first).
+const FRAGMENTS: [(&str, &str); 6] = [
+    ("@settle", SETTLE),
+    ("@bump", BUMP),
+    ("@view", VIEW),
+    ("@trust", TRUST),
+    ("@keep", KEEP),
+    ("@flush", FLUSH),
+];
+
+/// The prelude and `body`, its fragments spliced in.
+fn expand(body: &str) -> String {
+    let mut text = format!("{PRELUDE}{body}");
+    for (name, fragment) in FRAGMENTS {
+        text = text.replace(name, fragment);
+    }
+    text
+}
+
 impl Scripts {
     pub(super) fn new() -> Self {
-        let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        let script = |body: &str| Script::new(&expand(body));
         Self {
             load: script(LOAD),
             learn: script(LEARN),
             acquire: script(ACQUIRE),
             complete: script(COMPLETE),
             purge: script(PURGE),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fragment_is_spliced_in() {
+        for body in [LOAD, LEARN, ACQUIRE, COMPLETE, PURGE] {
+            let text = expand(body);
+            assert!(!text.contains('@'), "a fragment name is left in:\n{text}");
         }
     }
 }
