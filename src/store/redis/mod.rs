@@ -754,7 +754,7 @@ mod tests {
         contract::learn_now(&store, k, observed(&v)).await;
         assert_eq!(
             store.load(k).await.unwrap().state,
-            contract::present(&[v.clone()])
+            contract::present(std::slice::from_ref(&v))
         );
         // The hash lives a TTL past the trust: between one and two TTLs from now.
         let mut conn = store.inner.conn.clone();
