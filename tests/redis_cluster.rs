@@ -9,6 +9,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -29,6 +30,8 @@ struct Node {
     port: u16,
     dir: PathBuf,
     process: Option<(Child, ChildStdin)>,
+    /// The redis-server's own process id (under the shell), for pausing it.
+    pid: u32,
 }
 
 impl Node {
@@ -49,15 +52,31 @@ impl Node {
             .spawn()
             .expect("spawn redis-server (apt-get install -y redis-server)");
         let stdin = child.stdin.take().expect("piped stdin");
-        let node = Self {
+        let mut node = Self {
             port,
             dir,
             process: Some((child, stdin)),
+            pid: 0,
         };
         wait_until("the node answers PING", || {
             node.cli(&["ping"]).trim() == "PONG"
         });
+        node.pid = node
+            .cli(&["info", "server"])
+            .lines()
+            .find_map(|line| line.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
+            .expect("INFO server gives the process id");
         node
+    }
+
+    /// A latency spike: the node stops (SIGSTOP) with its connections open, or goes on
+    /// (SIGCONT).
+    fn signal(&self, signal: &str) -> bool {
+        Command::new("kill")
+            .args([signal, &self.pid.to_string()])
+            .status()
+            .is_ok_and(|status| status.success())
     }
 
     fn url(&self) -> String {
@@ -81,6 +100,8 @@ impl Node {
 
     fn stop(&mut self) {
         if let Some((mut child, stdin)) = self.process.take() {
+            // A paused node must go on to act on the shell's kill.
+            let _ = self.signal("-CONT");
             drop(stdin);
             let _ = child.wait();
         }
@@ -107,7 +128,10 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
-        let root = std::env::temp_dir().join(format!("ifmatch-cluster-{}", std::process::id()));
+        // One directory per cluster: the tests of this binary run at the same time.
+        static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
+        let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("ifmatch-cluster-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let nodes: Vec<Node> = (0..3)
             .map(|_| {
@@ -201,7 +225,12 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn cluster_config(backend: std::net::SocketAddr, urls: &[String], prefix: &str) -> Config {
+fn cluster_config(
+    backend: std::net::SocketAddr,
+    urls: &[String],
+    prefix: &str,
+    timeout: &str,
+) -> Config {
     let seeds = urls
         .iter()
         .map(|url| format!("\"{url}\""))
@@ -209,7 +238,7 @@ fn cluster_config(backend: std::net::SocketAddr, urls: &[String], prefix: &str) 
         .join(", ");
     let mut config = support::config(backend);
     config.store = config_toml(&format!(
-        "[store]\nkind = \"redis\"\ncluster_urls = [{seeds}]\ntimeout = \"1s\"\n\
+        "[store]\nkind = \"redis\"\ncluster_urls = [{seeds}]\ntimeout = \"{timeout}\"\n\
          key_prefix = \"{prefix}\"\n[[routes]]\nname = \"x\"\nupstream = \"http://127.0.0.1:1\"\n"
     ))
     .store;
@@ -218,6 +247,18 @@ fn cluster_config(backend: std::net::SocketAddr, urls: &[String], prefix: &str) 
 
 async fn replica(config: Config) -> ProxyHandle {
     Proxy::spawn_server(Server::new(config).expect("valid config")).await
+}
+
+/// Which master holds each log's key (one Redis key per resource).
+fn owners(cluster: &Cluster, config: &Config, prefix: &str, keys: usize) -> Vec<usize> {
+    let route = &config.routes().expect("routes")[0];
+    (0..keys)
+        .map(|k| {
+            let path = format!("/log/{k}");
+            let (key, _) = resource_key(&route.id, &route.policy, &path, None, []);
+            cluster.owner(&format!("{prefix}{key}"))
+        })
+        .collect()
 }
 
 /// A conditional write of log `k` through `base`: its status (after reading the ETag).
@@ -260,22 +301,14 @@ async fn two_replicas_on_a_cluster_lose_no_update_and_a_dead_master_fails_only_i
 
         let (backend, docs) = slow_logs(keys).await;
         let prefix = "cluster:";
-        let config = || cluster_config(backend.addr, &cluster.urls(), prefix);
+        let config = || cluster_config(backend.addr, &cluster.urls(), prefix, "1s");
         let (a, b) = (replica(config()).await, replica(config()).await);
         let bases = [a.url(""), b.url("")];
         let run = storm(&bases, &docs, keys, writers, cycles, true, false).await;
         assert_eq!((run.lost, run.refused), (0, 0), "{run:?}");
         assert!(run.acknowledged > 0, "{run:?}");
 
-        // Which master holds each log's key (one Redis key per resource).
-        let route = &config().routes().expect("routes")[0];
-        let owners: Vec<usize> = (0..keys)
-            .map(|k| {
-                let path = format!("/log/{k}");
-                let (key, _) = resource_key(&route.id, &route.policy, &path, None, []);
-                cluster.owner(&format!("{prefix}{key}"))
-            })
-            .collect();
+        let owners = owners(&cluster, &config(), prefix, keys);
         let dead = owners[0];
         assert!(
             owners.iter().any(|&owner| owner != dead),
@@ -333,4 +366,108 @@ async fn two_replicas_on_a_cluster_lose_no_update_and_a_dead_master_fails_only_i
     })
     .await
     .expect("the cluster test finishes");
+}
+
+/// A Redis latency spike on one master (the process stopped, its connections open, so nothing
+/// fails fast): writes to its slots wait for the store timeout and fail closed, while every
+/// other slot keeps serving meanwhile, and nothing is lost once it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_master_holds_up_only_its_own_slots_and_fails_them_closed() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .expect("cluster");
+    let (keys, writers, cycles) = (6, 12, 12);
+    let client = Client::http1();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let (backend, docs) = slow_logs(keys).await;
+        let prefix = "stall:";
+        // A timeout far above what a write to a live master takes on a loaded machine, so the
+        // order of events below is not a race.
+        let config = || cluster_config(backend.addr, &cluster.urls(), prefix, "3s");
+        let (a, b) = (replica(config()).await, replica(config()).await);
+        let bases = [a.url(""), b.url("")];
+        let owners = owners(&cluster, &config(), prefix, keys);
+        let stalled = owners[0];
+        assert!(
+            owners.iter().any(|&owner| owner != stalled),
+            "the logs span more than one master: {owners:?}"
+        );
+        // Every replica has talked to every master before the spike.
+        for k in 0..keys * 2 {
+            let status = probe(&client, &bases[k % 2], k % keys).await;
+            assert!(status.is_success(), "log {}: {status}", k % keys);
+        }
+
+        assert!(cluster.nodes[stalled].signal("-STOP"), "pause the master");
+        let waiting: Vec<_> = (0..keys)
+            .filter(|&k| owners[k] == stalled)
+            .map(|k| {
+                let (client, base) = (client.clone(), bases[k % 2].clone());
+                (
+                    k,
+                    tokio::spawn(async move { probe(&client, &base, k).await }),
+                )
+            })
+            .collect();
+        for (k, &owner) in owners.iter().enumerate() {
+            if owner != stalled {
+                let status = probe(&client, &bases[(k + 1) % 2], k).await;
+                assert!(
+                    status.is_success(),
+                    "log {k} on master {owner}, master {stalled} stalled: {status}"
+                );
+            }
+        }
+        assert!(
+            waiting.iter().all(|(_, task)| !task.is_finished()),
+            "every other slot served while the stalled master's writes were still waiting"
+        );
+        for (k, task) in waiting {
+            let status = task.await.expect("probe");
+            assert_eq!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log {k} on the stalled master {stalled}"
+            );
+        }
+
+        // The writes that failed closed never reached the API: each stalled log holds the two
+        // warm-up probes only (read straight from the API).
+        for k in (0..keys).filter(|&k| owners[k] == stalled) {
+            let read = client
+                .get(&format!("http://{}/log/{k}", backend.addr))
+                .await;
+            let log: Vec<u64> = serde_json::from_value(read.json()["log"].clone()).expect("a log");
+            let probes = log.iter().filter(|&&n| n == 1_000_000 + k as u64).count();
+            assert_eq!(probes, 2, "log {k}: {log:?}");
+        }
+
+        assert!(cluster.nodes[stalled].signal("-CONT"), "resume the master");
+        tokio::task::block_in_place(|| {
+            wait_until("the cluster is whole again", || {
+                cluster.nodes.iter().all(Node::cluster_ok)
+            });
+        });
+        let mut recovered = false;
+        for _ in 0..100 {
+            let mut all = true;
+            for k in 0..keys {
+                all &= probe(&client, &bases[k % 2], k).await.is_success();
+            }
+            if all {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            recovered,
+            "every log takes conditional writes once master {stalled} goes on"
+        );
+        let after = storm(&bases, &docs, keys, writers, cycles, true, false).await;
+        assert_eq!((after.lost, after.refused), (0, 0), "{after:?}");
+        println!("owners {owners:?}, master {stalled} stalled\nafter: {after:?}");
+    })
+    .await
+    .expect("the stall test finishes");
 }
