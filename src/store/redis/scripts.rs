@@ -135,7 +135,7 @@ elseif kind == 'a' then
 else
   local rec = rep .. tag .. '\n'
   ns, nv = 'p', rec
-  if vv == rec then
+  if vs == 'p' and vv == rec then
     -- The one validator known: a change only if Last-Modified moved.
     if vm == lm then ns = nil else nv = vv end
   elseif vs == 'p' then
