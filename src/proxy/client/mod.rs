@@ -1,5 +1,5 @@
-//! The pooled upstream client: a tower service that sends a request and waits, bounded, for the
-//! upstream's response headers.
+//! The upstream client: a tower service that sends a request over a pooled HTTP/1.1
+//! connection ([`pool`]) and waits, bounded, for the upstream's response headers.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,13 +7,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{self, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::Service;
+
+mod pool;
+#[cfg(test)]
+mod tests;
+
+pub use pool::ConnectError;
+use pool::Pool;
 
 use super::discard::ClientBody;
 use super::router::Target;
@@ -30,13 +35,13 @@ pub type UpstreamRequest = Request<RequestBody<ClientBody>>;
 pub enum UpstreamError {
     /// No connection could be made (refused, unreachable, connect timeout).
     #[error("cannot connect to upstream")]
-    Connect(#[source] legacy::Error),
+    Connect(#[source] ConnectError),
     /// The response headers did not arrive in time.
     #[error("upstream sent no response within {0:?}")]
     Timeout(Duration),
     /// The connection failed after it was made (reset, closed early, malformed response).
     #[error("upstream request failed")]
-    Request(#[source] legacy::Error),
+    Request(#[source] hyper::Error),
     /// The client did not send its request body within `server.body_read_timeout`.
     #[error("the client's request body did not arrive within {0:?}")]
     BodyTimeout(Duration),
@@ -45,10 +50,10 @@ pub enum UpstreamError {
     Internal(&'static str),
 }
 
-/// A pooled HTTP/1.1 client to the upstreams, as a tower service.
+/// A pooled HTTP/1.1 client to the upstreams, as a tower service (clones share the pool).
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, TimedBody>,
+    pool: Arc<Pool>,
     response_timeout: Duration,
     body_read_timeout: Duration,
 }
@@ -56,18 +61,12 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     /// A client with the connect and response timeouts and pool limits of `server`.
     pub fn new(server: &ServerConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(server.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(server.pool_idle_timeout)
-            .pool_max_idle_per_host(server.pool_max_idle_per_host)
-            .build(connector);
         Self {
-            client,
+            pool: Arc::new(Pool::new(
+                server.pool_max_idle_per_host,
+                server.pool_idle_timeout,
+                server.connect_timeout,
+            )),
             response_timeout: server.response_timeout,
             body_read_timeout: server.body_read_timeout,
         }
@@ -94,8 +93,9 @@ impl Service<UpstreamRequest> for UpstreamClient {
             .get::<UpstreamDeadline>()
             .map_or(self.response_timeout, |deadline| deadline.0);
         let req = req.map(|body| TimedBody::new(body, body_read_timeout));
+        let exchange: Exchange = Box::pin(exchange(self.pool.clone(), req));
         ResponseFuture {
-            inner: tokio::time::timeout(timeout, self.client.request(req)),
+            inner: tokio::time::timeout(timeout, exchange),
             timeout,
             body_read_timeout,
             started: Instant::now(),
@@ -108,7 +108,7 @@ pin_project! {
     /// The upstream's response, or why there is none.
     pub struct ResponseFuture {
         #[pin]
-        inner: tokio::time::Timeout<legacy::ResponseFuture>,
+        inner: tokio::time::Timeout<Exchange>,
         timeout: Duration,
         body_read_timeout: Duration,
         started: Instant,
@@ -129,12 +129,62 @@ impl Future for ResponseFuture {
         }
         Poll::Ready(match result {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(e)),
-            Ok(Err(e)) if BodyTimedOut::caused(&e) => {
+            Ok(Err(Failure::Connect(e))) => Err(UpstreamError::Connect(e)),
+            Ok(Err(Failure::Request(e))) if BodyTimedOut::caused(&e) => {
                 Err(UpstreamError::BodyTimeout(*this.body_read_timeout))
             }
-            Ok(Err(e)) => Err(UpstreamError::Request(e)),
+            Ok(Err(Failure::Request(e))) => Err(UpstreamError::Request(e)),
+            Ok(Err(Failure::Internal(what))) => Err(UpstreamError::Internal(what)),
             Err(_elapsed) => Err(UpstreamError::Timeout(*this.timeout)),
         })
+    }
+}
+
+/// One request's way to its response head: a connection, the request sent, the head read.
+type Exchange = Pin<Box<dyn Future<Output = Result<Response<Incoming>, Failure>> + Send>>;
+
+/// Why an exchange failed, before the timeouts are known.
+enum Failure {
+    Connect(ConnectError),
+    Request(hyper::Error),
+    Internal(&'static str),
+}
+
+/// Sends `req` (absolute-form, as addressed) over a kept connection to its upstream, or a new
+/// one. A kept connection that the upstream closed before the request was written to it (its
+/// keep-alive timeout raced this request) gives the request back, and the next is tried, then
+/// a new one: such a request was never sent, so sending it again is safe whatever its method.
+async fn exchange(
+    pool: Arc<Pool>,
+    mut req: Request<TimedBody>,
+) -> Result<Response<Incoming>, Failure> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return Err(Failure::Internal("the upstream request has no authority"));
+    };
+    let origin = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(origin);
+    while let Some(mut sender) = pool.checkout(&authority) {
+        match sender.try_send_request(req).await {
+            Ok(response) => {
+                pool.checkin(authority, sender);
+                return Ok(response);
+            }
+            Err(mut error) => match error.take_message() {
+                Some(unsent) => req = unsent,
+                None => return Err(Failure::Request(error.into_error())),
+            },
+        }
+    }
+    let mut sender = pool.connect(&authority).await.map_err(Failure::Connect)?;
+    match sender.try_send_request(req).await {
+        Ok(response) => {
+            pool.checkin(authority, sender);
+            Ok(response)
+        }
+        Err(error) => Err(Failure::Request(error.into_error())),
     }
 }

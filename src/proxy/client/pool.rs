@@ -1,0 +1,188 @@
+//! The upstream connections: HTTP/1.1 senders kept per upstream authority and reused.
+//!
+//! Each connection's future runs in a task of its own, spawned once when the connection is
+//! made; a request is handed to it through its [`SendRequest`], with no pool task or channel of
+//! the pool's own in between. A sender goes back into its upstream's list as soon as the
+//! response head arrives: it is ready for another request only once that response's body has
+//! been read to its end, and a checkout takes only a ready one, so a connection still
+//! streaming a body, upgraded (101), closed by either side, or dropped mid-body (hyper closes
+//! it) is never handed out, and is removed from the list as soon as it is seen closed.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use http::uri::Authority;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::super::timed_body::TimedBody;
+
+/// A connection to an upstream, ready to take a request.
+pub(super) type Sender = SendRequest<TimedBody>;
+
+/// Why no connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connection failed (refused, unreachable, name not resolved).
+    #[error("tcp connect to {0} failed")]
+    Tcp(Authority, #[source] io::Error),
+    /// The TCP connection was not made within `server.connect_timeout`.
+    #[error("tcp connect to {0} timed out after {1:?}")]
+    Timeout(Authority, Duration),
+    /// The HTTP/1.1 handshake failed.
+    #[error("http/1.1 handshake with {0} failed")]
+    Handshake(Authority, #[source] hyper::Error),
+}
+
+/// Senders per upstream, bounded in number and in idle time.
+#[derive(Debug)]
+pub(super) struct Pool {
+    senders: Mutex<HashMap<Authority, Vec<Pooled>>>,
+    /// Most senders kept per upstream (idle, or finishing a response).
+    max_per_host: usize,
+    /// A sender unused for this long is closed.
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    /// Whether the task that closes idle connections runs.
+    reaping: Mutex<bool>,
+}
+
+#[derive(Debug)]
+struct Pooled {
+    sender: Sender,
+    /// When it was put back: its last response's head arrived.
+    since: Instant,
+}
+
+impl Pooled {
+    /// Whether it can never be used again: closed, or idle past the timeout.
+    fn spent(&self, idle_timeout: Duration) -> bool {
+        self.sender.is_closed() || (self.sender.is_ready() && self.since.elapsed() >= idle_timeout)
+    }
+}
+
+impl Pool {
+    pub(super) fn new(
+        max_per_host: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self {
+            senders: Mutex::new(HashMap::new()),
+            max_per_host,
+            idle_timeout,
+            connect_timeout,
+            reaping: Mutex::new(false),
+        }
+    }
+
+    /// A ready sender to `authority`, if one is kept; spent ones seen on the way are dropped
+    /// (which closes them).
+    pub(super) fn checkout(&self, authority: &Authority) -> Option<Sender> {
+        let mut senders = self.senders.lock().ok()?;
+        let list = senders.get_mut(authority)?;
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            if list[i].spent(self.idle_timeout) {
+                list.swap_remove(i);
+            } else if list[i].sender.is_ready() {
+                return Some(list.swap_remove(i).sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for a later request, unless it is closed or its upstream has as many as
+    /// it may keep (then it is dropped: hyper closes it once its response is read).
+    pub(super) fn checkin(self: &Arc<Self>, authority: Authority, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let Ok(mut senders) = self.senders.lock() else {
+            return;
+        };
+        let list = senders.entry(authority).or_default();
+        if list.len() < self.max_per_host {
+            list.push(Pooled {
+                sender,
+                since: Instant::now(),
+            });
+        }
+        drop(senders);
+        self.reap_in_background();
+    }
+
+    /// A new connection to `authority`, its connection future spawned.
+    pub(super) async fn connect(&self, authority: &Authority) -> Result<Sender, ConnectError> {
+        let port = authority.port_u16().unwrap_or(80);
+        let connect = TcpStream::connect((authority.host(), port));
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(ConnectError::Tcp(authority.clone(), error)),
+            Err(_elapsed) => {
+                return Err(ConnectError::Timeout(
+                    authority.clone(),
+                    self.connect_timeout,
+                ));
+            }
+        };
+        // Best effort, as for any client: a socket that refuses the options still works.
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| ConnectError::Handshake(authority.clone(), error))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Starts, once, the task that closes connections idle past the timeout even when no
+    /// request comes to look; it ends with the pool.
+    fn reap_in_background(self: &Arc<Self>) {
+        let Ok(mut reaping) = self.reaping.lock() else {
+            return;
+        };
+        if *reaping {
+            return;
+        }
+        *reaping = true;
+        let pool: Weak<Self> = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.reap();
+            }
+        });
+    }
+
+    /// Drops every spent sender.
+    fn reap(&self) {
+        if let Ok(mut senders) = self.senders.lock() {
+            for list in senders.values_mut() {
+                list.retain(|pooled| !pooled.spent(self.idle_timeout));
+            }
+            senders.retain(|_, list| !list.is_empty());
+        }
+    }
+
+    /// Senders kept for `authority` (for tests).
+    #[cfg(test)]
+    pub(super) fn kept(&self, authority: &Authority) -> usize {
+        self.senders
+            .lock()
+            .map_or(0, |senders| senders.get(authority).map_or(0, Vec::len))
+    }
+}
