@@ -53,10 +53,11 @@ pub struct ServerConfig {
     /// Most request header fields accepted; more gets 431 problem+json (past twice this, at
     /// most 100 more, on HTTP/1.1, hyper's bare 431).
     pub max_headers: usize,
-    /// How long an idle pooled upstream connection is kept.
+    /// How long an idle pooled upstream connection is kept (then the proxy closes it).
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
-    /// Most idle pooled connections kept per upstream.
+    /// Most pooled connections kept per upstream, idle or finishing a response; past it, a
+    /// connection is closed once its response is read.
     pub pool_max_idle_per_host: usize,
     /// On shutdown, how long in-flight requests may take before connections are dropped.
     #[serde(with = "humantime_serde")]
