@@ -261,6 +261,22 @@ fn owners(cluster: &Cluster, config: &Config, prefix: &str, keys: usize) -> Vec<
         .collect()
 }
 
+/// Whether every log takes a conditional write again (through the replicas in turn) within
+/// about 10 s: a recovering cluster's slot map and leases settle in their own time.
+async fn recovers(client: &Client, bases: &[String; 2], keys: usize) -> bool {
+    for _ in 0..100 {
+        let mut all = true;
+        for k in 0..keys {
+            all &= probe(client, &bases[k % 2], k).await.is_success();
+        }
+        if all {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// A conditional write of log `k` through `base`: its status (after reading the ETag).
 async fn probe(client: &Client, base: &str, k: usize) -> StatusCode {
     let url = format!("{base}/log/{k}");
@@ -344,20 +360,8 @@ async fn two_replicas_on_a_cluster_lose_no_update_and_a_dead_master_fails_only_i
                 cluster.nodes.iter().all(Node::cluster_ok)
             });
         });
-        let mut recovered = false;
-        for _ in 0..100 {
-            let mut all = true;
-            for k in 0..keys {
-                all &= probe(&client, &bases[k % 2], k).await.is_success();
-            }
-            if all {
-                recovered = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         assert!(
-            recovered,
+            recovers(&client, &bases, keys).await,
             "every log takes conditional writes once master {dead} is back"
         );
         let after = storm(&bases, &docs, keys, writers, cycles, true, false).await;
@@ -448,20 +452,8 @@ async fn a_stalled_master_holds_up_only_its_own_slots_and_fails_them_closed() {
                 cluster.nodes.iter().all(Node::cluster_ok)
             });
         });
-        let mut recovered = false;
-        for _ in 0..100 {
-            let mut all = true;
-            for k in 0..keys {
-                all &= probe(&client, &bases[k % 2], k).await.is_success();
-            }
-            if all {
-                recovered = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         assert!(
-            recovered,
+            recovers(&client, &bases, keys).await,
             "every log takes conditional writes once master {stalled} goes on"
         );
         let after = storm(&bases, &docs, keys, writers, cycles, true, false).await;
