@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ pub(super) struct Pool {
     idle_timeout: Duration,
     connect_timeout: Duration,
     /// Whether the task that closes idle connections runs.
-    reaping: Mutex<bool>,
+    reaping: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -76,7 +77,7 @@ impl Pool {
             max_per_host,
             idle_timeout,
             connect_timeout,
-            reaping: Mutex::new(false),
+            reaping: AtomicBool::new(false),
         }
     }
 
@@ -150,13 +151,10 @@ impl Pool {
     /// Starts, once, the task that closes connections idle past the timeout even when no
     /// request comes to look; it ends with the pool.
     fn reap_in_background(self: &Arc<Self>) {
-        let Ok(mut reaping) = self.reaping.lock() else {
-            return;
-        };
-        if *reaping {
+        // A load first: on every check-in but the first, nothing is written.
+        if self.reaping.load(Ordering::Relaxed) || self.reaping.swap(true, Ordering::AcqRel) {
             return;
         }
-        *reaping = true;
         let pool: Weak<Self> = Arc::downgrade(self);
         let every = (self.idle_timeout / 2).max(Duration::from_millis(10));
         tokio::spawn(async move {
