@@ -163,6 +163,13 @@ impl Cluster {
         cluster
     }
 
+    /// Waits until every node sees the cluster serving again.
+    fn wait_whole(&self) {
+        wait_until("the cluster is whole again", || {
+            self.nodes.iter().all(Node::cluster_ok)
+        });
+    }
+
     fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(Node::url).collect()
     }
@@ -356,9 +363,7 @@ async fn two_replicas_on_a_cluster_lose_no_update_and_a_dead_master_fails_only_i
         // Back (with its keys and leases, from its append-only file): every slot serves again.
         tokio::task::block_in_place(|| {
             cluster.nodes[dead].restart();
-            wait_until("the cluster is whole again", || {
-                cluster.nodes.iter().all(Node::cluster_ok)
-            });
+            cluster.wait_whole();
         });
         assert!(
             recovers(&client, &bases, keys).await,
@@ -448,9 +453,7 @@ async fn a_stalled_master_holds_up_only_its_own_slots_and_fails_them_closed() {
 
         assert!(cluster.nodes[stalled].signal("-CONT"), "resume the master");
         tokio::task::block_in_place(|| {
-            wait_until("the cluster is whole again", || {
-                cluster.nodes.iter().all(Node::cluster_ok)
-            });
+            cluster.wait_whole();
         });
         assert!(
             recovers(&client, &bases, keys).await,
