@@ -5,6 +5,8 @@
 #   DURATION=10 REPS=5 bench/load.sh
 #   CONNS="1 32 256" ONLY="get put_pass put_stale" bench/load.sh   # each workload at each count
 #   ONLY="get put_pass" KEEP_WORK=1 bench/load.sh   # some workloads; keep logs and nginx.conf
+#   WORKERS=0 bench/load.sh            # bare and ifmatch with [server] workers = 0 (tokio's
+#                                      # work-stealing runtime), instead of one worker per CPU
 #
 # Side by side, in one run, each measurement repeated REPS times (median reported):
 #   direct   straight to bench_upstream (the physical limit on this machine)
@@ -79,11 +81,18 @@ wait_port() {
 
 "$UPSTREAM" "127.0.0.1:$PORT_UP" "$UPSTREAM_THREADS" "$SLOW_US" 2>"$WORK/upstream.log" &
 PIDS+=($!); PID_UP=$!
-"$IFMATCH" --upstream "http://127.0.0.1:$PORT_UP" --listen "127.0.0.1:$PORT_BARE" \
-  --admin-listen 127.0.0.1:0 --passthrough 2>"$WORK/bare.log" &
+# WORKERS set: bare and ifmatch get a config file with only [server] workers (the routes come
+# from --upstream).
+SERVER_CONFIG=()
+if [ -n "${WORKERS:-}" ]; then
+  printf '[server]\nworkers = %d\n' "$WORKERS" >"$WORK/workers.toml"
+  SERVER_CONFIG=(--config "$WORK/workers.toml")
+fi
+"$IFMATCH" "${SERVER_CONFIG[@]}" --upstream "http://127.0.0.1:$PORT_UP" \
+  --listen "127.0.0.1:$PORT_BARE" --admin-listen 127.0.0.1:0 --passthrough 2>"$WORK/bare.log" &
 PIDS+=($!); PID_BARE=$!
-"$IFMATCH" --upstream "http://127.0.0.1:$PORT_UP" --listen "127.0.0.1:$PORT_IFM" \
-  --admin-listen 127.0.0.1:0 2>"$WORK/ifmatch.log" &
+"$IFMATCH" "${SERVER_CONFIG[@]}" --upstream "http://127.0.0.1:$PORT_UP" \
+  --listen "127.0.0.1:$PORT_IFM" --admin-listen 127.0.0.1:0 2>"$WORK/ifmatch.log" &
 PIDS+=($!); PID_IFM=$!
 
 "$IFMATCH" --upstream "http://127.0.0.1:$PORT_UP" --listen "127.0.0.1:$PORT_IFM_1M" \
@@ -250,7 +259,7 @@ done
 # --- summary: medians, ratios to bare and nginx --------------------------------------------
 SUMMARY="$OUT/summary.md"
 {
-  echo "DURATION=${DURATION}s REPS=$REPS CONNS=$CONNS; medians of $REPS runs."
+  echo "DURATION=${DURATION}s REPS=$REPS CONNS=$CONNS WORKERS=${WORKERS:-per CPU}; medians of $REPS runs."
   echo
   echo "| workload | target | conns | req/s | p50 µs | p99 µs | proxy CPU-s /100k req | req/s vs bare | req/s vs nginx | CPU vs bare | CPU vs nginx | non-2xx (median) | upstream requests (median) |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"

@@ -37,7 +37,8 @@ use crate::proxy::{
     stack,
 };
 use crate::serve::{
-    HeadLimits, ServeError, bind, connection_builder, local_addr, serve_connections,
+    Draining, HeadLimits, ServeError, bind, connection_builder, local_addr, on_workers,
+    serve_connections,
 };
 use crate::store::idempotency::{AnyRecords, MemoryRecords};
 use crate::store::{AnyStore, BoxError, MemoryStore, Store};
@@ -286,47 +287,70 @@ impl Plane {
             None => Mode::Passthrough,
         };
         let limits = HeadLimits::new(server);
-        let service = stack(
-            self.table.clone(),
-            UpstreamClient::new(server),
-            mode,
-            self.records
-                .clone()
-                .map(|records| IdempotencyLayer::new(records, server.body_read_timeout)),
-            Some(self.hotspots.clone()),
-            limits,
-            DiscardLimits::new(server),
-        );
+        // Clones share the connection limit: every worker's accept loop counts against it.
+        let connections = connection_builder(server, limits.ceiling()).metered();
+        let workers = server.worker_threads();
         tracing::info!(
             addr = %local_addr(&listener),
             passthrough = self.passthrough,
+            workers,
             "proxy listening"
         );
-        serve_connections(
-            listener,
-            connection_builder(server, limits.ceiling()).metered(),
-            service,
-            shutdown,
-            server.shutdown_timeout,
-        )
-        .await;
-        // A write whose client is gone may still be running upstream: its outcome decides
-        // its resource's state, so it is awaited (each ends within write_outcome_timeout).
-        if writes.in_flight() > 0 {
-            tracing::info!(
-                writes = writes.in_flight(),
-                "waiting for forwarded writes to finish"
+        // Each accept loop builds its own stack, so that the upstream client's pooled
+        // connections belong to the runtime that drives them; all share the state.
+        let table = self.table.clone();
+        let records = self.records.clone();
+        let hotspots = self.hotspots.clone();
+        let server = server.clone();
+        let accept_loop = move |listener: TcpListener, stop: Draining| {
+            let service = stack(
+                table.clone(),
+                UpstreamClient::new(&server),
+                mode.clone(),
+                records
+                    .clone()
+                    .map(|records| IdempotencyLayer::new(records, server.body_read_timeout)),
+                Some(hotspots.clone()),
+                limits,
+                DiscardLimits::new(&server),
             );
-            let bound = server.write_outcome_timeout;
-            if tokio::time::timeout(bound, writes.drained()).await.is_err() {
-                tracing::warn!(
-                    writes = writes.in_flight(),
-                    "forwarded writes still running at exit"
-                );
+            let (connections, writes) = (connections.clone(), writes.clone());
+            let (grace, bound) = (server.shutdown_timeout, server.write_outcome_timeout);
+            async move {
+                serve_connections(listener, connections, service, stop.started(), grace).await;
+                // A write whose client is gone may still be running upstream, on this loop's
+                // runtime: its outcome decides its resource's state, so it is awaited (each
+                // ends within write_outcome_timeout).
+                drain_writes(&writes, bound).await;
             }
+        };
+        if workers == 0 {
+            let (stop, draining) = Draining::on(shutdown);
+            tokio::join!(stop, accept_loop(listener, draining));
+        } else {
+            on_workers(listener, workers, shutdown, accept_loop)
+                .await
+                .map_err(|source| ServeError::Workers { workers, source })?;
         }
         tracing::info!("proxy stopped");
         Ok(())
+    }
+}
+
+/// Waits, for at most `bound`, until no forwarded write is in flight.
+async fn drain_writes(writes: &WritesInFlight, bound: std::time::Duration) {
+    if writes.in_flight() == 0 {
+        return;
+    }
+    tracing::info!(
+        writes = writes.in_flight(),
+        "waiting for forwarded writes to finish"
+    );
+    if tokio::time::timeout(bound, writes.drained()).await.is_err() {
+        tracing::warn!(
+            writes = writes.in_flight(),
+            "forwarded writes still running at exit"
+        );
     }
 }
 

@@ -56,8 +56,8 @@ pub struct ServerConfig {
     /// How long an idle pooled upstream connection is kept (then the proxy closes it).
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
-    /// Most pooled connections kept per upstream, idle or finishing a response; past it, a
-    /// connection is closed once its response is read.
+    /// Most pooled connections kept per upstream and [worker](Self::workers), idle or
+    /// finishing a response; past it, a connection is closed once its response is read.
     pub pool_max_idle_per_host: usize,
     /// On shutdown, how long in-flight requests may take before connections are dropped.
     #[serde(with = "humantime_serde")]
@@ -67,6 +67,11 @@ pub struct ServerConfig {
     /// route allows it; least recently used out first, at most a few versions per resource.
     /// 0: remember nothing (every 409 is minimal). Shared by every route, kept across reloads.
     pub version_memory_bytes: usize,
+    /// Threads serving the data plane, each a single-threaded runtime with an accept loop of
+    /// its own on the one listener (as nginx's worker processes): a connection and its
+    /// requests stay on the thread that accepted it. Unset: one per CPU. 0: none, the data
+    /// plane runs on the caller's runtime (the binary's is tokio's work-stealing one).
+    pub workers: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +99,7 @@ impl Default for ServerConfig {
             pool_max_idle_per_host: 256,
             shutdown_timeout: Duration::from_secs(30),
             version_memory_bytes: crate::guard::DEFAULT_VERSION_MEMORY_BYTES,
+            workers: None,
         }
     }
 }
@@ -104,10 +110,20 @@ const MAX_DISCARD_BYTES: usize = 1 << 30;
 /// The largest version memory: more is a typo (it is held in the proxy's own memory).
 const MAX_VERSION_MEMORY_BYTES: usize = 1 << 36;
 
+/// The most worker threads: more is a typo (each is a thread and a runtime).
+const MAX_WORKERS: usize = 1024;
+
 /// The most connections accepted: beyond the file descriptors of any one process.
 const MAX_CONNECTIONS: usize = 1_000_000;
 
 impl ServerConfig {
+    /// How many worker threads serve the data plane (0: none, it runs on the caller's runtime).
+    pub fn worker_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
     pub(super) fn check(&self, report: &mut Report) {
         if self.admin_listen == self.listen && self.listen.port() != 0 {
             report.error("server.admin_listen", "must differ from server.listen");
@@ -152,6 +168,9 @@ impl ServerConfig {
         }
         if u32::try_from(self.max_header_bytes).is_err() {
             report.error("server.max_header_bytes", "must fit in 32 bits");
+        }
+        if self.workers.is_some_and(|workers| workers > MAX_WORKERS) {
+            report.error("server.workers", &format!("must be at most {MAX_WORKERS}"));
         }
         if self.max_headers == 0 {
             report.error("server.max_headers", "must be at least 1");

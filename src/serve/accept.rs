@@ -29,11 +29,16 @@ use crate::guard::{Rejection, RejectionKind, ResponseBody};
 use crate::telemetry;
 
 /// How client connections are served: an HTTP/1.1 + h2c (prior knowledge) builder with the
-/// header limits of `server`, and the connection limits.
+/// header limits of `server`, and the connection limits. Clones share the limits: the accept
+/// loops of every [worker](super::workers) count against one `max_connections`.
 #[derive(Clone)]
 pub(crate) struct Connections {
     builder: auto::Builder<TokioExecutor>,
     max_connections: usize,
+    /// A permit per connection served.
+    slots: Arc<Semaphore>,
+    /// A permit per connection past `max_connections` being answered 503.
+    refusals: Arc<Semaphore>,
     deadlines: Deadlines,
     /// Whether the connection metrics count these (the data plane's, not the admin API's).
     metered: bool,
@@ -71,6 +76,8 @@ pub(crate) fn connection_builder(server: &ServerConfig, heads: HeadLimits) -> Co
     Connections {
         builder,
         max_connections: server.max_connections,
+        slots: Arc::new(Semaphore::new(server.max_connections)),
+        refusals: Arc::new(Semaphore::new(REFUSALS_ANSWERED)),
         deadlines: Deadlines {
             idle: server.idle_timeout,
             first_request: server.header_read_timeout,
@@ -105,8 +112,8 @@ pub(crate) async fn serve_connections<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let slots = Arc::new(Semaphore::new(connections.max_connections));
-    let refusals = Arc::new(Semaphore::new(REFUSALS_ANSWERED));
+    let slots = connections.slots.clone();
+    let refusals = connections.refusals.clone();
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);

@@ -1,7 +1,8 @@
 //! Serving a tower service on a TCP listener, for every listener the crate has (the data
 //! plane, the admin API, the demo API): HTTP/1.1 and h2c, bounded header reads, at most
 //! `max_connections` at once (503 past it), idle connections closed, the client's address in
-//! each request, lingering closes, and graceful shutdown.
+//! each request, lingering closes, and graceful shutdown; on the caller's runtime or on
+//! worker threads of their own.
 //!
 //! This module knows sockets and hyper, not what is served: the proxy's stack, the admin API
 //! and the demo API are services handed to its accept loop by their callers, above it.
@@ -10,6 +11,7 @@ mod accept;
 mod client_addr;
 pub(crate) mod connection;
 mod head_limits;
+mod workers;
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -26,6 +28,7 @@ use tower::Service;
 pub(crate) use accept::{connection_builder, serve_connections};
 pub use client_addr::ClientAddr;
 pub use head_limits::HeadLimits;
+pub(crate) use workers::{Draining, on_workers};
 
 use crate::config::ServerConfig;
 
@@ -37,6 +40,15 @@ pub enum ServeError {
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The worker threads could not be started.
+    #[error("cannot start {workers} worker threads")]
+    Workers {
+        /// How many were asked for.
+        workers: usize,
         /// Why.
         #[source]
         source: io::Error,
