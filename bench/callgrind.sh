@@ -10,6 +10,8 @@
 #   WORKLOAD=put_pass bench/callgrind.sh       # PUT, If-Match "v1" (current)
 #   WORKLOAD=put_stale bench/callgrind.sh      # PUT, If-Match "stale" (409, never forwarded)
 #   KEEP=1 bench/callgrind.sh                  # keep the callgrind.out file (its path is printed)
+#   WORKERS=0 bench/callgrind.sh               # [server] workers = 0 (tokio's work-stealing
+#                                              # runtime) instead of one worker per CPU
 #
 # Prints one line: workload, target, requests, Ir, Ir per request. With KEEP=1, read the
 # profile with `callgrind_annotate --inclusive=yes FILE`.
@@ -44,6 +46,10 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
+if [ -n "${WORKERS:-}" ]; then
+  printf '[server]\nworkers = %d\n' "$WORKERS" >"$WORK/workers.toml"
+  EXTRA+=(--config "$WORK/workers.toml")
+fi
 
 "$UPSTREAM" "127.0.0.1:$PORT_UP" 1 1000 2>/dev/null &
 PIDS+=($!)

@@ -178,7 +178,9 @@ impl<St: Store> Server<St> {
     }
 
     /// Serves the data plane on `listener` until `shutdown` completes, then drains in-flight
-    /// requests for at most `server.shutdown_timeout`.
+    /// requests for at most `server.shutdown_timeout`. It runs on `server.workers` threads of
+    /// its own (one per CPU unless set; 0: on the caller's runtime); dropping the future
+    /// stops them.
     ///
     /// # Errors
     /// None yet: accept errors are logged and retried.
