@@ -102,9 +102,11 @@ async fn keep_writing_until_closed(
     first: &[u8],
     each: impl Fn(usize) -> Vec<u8>,
 ) -> (Duration, Vec<u8>) {
+    // Before connecting: the proxy's clock starts at accept, which can come before this
+    // task sees the connection.
+    let started = Instant::now();
     let stream = bounded(TcpStream::connect(addr)).await.expect("connect");
     let (mut reader, mut writer) = stream.into_split();
-    let started = Instant::now();
     let trickle = async move {
         let _ = writer.write_all(first).await;
         // The pace is the attack, not a synchronization: the test ends on the proxy closing.
@@ -229,10 +231,12 @@ idle_timeout = \"300ms\"\nheader_read_timeout = \"30s\"",
     let idle = Duration::from_millis(300);
 
     // A connection that never sends a byte (before hyper even knows its protocol).
+    // Each clock below starts before the event that starts the proxy's (accept, the last
+    // response sent), so it can only overstate how long the proxy waited.
+    let started = Instant::now();
     let mut silent = bounded(TcpStream::connect(proxy.addr))
         .await
         .expect("connect");
-    let started = Instant::now();
     assert!(bounded(read_to_close(&mut silent)).await.is_empty());
     assert!(
         started.elapsed() >= idle,
@@ -241,8 +245,8 @@ idle_timeout = \"300ms\"\nheader_read_timeout = \"30s\"",
     );
 
     // HTTP/1.1 keep-alive, idle after one request.
-    let (_send, connection) = served_http1(proxy.addr).await;
     let quiet = Instant::now();
+    let (_send, connection) = served_http1(proxy.addr).await;
     bounded(connection).await.expect("connection task");
     assert!(
         quiet.elapsed() >= idle,
@@ -264,12 +268,12 @@ idle_timeout = \"300ms\"\nheader_read_timeout = \"30s\"",
     let mut requests = 0;
     let mut quiet = Instant::now();
     while Instant::now() < busy_until {
+        quiet = Instant::now();
         let response = bounded(send.send_request(get("http://api.example/x")))
             .await
             .expect("the busy connection stayed open");
         assert_eq!(response.status(), StatusCode::OK);
         bounded(response.into_body().collect()).await.expect("body");
-        quiet = Instant::now();
         requests += 1;
         tokio::time::sleep(idle / 3).await;
     }

@@ -182,8 +182,10 @@ async fn a_quiet_tunnel_is_closed_after_idle_timeout() {
     ))
     .await;
     let mut tunnel = open_tunnel(proxy.addr).await;
-    echo(&mut tunnel, b"ping").await;
+    // Before the last exchange: the proxy's idle clock starts when it relays the echo,
+    // before this task reads it.
     let quiet = Instant::now();
+    echo(&mut tunnel, b"ping").await;
     assert!(bounded(read_to_close(&mut tunnel)).await.is_empty());
     assert!(
         quiet.elapsed() >= Duration::from_millis(300),
