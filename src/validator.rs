@@ -15,6 +15,20 @@ impl Representation {
     /// The representation described by these `Content-Type` and `Content-Encoding` values
     /// (empty when the header is absent): the media type without its parameters, in any case.
     pub fn new(content_type: &[u8], content_encoding: &[u8]) -> Self {
+        // Computed for every response, and an API answers in a handful of content types: the
+        // last few computed on this thread are kept, and a repeat is a comparison, not a hash.
+        RECENT.with(|recent| {
+            let mut recent = recent.borrow_mut();
+            if let Some(known) = recent.find(content_type, content_encoding) {
+                return known;
+            }
+            let computed = Self::compute(content_type, content_encoding);
+            recent.keep(content_type, content_encoding, computed);
+            computed
+        })
+    }
+
+    fn compute(content_type: &[u8], content_encoding: &[u8]) -> Self {
         // The media type's essence (RFC 9110 §8.3.1: type and subtype, case-insensitive, no
         // parameters): a PUT's `application/json` and its GET's `application/json;
         // charset=utf-8` are one representation, so a tag learned from one replaces the other.
@@ -30,7 +44,7 @@ impl Representation {
         } else {
             essence
         };
-        // Computed for every response: the one-shot hasher keeps it cheap (see `SmallHasher`).
+        // The one-shot hasher keeps a miss cheap too (see `SmallHasher`).
         let mut h = crate::key::SmallHasher::new();
         h.field(essence);
         h.update(content_encoding);
@@ -54,6 +68,54 @@ impl Representation {
 /// The bits of a [`Representation`] that identify content type and coding.
 const CONTENT_BITS: u64 = (1 << 32) - 1;
 
+thread_local! {
+    static RECENT: std::cell::RefCell<Recent> = const { std::cell::RefCell::new(Recent::new()) };
+}
+
+/// How many header pairs [`Recent`] keeps.
+const RECENT_PAIRS: usize = 4;
+
+/// Longest header pair [`Recent`] keeps, in bytes: memory stays bounded whatever the
+/// upstream sends (longer pairs are hashed each time).
+const RECENT_MAX_LEN: usize = 128;
+
+/// The last few `Content-Type` and `Content-Encoding` pairs seen, with their representation;
+/// the oldest makes room.
+struct Recent {
+    pairs: [Option<(Vec<u8>, usize, Representation)>; RECENT_PAIRS],
+    next: usize,
+}
+
+impl Recent {
+    const fn new() -> Self {
+        Self {
+            pairs: [const { None }; RECENT_PAIRS],
+            next: 0,
+        }
+    }
+
+    fn find(&self, content_type: &[u8], content_encoding: &[u8]) -> Option<Representation> {
+        self.pairs
+            .iter()
+            .flatten()
+            .find_map(|(both, split, known)| {
+                let (kept_type, kept_encoding) = both.split_at(*split);
+                (kept_type == content_type && kept_encoding == content_encoding).then_some(*known)
+            })
+    }
+
+    fn keep(&mut self, content_type: &[u8], content_encoding: &[u8], known: Representation) {
+        if content_type.len() + content_encoding.len() > RECENT_MAX_LEN {
+            return;
+        }
+        let mut both = Vec::with_capacity(content_type.len() + content_encoding.len());
+        both.extend_from_slice(content_type);
+        both.extend_from_slice(content_encoding);
+        self.pairs[self.next] = Some((both, content_type.len(), known));
+        self.next = (self.next + 1) % RECENT_PAIRS;
+    }
+}
+
 /// A current strong validator of one representation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Validator {
@@ -61,4 +123,45 @@ pub struct Validator {
     pub tag: EntityTag,
     /// Which representation it validates.
     pub representation: Representation,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_representation_is_the_one_computed() {
+        let long = vec![b'x'; RECENT_MAX_LEN + 1];
+        let pairs: Vec<(&[u8], &[u8])> = vec![
+            (b"application/json", b""),
+            (b"application/json; charset=utf-8", b""),
+            (b"Application/JSON", b"gzip"),
+            (b"text/plain", b"br"),
+            (b"ab", b"c"),
+            (b"a", b"bc"),
+            (b"", b""),
+            (&long, b""),
+        ];
+        // Round after round, so pairs are found, evicted and kept again.
+        for _ in 0..3 {
+            for &(content_type, encoding) in &pairs {
+                assert_eq!(
+                    Representation::new(content_type, encoding),
+                    Representation::compute(content_type, encoding),
+                    "{:?} {:?}",
+                    String::from_utf8_lossy(content_type),
+                    String::from_utf8_lossy(encoding)
+                );
+            }
+        }
+        // Where the type ends and the coding begins is part of what is kept.
+        assert_ne!(
+            Representation::new(b"ab", b"c"),
+            Representation::new(b"a", b"bc")
+        );
+        assert_eq!(
+            Representation::new(b"application/json; charset=utf-8", b""),
+            Representation::new(b"APPLICATION/json", b"")
+        );
+    }
 }
