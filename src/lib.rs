@@ -40,6 +40,7 @@ pub mod key;
 pub mod merge;
 pub mod precondition;
 pub mod proxy;
+pub mod quick_hash;
 pub mod serve;
 pub mod store;
 pub mod storm;

@@ -9,7 +9,6 @@
 //! it) is never handed out, and is removed from the list as soon as it is seen closed.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -22,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::super::timed_body::TimedBody;
+use crate::quick_hash::QuickBuild;
 
 /// A connection to an upstream, ready to take a request.
 pub(super) type Sender = SendRequest<TimedBody>;
@@ -43,7 +43,8 @@ pub enum ConnectError {
 /// Senders per upstream, bounded in number and in idle time.
 #[derive(Debug)]
 pub(super) struct Pool {
-    senders: Mutex<HashMap<Authority, Vec<Pooled>, BuildHasherDefault<AuthorityHasher>>>,
+    /// Keyed by upstream authority, from the route table: [`QuickBuild`] is safe here.
+    senders: Mutex<HashMap<Authority, Vec<Pooled>, QuickBuild>>,
     /// Most senders kept per upstream (idle, or finishing a response).
     max_per_host: usize,
     /// A sender unused for this long is closed.
@@ -51,34 +52,6 @@ pub(super) struct Pool {
     connect_timeout: Duration,
     /// Whether the task that closes idle connections runs.
     reaping: AtomicBool,
-}
-
-/// Hashes the pool's keys, upstream authorities, in a few instructions a byte.
-///
-/// `Authority` feeds its (lowercased) bytes one at a time, which SipHash, the default, makes
-/// cost as much per checkout as the rest of it. The keys come from the route table, never from
-/// a client, so a hash that is not keyed against flooding is safe here.
-#[derive(Debug, Default)]
-struct AuthorityHasher(u64);
-
-impl Hasher for AuthorityHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u8(byte);
-        }
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write(&n.to_le_bytes());
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 #[derive(Debug)]
@@ -224,7 +197,7 @@ mod hasher_tests {
     fn authorities_equal_as_authorities_hash_equal_and_others_apart() {
         let hash = |text: &str| {
             let authority: Authority = text.parse().expect("an authority");
-            BuildHasherDefault::<AuthorityHasher>::default().hash_one(&authority)
+            QuickBuild::default().hash_one(&authority)
         };
         assert_eq!(hash("API.example:8080"), hash("api.example:8080"));
         let distinct: std::collections::HashSet<u64> = (0..1000)

@@ -18,6 +18,8 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use crate::quick_hash::QuickBuild;
+
 /// One counted item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counted<K> {
@@ -42,7 +44,8 @@ pub struct SpaceSaving<K> {
     heap: Vec<usize>,
     /// Each slot's place in `heap`.
     place: Vec<usize>,
-    index: HashMap<K, usize>,
+    /// Never more than `capacity` keys, so [`QuickBuild`] is safe whoever picks them.
+    index: HashMap<K, usize, QuickBuild>,
 }
 
 impl<K: Eq + Hash + Clone> SpaceSaving<K> {
@@ -54,7 +57,7 @@ impl<K: Eq + Hash + Clone> SpaceSaving<K> {
             slots: Vec::with_capacity(capacity),
             heap: Vec::with_capacity(capacity),
             place: Vec::with_capacity(capacity),
-            index: HashMap::with_capacity(capacity),
+            index: HashMap::with_capacity_and_hasher(capacity, QuickBuild::default()),
         }
     }
 
