@@ -290,8 +290,10 @@ impl Plane {
         };
         let limits = HeadLimits::new(server);
         // Clones share the connection limit: every worker's accept loop counts against it.
-        let connections = connection_builder(server, limits.ceiling()).metered();
         let workers = server.worker_threads();
+        let connections = connection_builder(server, limits.ceiling())
+            .metered()
+            .balanced(workers);
         tracing::info!(
             addr = %local_addr(&listener),
             passthrough = self.passthrough,

@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "precondition",
             "key",
             "merge",
+            "quick_hash",
             "target",
             "telemetry",
             "validator",

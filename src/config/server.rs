@@ -69,8 +69,10 @@ pub struct ServerConfig {
     pub version_memory_bytes: usize,
     /// Threads serving the data plane, each a single-threaded runtime with an accept loop of
     /// its own on the one listener (as nginx's worker processes): a connection and its
-    /// requests stay on the thread that accepted it. Unset: one per CPU. 0: none, the data
-    /// plane runs on the caller's runtime (the binary's is tokio's work-stealing one).
+    /// requests stay on the thread that accepted it, and a worker holding more than one
+    /// connection above the least loaded stops accepting until the others catch up. Unset:
+    /// one per CPU. 0: none, the data plane runs on the caller's runtime (the binary's is
+    /// tokio's work-stealing one).
     pub workers: Option<usize>,
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 
+use super::balance::Balance;
 use super::client_addr::ClientAddr;
 use super::connection::{Activity, Deadlines, Scope, Slot, Tracked, until_closed};
 use super::head_limits::{HYPER_DEFAULT_MAX_HEADERS, HeadLimits};
@@ -42,12 +43,21 @@ pub(crate) struct Connections {
     deadlines: Deadlines,
     /// Whether the connection metrics count these (the data plane's, not the admin API's).
     metered: bool,
+    /// Shared by the accept loops of the worker threads, to spread connections evenly.
+    pub(super) balance: Option<Arc<Balance>>,
 }
 
 impl Connections {
     /// Counts these connections in the connection metrics.
     pub(crate) fn metered(mut self) -> Self {
         self.metered = true;
+        self
+    }
+
+    /// Spreads connections evenly over the `workers` accept loops serving these (see
+    /// [`super::balance`]); each loop takes a place when it starts.
+    pub(crate) fn balanced(mut self, workers: usize) -> Self {
+        self.balance = (workers > 1).then(|| Balance::new(workers));
         self
     }
 }
@@ -86,6 +96,7 @@ pub(crate) fn connection_builder(server: &ServerConfig, heads: HeadLimits) -> Co
             linger: server.body_read_timeout,
         },
         metered: false,
+        balance: None,
     }
 }
 
@@ -117,10 +128,14 @@ pub(crate) async fn serve_connections<S, B>(
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let seat = connections.balance.as_ref().and_then(Balance::seat);
     loop {
         let (stream, remote) = tokio::select! {
             () = &mut shutdown => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Some(seat) = &seat {
+                    seat.closed();
+                }
                 if let Err(error) = done {
                     if error.is_panic() {
                         tracing::error!(%error, "connection task panicked");
@@ -128,7 +143,13 @@ pub(crate) async fn serve_connections<S, B>(
                 }
                 continue;
             }
-            accepted = listener.accept() => match accepted {
+            // Accept is cancel-safe: a turn that ends unaccepted loses nothing.
+            accepted = async {
+                if let Some(seat) = &seat {
+                    seat.turn().await;
+                }
+                listener.accept().await
+            } => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     accept_failed(error).await;
@@ -146,6 +167,9 @@ pub(crate) async fn serve_connections<S, B>(
             match refusals.clone().try_acquire_owned() {
                 Ok(permit) => {
                     tasks.spawn(refuse(connections.clone(), stream, remote, permit));
+                    if let Some(seat) = &seat {
+                        seat.opened();
+                    }
                 }
                 Err(_) => tracing::debug!(%remote, "too many connections, closed unanswered"),
             }
@@ -189,6 +213,9 @@ pub(crate) async fn serve_connections<S, B>(
                 tracing::debug!(%remote, %error, "connection closed with error");
             }
         });
+        if let Some(seat) = &seat {
+            seat.opened();
+        }
     }
     drop(listener);
     stop.send_replace(true);

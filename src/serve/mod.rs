@@ -8,6 +8,7 @@
 //! and the demo API are services handed to its accept loop by their callers, above it.
 
 mod accept;
+mod balance;
 mod client_addr;
 pub(crate) mod connection;
 mod head_limits;

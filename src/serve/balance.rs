@@ -1,0 +1,325 @@
+//! Connections spread evenly over the [worker threads](super::workers).
+//!
+//! Every worker accepts from the one listening socket, and the first awake wins: a burst of
+//! new connections (a load test starting, clients reconnecting after a restart) can all go to
+//! one worker, which then serves most of the load while the other idles, for as long as those
+//! connections live. So a worker that holds more connections than the least loaded one (by
+//! more than [`SLACK`]) stops accepting until that is no longer so, and the others take the
+//! new connections. The least loaded worker always accepts, so connections never wait for
+//! the balance, only for a worker; a loop that has not started, or has ended, is not counted,
+//! so a worker that failed to start never holds the others back, and a loop waits at most
+//! [`HOLD`] for the others (one busy in a long computation, merging a large document, does not
+//! hold up new connections).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// How many connections more than the least loaded worker one may hold and still accept.
+pub(crate) const SLACK: usize = 1;
+
+/// The longest a loop holds back for the others before it accepts anyway.
+pub(crate) const HOLD: Duration = Duration::from_millis(50);
+
+/// The count of a place no accept loop holds.
+const VACANT: usize = usize::MAX;
+
+/// The connection counts of a set of workers, shared by their accept loops.
+#[derive(Debug)]
+pub(crate) struct Balance {
+    /// Per place, the connections its loop holds, or [`VACANT`].
+    counts: Box<[AtomicUsize]>,
+    /// Seats handed out so far.
+    seated: AtomicUsize,
+    /// Notified whenever a count changes.
+    changed: Notify,
+    /// See [`HOLD`].
+    hold: Duration,
+}
+
+impl Balance {
+    /// Counts for `workers` accept loops.
+    pub(crate) fn new(workers: usize) -> Arc<Self> {
+        Self::holding(workers, HOLD)
+    }
+
+    fn holding(workers: usize, hold: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            counts: (0..workers.max(1))
+                .map(|_| AtomicUsize::new(VACANT))
+                .collect(),
+            seated: AtomicUsize::new(0),
+            changed: Notify::new(),
+            hold,
+        })
+    }
+
+    /// The next accept loop's place, in turn; `None` past the number of workers (such a loop
+    /// is not balanced).
+    pub(crate) fn seat(self: &Arc<Self>) -> Option<Seat> {
+        let index = self.seated.fetch_add(1, Ordering::Relaxed);
+        let count = self.counts.get(index)?;
+        count.store(0, Ordering::Relaxed);
+        self.changed.notify_waiters();
+        Some(Seat {
+            balance: Arc::clone(self),
+            index,
+        })
+    }
+}
+
+#[cfg(test)]
+impl Balance {
+    /// Completes once every place has been taken.
+    pub(crate) async fn all_seated(&self) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if self.seated.load(Ordering::Relaxed) >= self.counts.len() {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// One accept loop's place in a [`Balance`].
+#[derive(Debug)]
+pub(crate) struct Seat {
+    balance: Arc<Balance>,
+    index: usize,
+}
+
+impl Seat {
+    /// Whether this loop may accept now: it holds at most [`SLACK`] connections more than the
+    /// least loaded.
+    pub(crate) fn may_accept(&self) -> bool {
+        let counts = &self.balance.counts;
+        let mine = counts[self.index].load(Ordering::Relaxed);
+        let least = counts
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .filter(|&count| count != VACANT)
+            .min()
+            .unwrap_or(mine);
+        mine <= least + SLACK
+    }
+
+    /// Completes once this loop may accept (at once if it may now), or after the hold.
+    pub(crate) async fn turn(&self) {
+        let waiting = async {
+            loop {
+                // Registered before the check, so a change between the two is not missed.
+                let changed = self.balance.changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                if self.may_accept() {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(self.balance.hold, waiting).await;
+    }
+
+    /// This loop took a connection.
+    pub(crate) fn opened(&self) {
+        self.balance.counts[self.index].fetch_add(1, Ordering::Relaxed);
+        self.balance.changed.notify_waiters();
+    }
+
+    /// A connection of this loop ended.
+    pub(crate) fn closed(&self) {
+        let count = &self.balance.counts[self.index];
+        // Never below zero, whatever the caller does.
+        let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        self.balance.changed.notify_waiters();
+    }
+}
+
+impl Drop for Seat {
+    /// A loop that ends holds no one back.
+    fn drop(&mut self) {
+        self.balance.counts[self.index].store(VACANT, Ordering::Relaxed);
+        self.balance.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn only_loops_within_the_slack_of_the_least_loaded_may_accept() {
+        let balance = Balance::new(2);
+        let a = balance.seat().expect("a place");
+        // Alone (b has not started): never held back.
+        for _ in 0..5 {
+            a.opened();
+        }
+        assert!(a.may_accept());
+        let b = balance.seat().expect("a place");
+        assert!(!a.may_accept(), "a holds more than the slack over b");
+        assert!(b.may_accept(), "the least loaded always may");
+        for _ in 0..4 {
+            b.opened();
+        }
+        assert!(a.may_accept() && b.may_accept());
+        for _ in 0..7 {
+            a.closed();
+        }
+        // Never below zero: a's count is 0, b's 4.
+        assert!(a.may_accept() && !b.may_accept());
+        // A loop that ends holds no one back.
+        drop(a);
+        assert!(b.may_accept());
+        // Past the number of workers, no place.
+        assert!(balance.seat().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_loop_waiting_its_turn_is_woken_when_the_others_catch_up() {
+        let balance = Balance::new(2);
+        let (a, b) = (balance.seat().expect("a"), balance.seat().expect("b"));
+        a.opened();
+        a.opened();
+        let waiting = tokio::spawn(async move {
+            a.turn().await;
+            a
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        b.opened();
+        let a = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("woken")
+            .expect("the task");
+        assert!(a.may_accept());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_held_back_accepts_anyway_after_the_hold() {
+        let balance = Balance::new(2);
+        let (a, _b) = (balance.seat().expect("a"), balance.seat().expect("b"));
+        a.opened();
+        a.opened();
+        let started = tokio::time::Instant::now();
+        a.turn().await;
+        assert_eq!(started.elapsed(), HOLD);
+        assert!(
+            !a.may_accept(),
+            "still ahead: it went on after the hold, not by a change"
+        );
+    }
+}
+
+#[cfg(test)]
+mod on_workers {
+    //! The balance in the accept loops of real worker threads, on a real socket.
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::Response;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::super::head_limits::HeadLimits;
+    use super::super::{connection_builder, on_workers, serve_connections};
+    use crate::config::ServerConfig;
+
+    #[tokio::test]
+    async fn a_burst_of_connections_is_spread_evenly_over_the_workers() {
+        const CONNECTIONS: usize = 40;
+        let server = ServerConfig::default();
+        let mut connections = connection_builder(&server, HeadLimits::new(&server).ceiling());
+        // No hold: on a loaded machine a worker may take longer than HOLD to wake.
+        connections.balance = Some(super::Balance::holding(2, Duration::from_secs(3600)));
+        // Answers the name of the thread that serves the connection.
+        let service = tower::service_fn(|_req| async {
+            let name = std::thread::current().name().unwrap_or("?").to_owned();
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let balance = connections.balance.clone().expect("balanced");
+        let serve = move |listener, draining: super::super::Draining| {
+            let connections = connections.clone();
+            async move {
+                serve_connections(
+                    listener,
+                    connections,
+                    service,
+                    draining.started(),
+                    Duration::from_secs(1),
+                )
+                .await;
+            }
+        };
+        let served = tokio::spawn(on_workers(
+            listener,
+            2,
+            async {
+                let _ = stopped.await;
+            },
+            serve,
+        ));
+
+        // A loop alone is never held back: the burst comes once both have started.
+        tokio::time::timeout(Duration::from_secs(30), balance.all_seated())
+            .await
+            .expect("both workers started");
+        // Every connection opened, and kept open, before any request: a burst.
+        let mut streams = Vec::new();
+        for _ in 0..CONNECTIONS {
+            streams.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut served_by = std::collections::HashMap::<String, usize>::new();
+        for stream in &mut streams {
+            let exchange = async {
+                stream
+                    .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+                    .await
+                    .expect("write");
+                let mut answer = Vec::new();
+                let mut buf = [0u8; 512];
+                while !answer.ends_with(b"ifmatch-worker-0")
+                    && !answer.ends_with(b"ifmatch-worker-1")
+                {
+                    let n = stream.read(&mut buf).await.expect("read");
+                    assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+                    answer.extend_from_slice(&buf[..n]);
+                }
+                answer
+            };
+            let answer = tokio::time::timeout(Duration::from_secs(30), exchange)
+                .await
+                .expect("answered in time");
+            let text = String::from_utf8_lossy(&answer);
+            let worker = text.rsplit("\r\n").next().unwrap_or_default().to_owned();
+            *served_by.entry(worker).or_default() += 1;
+        }
+        // A loop takes a connection only while it holds at most SLACK more than the other, and
+        // none closes: the two end at most SLACK + 1 apart.
+        let counts: Vec<usize> = served_by.values().copied().collect();
+        assert_eq!(counts.len(), 2, "{served_by:?}");
+        assert!(
+            counts.iter().all(|&n| n >= CONNECTIONS / 2 - 2),
+            "{served_by:?}"
+        );
+        drop(streams);
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), served)
+            .await
+            .expect("stopped in time")
+            .expect("the task")
+            .expect("served");
+    }
+}
