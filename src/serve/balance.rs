@@ -230,9 +230,9 @@ mod on_workers {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
-    use super::super::head_limits::HeadLimits;
-    use super::super::{connection_builder, on_workers, serve_connections};
     use crate::config::ServerConfig;
+    use crate::serve::HeadLimits;
+    use crate::serve::{Draining, connection_builder, on_workers, serve_connections};
 
     #[tokio::test]
     async fn a_burst_of_connections_is_spread_evenly_over_the_workers() {
@@ -250,7 +250,7 @@ mod on_workers {
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let balance = connections.balance.clone().expect("balanced");
-        let serve = move |listener, draining: super::super::Draining| {
+        let serve = move |listener, draining: Draining| {
             let connections = connections.clone();
             async move {
                 serve_connections(
