@@ -17,15 +17,18 @@ impl Representation {
     pub fn new(content_type: &[u8], content_encoding: &[u8]) -> Self {
         // Computed for every response, and an API answers in a handful of content types: the
         // last few computed on this thread are kept, and a repeat is a comparison, not a hash.
-        RECENT.with(|recent| {
-            let mut recent = recent.borrow_mut();
-            if let Some(known) = recent.find(content_type, content_encoding) {
-                return known;
-            }
-            let computed = Self::compute(content_type, content_encoding);
-            recent.keep(content_type, content_encoding, computed);
-            computed
-        })
+        RECENT
+            .try_with(|recent| {
+                let mut recent = recent.borrow_mut();
+                if let Some(known) = recent.find(content_type, content_encoding) {
+                    return known;
+                }
+                let computed = Self::compute(content_type, content_encoding);
+                recent.keep(content_type, content_encoding, computed);
+                computed
+            })
+            // The thread is ending and its pairs are gone: computed, as they would be anyway.
+            .unwrap_or_else(|_| Self::compute(content_type, content_encoding))
     }
 
     fn compute(content_type: &[u8], content_encoding: &[u8]) -> Self {
@@ -108,10 +111,16 @@ impl Recent {
         if content_type.len() + content_encoding.len() > RECENT_MAX_LEN {
             return;
         }
-        let mut both = Vec::with_capacity(content_type.len() + content_encoding.len());
+        // The oldest pair's buffer is reused: rotating through more pairs than are kept
+        // allocates nothing once every place has been filled.
+        let place = &mut self.pairs[self.next];
+        let (mut both, _, _) = place
+            .take()
+            .unwrap_or_else(|| (Vec::with_capacity(RECENT_MAX_LEN), 0, known));
+        both.clear();
         both.extend_from_slice(content_type);
         both.extend_from_slice(content_encoding);
-        self.pairs[self.next] = Some((both, content_type.len(), known));
+        *place = Some((both, content_type.len(), known));
         self.next = (self.next + 1) % RECENT_PAIRS;
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 
-use super::balance::Balance;
+use super::balance::{Balance, Seat};
 use super::client_addr::ClientAddr;
 use super::connection::{Activity, Deadlines, Scope, Slot, Tracked, until_closed};
 use super::head_limits::{HYPER_DEFAULT_MAX_HEADERS, HeadLimits};
@@ -133,9 +133,6 @@ pub(crate) async fn serve_connections<S, B>(
         let (stream, remote) = tokio::select! {
             () = &mut shutdown => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Some(seat) = &seat {
-                    seat.closed();
-                }
                 if let Err(error) = done {
                     if error.is_panic() {
                         tracing::error!(%error, "connection task panicked");
@@ -167,9 +164,6 @@ pub(crate) async fn serve_connections<S, B>(
             match refusals.clone().try_acquire_owned() {
                 Ok(permit) => {
                     tasks.spawn(refuse(connections.clone(), stream, remote, permit));
-                    if let Some(seat) = &seat {
-                        seat.opened();
-                    }
                 }
                 Err(_) => tracing::debug!(%remote, "too many connections, closed unanswered"),
             }
@@ -177,7 +171,11 @@ pub(crate) async fn serve_connections<S, B>(
         };
         let activity = Activity::default();
         let scope = Scope::new(
-            Slot::new(permit, connections.metered),
+            Slot::new(
+                permit,
+                connections.metered,
+                seat.as_ref().map(Seat::occupant),
+            ),
             activity.clone(),
             connections.deadlines,
             stopped.clone(),
@@ -213,9 +211,6 @@ pub(crate) async fn serve_connections<S, B>(
                 tracing::debug!(%remote, %error, "connection closed with error");
             }
         });
-        if let Some(seat) = &seat {
-            seat.opened();
-        }
     }
     drop(listener);
     stop.send_replace(true);

@@ -5,17 +5,23 @@
 //! one worker, which then serves most of the load while the other idles, for as long as those
 //! connections live. So a worker that holds more connections than the least loaded one (by
 //! more than [`SLACK`]) stops accepting until that is no longer so, and the others take the
-//! new connections. The least loaded worker always accepts, so connections never wait for
-//! the balance, only for a worker; a loop that has not started, or has ended, is not counted,
-//! so a worker that failed to start never holds the others back, and a loop waits at most
-//! [`HOLD`] for the others (one busy in a long computation, merging a large document, does not
-//! hold up new connections).
+//! new connections. A connection counts for as long as its slot under `max_connections`
+//! lives: a WebSocket tunnel it became counts until it closes.
+//!
+//! The least loaded worker always may accept, so connections wait for a worker, not for the
+//! balance. Two cases where that worker is not accepting are covered: a loop that has not
+//! started, or has ended, is not counted (a worker that failed to start holds no one back),
+//! and a loop held back for [`HOLD`] accepts freely from then on, until it is within the slack
+//! again (a worker stalled in a long computation, merging a large document, does not throttle
+//! the others). Only a loop held back is ever woken: counting a connection touches one atomic
+//! and, unless a loop waits, nothing else shared.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// How many connections more than the least loaded worker one may hold and still accept.
 pub(crate) const SLACK: usize = 1;
@@ -33,8 +39,10 @@ pub(crate) struct Balance {
     counts: Box<[AtomicUsize]>,
     /// Seats handed out so far.
     seated: AtomicUsize,
-    /// Notified whenever a count changes.
+    /// Notified when a count changes while a loop is held back.
     changed: Notify,
+    /// Loops held back now: a count changes without touching `changed` when none is.
+    held: AtomicUsize,
     /// See [`HOLD`].
     hold: Duration,
 }
@@ -52,6 +60,7 @@ impl Balance {
                 .collect(),
             seated: AtomicUsize::new(0),
             changed: Notify::new(),
+            held: AtomicUsize::new(0),
             hold,
         })
     }
@@ -59,14 +68,24 @@ impl Balance {
     /// The next accept loop's place, in turn; `None` past the number of workers (such a loop
     /// is not balanced).
     pub(crate) fn seat(self: &Arc<Self>) -> Option<Seat> {
-        let index = self.seated.fetch_add(1, Ordering::Relaxed);
+        let index = self.seated.fetch_add(1, Ordering::SeqCst);
         let count = self.counts.get(index)?;
-        count.store(0, Ordering::Relaxed);
+        count.store(0, Ordering::SeqCst);
         self.changed.notify_waiters();
         Some(Seat {
             balance: Arc::clone(self),
             index,
+            held_since: Mutex::new(None),
         })
+    }
+
+    /// Wakes the loops held back, if any. Each count change is made (`SeqCst`) before this
+    /// reads `held`, and a loop counts itself in `held` (`SeqCst`) before it reads the counts:
+    /// either this sees the loop, or the loop sees the change.
+    fn changed(&self) {
+        if self.held.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
+        }
     }
 }
 
@@ -78,7 +97,7 @@ impl Balance {
             let changed = self.changed.notified();
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
-            if self.seated.load(Ordering::Relaxed) >= self.counts.len() {
+            if self.seated.load(Ordering::SeqCst) >= self.counts.len() {
                 return;
             }
             changed.await;
@@ -91,6 +110,10 @@ impl Balance {
 pub(crate) struct Seat {
     balance: Arc<Balance>,
     index: usize,
+    /// Since when this loop has been held back, if it is: once [`HOLD`] has passed, it
+    /// accepts freely until it is within the slack again (the least loaded loop is stalled,
+    /// and holding back again would throttle this one to an accept per hold).
+    held_since: Mutex<Option<Instant>>,
 }
 
 impl Seat {
@@ -98,53 +121,110 @@ impl Seat {
     /// least loaded.
     pub(crate) fn may_accept(&self) -> bool {
         let counts = &self.balance.counts;
-        let mine = counts[self.index].load(Ordering::Relaxed);
+        let mine = counts[self.index].load(Ordering::SeqCst);
         let least = counts
             .iter()
-            .map(|count| count.load(Ordering::Relaxed))
+            .map(|count| count.load(Ordering::SeqCst))
             .filter(|&count| count != VACANT)
             .min()
             .unwrap_or(mine);
         mine <= least + SLACK
     }
 
-    /// Completes once this loop may accept (at once if it may now), or after the hold.
+    /// Completes once this loop may accept: at once if it may now, when the others catch up,
+    /// or once it has been held back for [`HOLD`] (counted from when it first was, however
+    /// often the wait is started again).
     pub(crate) async fn turn(&self) {
-        let waiting = async {
-            loop {
-                // Registered before the check, so a change between the two is not missed.
-                let changed = self.balance.changed.notified();
-                let mut changed = std::pin::pin!(changed);
-                changed.as_mut().enable();
-                if self.may_accept() {
-                    return;
-                }
-                changed.await;
-            }
+        if self.may_accept() {
+            self.held_since_set(None);
+            return;
+        }
+        let since = {
+            let mut held_since = self
+                .held_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *held_since.get_or_insert_with(Instant::now)
         };
-        let _ = tokio::time::timeout(self.balance.hold, waiting).await;
+        let deadline = since + self.balance.hold;
+        let _held = Held::new(&self.balance);
+        loop {
+            // Registered before the check, so a change between the two is not missed.
+            let changed = self.balance.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if self.may_accept() {
+                self.held_since_set(None);
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
     }
 
-    /// This loop took a connection.
-    pub(crate) fn opened(&self) {
-        self.balance.counts[self.index].fetch_add(1, Ordering::Relaxed);
-        self.balance.changed.notify_waiters();
+    fn held_since_set(&self, value: Option<Instant>) {
+        *self
+            .held_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = value;
     }
 
-    /// A connection of this loop ended.
-    pub(crate) fn closed(&self) {
-        let count = &self.balance.counts[self.index];
-        // Never below zero, whatever the caller does.
-        let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        self.balance.changed.notify_waiters();
+    /// Counts one connection of this loop, for as long as the [`Occupant`] lives.
+    pub(crate) fn occupant(&self) -> Occupant {
+        self.balance.counts[self.index].fetch_add(1, Ordering::SeqCst);
+        self.balance.changed();
+        Occupant {
+            balance: Arc::clone(&self.balance),
+            index: self.index,
+        }
     }
 }
 
 impl Drop for Seat {
     /// A loop that ends holds no one back.
     fn drop(&mut self) {
-        self.balance.counts[self.index].store(VACANT, Ordering::Relaxed);
+        self.balance.counts[self.index].store(VACANT, Ordering::SeqCst);
         self.balance.changed.notify_waiters();
+    }
+}
+
+/// A loop counted in [`Balance::held`] while it lives.
+struct Held<'a>(&'a Balance);
+
+impl<'a> Held<'a> {
+    fn new(balance: &'a Balance) -> Self {
+        balance.held.fetch_add(1, Ordering::SeqCst);
+        Self(balance)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One connection counted in its accept loop's place: held by the connection's slot, so a
+/// tunnel the connection becomes is counted until it closes.
+#[derive(Debug)]
+pub(crate) struct Occupant {
+    balance: Arc<Balance>,
+    index: usize,
+}
+
+impl Drop for Occupant {
+    fn drop(&mut self) {
+        // A place its loop has left stays vacant.
+        let count = &self.balance.counts[self.index];
+        let left = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n != VACANT).then(|| n.saturating_sub(1))
+        });
+        debug_assert!(
+            left.map_or(true, |n| n > 0),
+            "an occupant of an empty place"
+        );
+        self.balance.changed();
     }
 }
 
@@ -159,43 +239,37 @@ mod tests {
         let balance = Balance::new(2);
         let a = balance.seat().expect("a place");
         // Alone (b has not started): never held back.
-        for _ in 0..5 {
-            a.opened();
-        }
+        let mut a_held: Vec<Occupant> = (0..5).map(|_| a.occupant()).collect();
         assert!(a.may_accept());
         let b = balance.seat().expect("a place");
         assert!(!a.may_accept(), "a holds more than the slack over b");
         assert!(b.may_accept(), "the least loaded always may");
-        for _ in 0..4 {
-            b.opened();
-        }
+        let b_held: Vec<Occupant> = (0..4).map(|_| b.occupant()).collect();
         assert!(a.may_accept() && b.may_accept());
-        for _ in 0..7 {
-            a.closed();
-        }
-        // Never below zero: a's count is 0, b's 4.
+        a_held.clear();
         assert!(a.may_accept() && !b.may_accept());
-        // A loop that ends holds no one back.
+        // A loop that ends holds no one back, and its connections ending leave it vacant.
         drop(a);
         assert!(b.may_accept());
+        drop(b_held);
         // Past the number of workers, no place.
         assert!(balance.seat().is_none());
     }
 
     #[tokio::test]
     async fn a_loop_waiting_its_turn_is_woken_when_the_others_catch_up() {
-        let balance = Balance::new(2);
+        // No hold: only the others catching up can end the wait.
+        let balance = Balance::holding(2, Duration::from_secs(3600));
         let (a, b) = (balance.seat().expect("a"), balance.seat().expect("b"));
-        a.opened();
-        a.opened();
+        let _a_held = (a.occupant(), a.occupant());
         let waiting = tokio::spawn(async move {
             a.turn().await;
             a
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        b.opened();
-        let a = tokio::time::timeout(Duration::from_secs(10), waiting)
+        let _b_held = b.occupant();
+        let a = tokio::time::timeout(Duration::from_secs(30), waiting)
             .await
             .expect("woken")
             .expect("the task");
@@ -203,18 +277,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_loop_held_back_accepts_anyway_after_the_hold() {
+    async fn a_loop_held_back_accepts_freely_after_the_hold_until_within_the_slack() {
         let balance = Balance::new(2);
-        let (a, _b) = (balance.seat().expect("a"), balance.seat().expect("b"));
-        a.opened();
-        a.opened();
-        let started = tokio::time::Instant::now();
+        let (a, b) = (balance.seat().expect("a"), balance.seat().expect("b"));
+        let mut held = vec![a.occupant(), a.occupant()];
+        // b is stalled: a waits once, for the hold...
+        let started = Instant::now();
         a.turn().await;
         assert_eq!(started.elapsed(), HOLD);
-        assert!(
-            !a.may_accept(),
-            "still ahead: it went on after the hold, not by a change"
+        // ...then takes a burst at once, however often it asks, while still ahead.
+        for _ in 0..40 {
+            a.turn().await;
+            held.push(a.occupant());
+        }
+        assert_eq!(
+            started.elapsed(),
+            HOLD,
+            "not throttled to one accept per hold"
         );
+        // Once back within the slack (b caught up), a is held back again.
+        let _b_held: Vec<Occupant> = (0..42).map(|_| b.occupant()).collect();
+        assert!(a.may_accept());
+        a.turn().await;
+        held.extend([a.occupant(), a.occupant()]);
+        let again = Instant::now();
+        a.turn().await;
+        assert_eq!(again.elapsed(), HOLD);
     }
 }
 

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Sleep;
 
+use super::balance::Occupant;
 use crate::telemetry;
 
 /// What a connection has done: cloned into whoever needs to know it is idle, or has never sent
@@ -223,17 +224,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
     metered: bool,
+    /// The connection's count in its worker's balance, if balanced.
+    _occupant: Option<Occupant>,
 }
 
 impl Slot {
-    /// Takes up `permit`, counted in the connections gauge if `metered`.
-    pub(crate) fn new(permit: OwnedSemaphorePermit, metered: bool) -> Self {
+    /// Takes up `permit`, counted in the connections gauge if `metered` and in its worker's
+    /// balance by `occupant`.
+    pub(crate) fn new(
+        permit: OwnedSemaphorePermit,
+        metered: bool,
+        occupant: Option<Occupant>,
+    ) -> Self {
         if metered {
             metrics::gauge!(telemetry::CONNECTIONS).increment(1.0);
         }
         Self {
             _permit: permit,
             metered,
+            _occupant: occupant,
         }
     }
 }
