@@ -304,6 +304,33 @@ mod tests {
         a.turn().await;
         assert_eq!(again.elapsed(), HOLD);
     }
+
+    #[tokio::test]
+    async fn a_connection_counts_until_the_tunnel_it_became_closes() {
+        use crate::serve::connection::{Activity, Deadlines, Scope, Slot};
+
+        let balance = Balance::holding(2, Duration::from_secs(3600));
+        let (a, _b) = (balance.seat().expect("a"), balance.seat().expect("b"));
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = permits.try_acquire_owned().expect("a permit");
+        let deadlines = Deadlines {
+            idle: Duration::from_secs(60),
+            first_request: Duration::from_secs(60),
+            linger: Duration::from_secs(60),
+        };
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        // As the accept loop builds a connection's scope; a WebSocket tunnel keeps a clone.
+        let slot = Slot::new(permit, false, Some(a.occupant()));
+        let connection = Scope::new(slot, Activity::default(), deadlines, stopped);
+        let _another = a.occupant();
+        assert!(!a.may_accept(), "two connections against none");
+        let tunnel = connection.clone();
+        // The HTTP connection is done (101): its task ends, the tunnel goes on.
+        drop(connection);
+        assert!(!a.may_accept(), "the tunnel still counts");
+        drop(tunnel);
+        assert!(a.may_accept());
+    }
 }
 
 #[cfg(test)]
