@@ -120,7 +120,16 @@ async fn the_library_api_builds_the_store_the_config_names() {
     assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0");
     let read = Client::http1().get(&proxy.url("/items/1")).await;
     assert_eq!(read.status, StatusCode::OK, "{read:?}");
-    assert!(redis.cli(&["DBSIZE"]).trim().parse::<u64>().expect("count") >= 1);
+    // What the GET learnt waits in the replica for a write to carry it (`learn_delay`), and
+    // with none coming is sent on its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["DBSIZE"]).trim().parse::<u64>().expect("count") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the GET's learn never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

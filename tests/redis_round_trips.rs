@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use ifmatch::app::Server;
 use redis_server::RedisServer;
-use support::{Client, DemoHandle, Proxy, config_toml, full, request};
+use support::{Client, DemoHandle, Proxy, ProxyHandle, config_toml, full, request};
 
 /// Every command Redis receives from its clients, as `MONITOR` shows them (commands a script
 /// runs are shown too, marked `lua`, and are not round trips).
@@ -132,16 +132,15 @@ async fn post(client: &Client, url: &str, key: &str) -> support::Answer {
     client.send(req).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_request_costs_the_round_trips_it_needs_and_no_more() {
-    let redis = RedisServer::start();
-    let demo = DemoHandle::spawn().await;
+/// The real server on `redis` in front of `demo`, holding reads' learns for `learn_delay`.
+async fn spawn(redis: &RedisServer, demo: &DemoHandle, learn_delay: &str) -> ProxyHandle {
     let config = config_toml(&format!(
         r#"
         [store]
         kind = "redis"
         url = "{}"
         timeout = "5s"
+        learn_delay = "{learn_delay}"
 
         [[routes]]
         name = "plain"
@@ -157,7 +156,15 @@ async fn each_request_costs_the_round_trips_it_needs_and_no_more() {
         redis.url(),
         demo = demo.addr
     ));
-    let proxy = Proxy::spawn_server(Server::new(config).expect("valid config")).await;
+    Proxy::spawn_server(Server::new(config).expect("valid config")).await
+}
+
+/// With reads' learns sent at once (`learn_delay = "0s"`), each request on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_costs_the_round_trips_it_needs_and_no_more() {
+    let redis = RedisServer::start();
+    let demo = DemoHandle::spawn().await;
+    let proxy = spawn(&redis, &demo, "0s").await;
     let client = Client::http1();
     let item = |name: &str| proxy.url(&format!("/items/{name}"));
 
@@ -261,6 +268,63 @@ async fn each_request_costs_the_round_trips_it_needs_and_no_more() {
         .await;
     report.push(("GET, route with guard = false", unguarded));
     assert_eq!(unguarded, 0, "an unguarded GET: {seen:?}");
+
+    for (what, count) in &report {
+        eprintln!("round trips: {what}: {count}");
+    }
+}
+
+/// With reads' learns held back (a delay longer than the test), a read-modify-write through
+/// one replica: the GET costs nothing, and the write's lease request carries what it learnt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_then_its_write_cost_the_write_alone() {
+    let redis = RedisServer::start();
+    let demo = DemoHandle::spawn().await;
+    let proxy = spawn(&redis, &demo, "600s").await;
+    let client = Client::http1();
+    let item = |name: &str| proxy.url(&format!("/items/{name}"));
+    // Warm up as above: the connection and the scripts.
+    let tag = client.get(item("1")).await.header("etag").to_owned();
+    assert_eq!(
+        put(&client, &item("1"), r#"{"n":1}"#, &tag).await.status,
+        StatusCode::OK
+    );
+    let mut monitor = Monitor::start(&redis);
+    let mut report = Vec::new();
+
+    // Seen once, so that the replica knows its generation.
+    create(&client, &demo.url("/items/rmw")).await;
+    let tag = client.get(item("rmw")).await.header("etag").to_owned();
+    let (learning, seen) = monitor
+        .round_trips(&redis, async {
+            assert_eq!(client.get(item("rmw")).await.header("etag"), tag);
+        })
+        .await;
+    report.push(("learning GET, held back", learning));
+    assert_eq!(learning, 0, "a held learning GET: {seen:?}");
+
+    // The write: one lease request that applies the read first and checks against it.
+    let mut next = String::new();
+    let (write, seen) = monitor
+        .round_trips(&redis, async {
+            let written = put(&client, &item("rmw"), r#"{"n":2}"#, &tag).await;
+            assert_eq!(written.status, StatusCode::OK, "{written:?}");
+            next = written.header("etag").to_owned();
+        })
+        .await;
+    report.push(("conditional PUT after it", write));
+    assert_eq!(write, 2, "a write carrying a read: {seen:?}");
+
+    // A read and then a stale write: refused by the lease request that carried the read.
+    let (read_stale, seen) = monitor
+        .round_trips(&redis, async {
+            assert_eq!(client.get(item("rmw")).await.header("etag"), next);
+            let stale = put(&client, &item("rmw"), r#"{"n":3}"#, &tag).await;
+            assert_eq!(stale.status, StatusCode::CONFLICT, "{stale:?}");
+        })
+        .await;
+    report.push(("GET, then a stale PUT (409)", read_stale));
+    assert_eq!(read_stale, 1, "a read and a stale write: {seen:?}");
 
     for (what, count) in &report {
         eprintln!("round trips: {what}: {count}");

@@ -72,6 +72,12 @@ pub struct StoreConfig {
     /// Longest wait for Redis (connect or reply) before the store counts as unavailable.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long what a GET learnt may wait in the replica for a write to the same resource
+    /// through it, which then carries it in its lease request (one round trip for both);
+    /// past it the learn is sent on its own. Other replicas do not see it meanwhile (a write
+    /// through one of them then revalidates). `"0s"` sends every learn at once. Redis only.
+    #[serde(with = "humantime_serde")]
+    pub learn_delay: Duration,
     /// Conditional writes while the store is unavailable: `"fail_closed"` (503) or
     /// `"fail_open"` (forwarded unchecked). Reads and unconditional writes always pass.
     pub failure_policy: FailurePolicy,
@@ -95,6 +101,7 @@ impl Default for StoreConfig {
             key_prefix: "ifmatch:".to_owned(),
             lease_ttl: Duration::from_secs(120),
             timeout: Duration::from_millis(500),
+            learn_delay: Duration::from_millis(50),
             failure_policy: FailurePolicy::FailClosed,
             idempotency_max_records: MemoryRecordsConfig::default().max_records,
             idempotency_max_bytes: MemoryRecordsConfig::default().max_bytes,
@@ -129,6 +136,7 @@ impl StoreConfig {
             ttl: self.ttl,
             lease_ttl: self.lease_ttl,
             timeout: self.timeout,
+            learn_delay: self.learn_delay,
         }
     }
 }

@@ -184,8 +184,9 @@ struct Seen {
     known: Option<Snapshot>,
 }
 
-/// Records an observation against the generation seen before the read; a refusal is normal
-/// (a write or a fresher read got there first) and a store failure only costs a revalidation.
+/// Records an observation against the generation seen before the read (soon: a write that
+/// follows through this process may carry it); a refusal is normal (a write or a fresher read
+/// got there first) and a store failure only costs a revalidation.
 async fn learn<St: Store>(
     store: &St,
     key: ResourceKey,
@@ -193,9 +194,8 @@ async fn learn<St: Store>(
     observation: Observation,
 ) {
     let Some(seen) = seen else { return };
-    match store.learn(key, seen.generation, observation).await {
-        Ok(recorded) => tracing::trace!(%key, recorded, "observed"),
-        Err(error) => tracing::warn!(%key, %error, "store learn failed"),
+    if let Err(error) = store.learn_soon(key, seen.generation, observation).await {
+        tracing::warn!(%key, %error, "store learn failed");
     }
 }
 

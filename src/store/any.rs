@@ -67,6 +67,19 @@ impl Store for AnyStore {
         }
     }
 
+    async fn learn_soon(
+        &self,
+        key: ResourceKey,
+        generation: u64,
+        observation: Observation,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(store) => store.learn_soon(key, generation, observation).await,
+            #[cfg(feature = "redis")]
+            Self::Redis(store) => store.learn_soon(key, generation, observation).await,
+        }
+    }
+
     async fn acquire(
         &self,
         key: ResourceKey,

@@ -172,6 +172,22 @@ pub trait Store: Clone + Send + Sync + 'static {
         observation: Observation,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Records what a read observed as [`Store::learn`] does, but perhaps not at once: a
+    /// networked store may hold it back for a short while and send it with this process's
+    /// next lease request for `key` (one round trip for both, as a read-modify-write through
+    /// one replica needs), or on its own once the while is over. Until then the key reads
+    /// elsewhere as it was, which is safe: a state not yet known costs a revalidation, and a
+    /// learn whose generation moved on meanwhile is refused then as it would have been now.
+    /// This process's own [`Store::load`] sees it. This default learns at once.
+    fn learn_soon(
+        &self,
+        key: ResourceKey,
+        generation: u64,
+        observation: Observation,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move { self.learn(key, generation, observation).await.map(drop) }
+    }
+
     /// Takes the write lease on `key`, waiting at most `wait` (then [`StoreError::LeaseTimeout`]).
     /// Taking the lease moves the generation on; the returned snapshot is the state under the
     /// lease, and its generation may be used to [`Store::learn`] a revalidation.

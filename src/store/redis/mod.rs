@@ -32,11 +32,18 @@
 //! generation from memory ([`Store::read_generation`]) and a learning GET costs one round trip,
 //! the learn: a remembered generation is one the key had before the read began, so if anything
 //! changed since, the learn is refused, exactly as for a read that raced a write.
+//!
+//! The learn itself may wait ([`Store::learn_soon`], `learn_delay`, 50 ms by default): what
+//! follows a read through one replica is usually a write to the same resource, whose `ACQUIRE`
+//! then carries the read and applies it first (under the same generation check) before it looks
+//! at the lease and the precondition. A read-modify-write thus costs two round trips (lease,
+//! outcome) instead of three, and a read whose write never comes is sent on its own, batched
+//! and pipelined, once the delay is over (see `held`).
 
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -46,6 +53,7 @@ use tokio::time::Instant;
 
 mod codec;
 mod connection;
+mod held;
 mod idempotency;
 mod scripts;
 
@@ -53,6 +61,7 @@ pub use idempotency::RedisRecords;
 
 use codec::{decode_generation, decode_state, encode_time, encode_validator, malformed, millis};
 use connection::Connection;
+use held::{Held, Learn};
 use scripts::Scripts;
 
 use super::{
@@ -84,6 +93,9 @@ pub struct RedisStoreConfig {
     pub lease_ttl: Duration,
     /// Longest wait for a connection or a reply; past it the store is unavailable.
     pub timeout: Duration,
+    /// How long a read's learn may wait in this process for a write to the same resource
+    /// that carries it (see [`Store::learn_soon`]); zero sends every learn at once.
+    pub learn_delay: Duration,
 }
 
 impl Default for RedisStoreConfig {
@@ -95,6 +107,7 @@ impl Default for RedisStoreConfig {
             ttl: Duration::from_secs(300),
             lease_ttl: Duration::from_secs(75),
             timeout: Duration::from_millis(500),
+            learn_delay: Duration::from_millis(50),
         }
     }
 }
@@ -141,6 +154,15 @@ struct Inner {
     seen: DashMap<ResourceKey, u64>,
     /// Entries of `seen` (approximate), to bound it.
     seen_len: AtomicU64,
+    /// Reads' learns held back for a write to carry ([`Store::learn_soon`]).
+    held: Held,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The sender of held learns waits for this to notice the store is gone.
+        self.held.wake.notify_one();
+    }
 }
 
 impl RedisStore {
@@ -153,6 +175,11 @@ impl RedisStore {
     pub fn new(config: RedisStoreConfig) -> Result<Self, RedisSetupError> {
         let conn = Connection::open(&config).map_err(RedisSetupError)?;
         let random = std::collections::hash_map::RandomState::new();
+        // Held learns need a task to send them; outside a runtime every learn goes at once.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let delay = runtime
+            .as_ref()
+            .map_or(Duration::ZERO, |_| config.learn_delay);
         let inner = Inner {
             conn,
             prefix: config.key_prefix,
@@ -166,10 +193,14 @@ impl RedisStore {
             id_counter: AtomicU64::new(0),
             seen: DashMap::new(),
             seen_len: AtomicU64::new(0),
+            held: Held::new(delay),
         };
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        if let (Some(runtime), false) = (runtime, delay.is_zero()) {
+            let wake = Arc::clone(&inner.held.wake);
+            runtime.spawn(send_held(Arc::downgrade(&inner), wake));
+        }
+        Ok(Self { inner })
     }
 
     /// Round trip to Redis: whether it answers within the timeout (for readiness checks).
@@ -203,31 +234,38 @@ impl RedisStore {
         let inner = &self.inner;
         let mut call = inner.scripts.acquire.key(inner.key(key));
         call.arg(inner.ttl_ms).arg(inner.lease_ms).arg(id);
-        match refusal {
+        let tags: &[Box<str>] = match refusal {
             None => {
                 call.arg("").arg("");
+                &[]
             }
             Some(refusal) => {
-                let variant = format!("{:08x}", refusal.variant);
-                match &refusal.condition {
-                    RefusalCondition::IfMatch(tags) => {
-                        call.arg("m").arg(variant);
-                        for tag in tags {
-                            call.arg(&**tag);
-                        }
-                    }
-                    RefusalCondition::IfMatchAny => {
-                        call.arg("*").arg(variant);
-                    }
-                    RefusalCondition::IfNoneMatchAny => {
-                        call.arg("n").arg(variant);
-                    }
-                }
+                let (kind, tags) = match &refusal.condition {
+                    RefusalCondition::IfMatch(tags) => ("m", &tags[..]),
+                    RefusalCondition::IfMatchAny => ("*", &[][..]),
+                    RefusalCondition::IfNoneMatchAny => ("n", &[][..]),
+                };
+                call.arg(kind).arg(format!("{:08x}", refusal.variant));
+                tags
             }
+        };
+        // A read of this key held back rides along, applied before the lease is looked at. If
+        // the call fails it may or may not have been applied, which is as safe as never.
+        match inner.held.take(key) {
+            Some(learn) => learn.push_args(&mut call),
+            None => {
+                call.arg("").arg("").arg("").arg("").arg("");
+            }
+        }
+        for tag in tags {
+            call.arg(&**tag);
         }
         let reply: Vec<String> = inner.run(&call).await?;
         match reply.as_slice() {
-            [held] if held == "0" => Ok(Attempt::Busy),
+            [held, generation] if held == "0" => {
+                inner.saw(key, decode_generation(generation)?);
+                Ok(Attempt::Busy)
+            }
             [taken, generation, s, v, m] => {
                 let generation = decode_generation(generation)?;
                 let snapshot = Snapshot {
@@ -333,6 +371,16 @@ impl Inner {
         bounded(self.timeout, call.invoke_async(&mut conn)).await
     }
 
+    /// Sends `learn` (one round trip): whether it was recorded.
+    async fn learn_now(&self, key: ResourceKey, learn: &Learn) -> Result<bool, StoreError> {
+        let mut call = self.scripts.learn.key(self.key(key));
+        call.arg(self.ttl_ms);
+        learn.push_args(&mut call);
+        let (recorded, generation): (String, String) = self.run(&call).await?;
+        self.saw(key, decode_generation(&generation)?);
+        Ok(recorded == "1")
+    }
+
     /// Records `outcome` if lease `id` still holds `key`; wakes local waiters either way.
     async fn complete(
         &self,
@@ -396,6 +444,10 @@ impl Store for RedisStore {
     async fn load(&self, key: ResourceKey) -> Result<Snapshot, StoreError> {
         self.settled(key).await;
         let inner = &self.inner;
+        // What this process learnt is part of what it loads (a HEAD after a GET).
+        if let Some(learn) = inner.held.take(key) {
+            inner.learn_now(key, &learn).await?;
+        }
         let mut call = inner.scripts.load.key(inner.key(key));
         call.arg(inner.ttl_ms);
         let reply: Vec<String> = inner.run(&call).await?;
@@ -418,26 +470,24 @@ impl Store for RedisStore {
         observation: Observation,
     ) -> Result<bool, StoreError> {
         self.settled(key).await;
-        let (kind, validator, last_modified) = match observation {
-            Observation::Validator {
-                validator,
-                last_modified,
-            } => ("v", Some(validator), last_modified),
-            Observation::Absent => ("a", None, None),
-            Observation::Unknown => ("u", None, None),
-        };
-        let (rep, tag) = encode_validator(validator.as_ref());
-        let inner = &self.inner;
-        let mut call = inner.scripts.learn.key(inner.key(key));
-        call.arg(inner.ttl_ms)
-            .arg(generation)
-            .arg(kind)
-            .arg(rep)
-            .arg(tag)
-            .arg(encode_time(last_modified));
-        let (recorded, generation): (String, String) = inner.run(&call).await?;
-        inner.saw(key, decode_generation(&generation)?);
-        Ok(recorded == "1")
+        let learn = Learn::new(generation, observation);
+        self.inner.learn_now(key, &learn).await
+    }
+
+    async fn learn_soon(
+        &self,
+        key: ResourceKey,
+        generation: u64,
+        observation: Observation,
+    ) -> Result<(), StoreError> {
+        let learn = Learn::new(generation, observation);
+        match self.inner.held.hold(key, learn) {
+            Ok(()) => Ok(()),
+            Err(learn) => {
+                self.settled(key).await;
+                self.inner.learn_now(key, &learn).await.map(drop)
+            }
+        }
     }
 
     async fn acquire(
@@ -483,6 +533,8 @@ impl Store for RedisStore {
         let inner = &self.inner;
         let mut call = inner.scripts.purge.key(inner.key(key));
         call.arg(inner.ttl_ms);
+        // Whatever was held for it would be refused by the removal's new generation.
+        drop(inner.held.take(key));
         let known = inner.run::<i64>(&call).await? == 1;
         if inner.seen.remove(&key).is_some() {
             inner.seen_len.fetch_sub(1, Ordering::Relaxed);
@@ -543,6 +595,33 @@ impl Drop for WaitSlot<'_> {
     }
 }
 
+/// Sends the learns held back once they are due, until the store is dropped.
+async fn send_held(inner: Weak<Inner>, wake: Arc<Notify>) {
+    /// Learns sent at once (pipelined on the connection).
+    const BATCH: usize = 256;
+    loop {
+        wake.notified().await;
+        let mut next = Some(Instant::now());
+        while let Some(at) = next {
+            tokio::time::sleep_until(at).await;
+            let Some(inner) = inner.upgrade() else { return };
+            let (due, following) = inner.held.due(Instant::now());
+            next = following;
+            for batch in due.chunks(BATCH) {
+                let sends = batch
+                    .iter()
+                    .map(|(key, learn)| inner.learn_now(*key, learn));
+                let results = futures_util::future::join_all(sends).await;
+                let failed = results.iter().filter(|result| result.is_err()).count();
+                if failed > 0 {
+                    // Costs a revalidation on each one's next write, nothing else.
+                    tracing::warn!(failed, "held learns not recorded: the store failed");
+                }
+            }
+        }
+    }
+}
+
 /// Runs a Redis call within `timeout`; every failure means the store is unavailable.
 async fn bounded<T>(
     timeout: Duration,
@@ -582,16 +661,44 @@ mod tests {
     }
 
     fn store_with(lease_ttl: Duration) -> RedisStore {
+        configured(RedisStoreConfig {
+            lease_ttl,
+            ..RedisStoreConfig::default()
+        })
+    }
+
+    /// A store of its own key prefix on the test server, as `config` says otherwise.
+    fn configured(config: RedisStoreConfig) -> RedisStore {
         static STORES: AtomicU64 = AtomicU64::new(0);
         let n = STORES.fetch_add(1, Ordering::Relaxed);
         RedisStore::new(RedisStoreConfig {
             url: server().url(),
             key_prefix: format!("test{}-{n}:", std::process::id()),
-            lease_ttl,
             timeout: Duration::from_secs(2),
+            ..config
+        })
+        .expect("valid url")
+    }
+
+    /// Another replica: a store sharing `store`'s keys, learning at once.
+    fn sibling(store: &RedisStore) -> RedisStore {
+        RedisStore::new(RedisStoreConfig {
+            url: server().url(),
+            key_prefix: store.inner.prefix.clone(),
+            timeout: Duration::from_secs(2),
+            learn_delay: Duration::ZERO,
             ..RedisStoreConfig::default()
         })
         .expect("valid url")
+    }
+
+    /// A store that holds learns back for longer than any test runs: only a write or a load
+    /// sends them.
+    fn holding() -> RedisStore {
+        configured(RedisStoreConfig {
+            learn_delay: Duration::from_secs(600),
+            ..RedisStoreConfig::default()
+        })
     }
 
     fn store() -> RedisStore {
@@ -710,13 +817,7 @@ mod tests {
         let remembered = store.read_generation(k).await.unwrap();
         assert_eq!(remembered, store.load(k).await.unwrap().generation);
         // Another replica's write: this process's memory is behind, and the learn refused.
-        let other = RedisStore::new(RedisStoreConfig {
-            url: server().url(),
-            key_prefix: store.inner.prefix.clone(),
-            timeout: Duration::from_secs(2),
-            ..RedisStoreConfig::default()
-        })
-        .unwrap();
+        let other = sibling(&store);
         let (lease, _) = other.acquire(k, Duration::ZERO).await.unwrap();
         let outcome = Outcome::Replaced {
             validator: validator("b", 1),
@@ -735,6 +836,104 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    fn if_match(tag: &str) -> Refusal {
+        Refusal {
+            variant: 0,
+            condition: RefusalCondition::IfMatch(vec![tag.into()]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_learn_rides_with_the_next_write_and_its_precondition_sees_it() {
+        let store = holding();
+        let other = sibling(&store);
+        let (k, stale) = (key(20), key(21));
+        for k in [k, stale] {
+            let g = store.read_generation(k).await.unwrap();
+            let learn = store.learn_soon(k, g, observed(&validator("a", 0)));
+            learn.await.unwrap();
+            // Not sent yet: the other replica does not know it.
+            assert_eq!(other.load(k).await.unwrap().state, KeyState::Unknown);
+        }
+        // The write's lease request carried it: the state under the lease is what was read...
+        let Acquired::Held(lease, under) = store
+            .acquire_unless(k, Duration::ZERO, &if_match("a"))
+            .await
+            .unwrap()
+        else {
+            panic!("a current If-Match was refused");
+        };
+        assert_eq!(under.state, contract::present(&[validator("a", 0)]));
+        store.complete(lease, Outcome::Unchanged).await.unwrap();
+        // ...and a stale one is refused by it in the same call.
+        let old = if_match("old");
+        let refused = store.acquire_unless(stale, Duration::ZERO, &old);
+        let Acquired::Refused(snapshot) = refused.await.unwrap() else {
+            panic!("a stale If-Match took the lease");
+        };
+        assert_eq!(snapshot.state, contract::present(&[validator("a", 0)]));
+        assert_eq!(
+            other.load(stale).await.unwrap().state,
+            contract::present(&[validator("a", 0)])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_learn_is_refused_when_another_replica_wrote_meanwhile() {
+        let store = holding();
+        let other = sibling(&store);
+        let k = key(22);
+        contract::learn_now(&store, k, observed(&validator("old", 0))).await;
+        // A read sees "old" while another replica's write (its upstream sent no ETag) lands.
+        let g = store.read_generation(k).await.unwrap();
+        let (lease, _) = other.acquire(k, Duration::ZERO).await.unwrap();
+        other.complete(lease, Outcome::Unknown).await.unwrap();
+        let learn = store.learn_soon(k, g, observed(&validator("old", 0)));
+        learn.await.unwrap();
+        // A write still holding "old" must not pass on the read's word: the state under its
+        // lease is unknown, so the guard revalidates upstream before letting it through.
+        let Acquired::Held(lease, under) = store
+            .acquire_unless(k, Duration::ZERO, &if_match("old"))
+            .await
+            .unwrap()
+        else {
+            panic!("an unknown state refused the write");
+        };
+        assert_eq!(under.state, KeyState::Unknown);
+        store.complete(lease, Outcome::Unchanged).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_held_learn_is_loaded_here_dropped_by_a_purge_and_sent_when_due() {
+        let store = holding();
+        let other = sibling(&store);
+        let v = observed(&validator("a", 0));
+        // This process loads what it holds (and that sends it).
+        let g = store.read_generation(key(23)).await.unwrap();
+        store.learn_soon(key(23), g, v.clone()).await.unwrap();
+        let here = store.load(key(23)).await.unwrap().state;
+        assert_eq!(here, contract::present(&[validator("a", 0)]));
+        assert_eq!(other.load(key(23)).await.unwrap().state, here);
+        // A purge forgets it.
+        let g = store.read_generation(key(24)).await.unwrap();
+        store.learn_soon(key(24), g, v.clone()).await.unwrap();
+        store.purge(key(24)).await.unwrap();
+        assert_eq!(store.load(key(24)).await.unwrap().state, KeyState::Unknown);
+        // With a short delay, the sender delivers one no write took.
+        let soon = configured(RedisStoreConfig {
+            learn_delay: Duration::from_millis(20),
+            ..RedisStoreConfig::default()
+        });
+        let other = sibling(&soon);
+        let g = soon.read_generation(key(25)).await.unwrap();
+        soon.learn_soon(key(25), g, v).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while other.load(key(25)).await.unwrap().state == KeyState::Unknown {
+            assert!(Instant::now() < deadline, "the held learn was never sent");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]

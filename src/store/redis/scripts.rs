@@ -112,73 +112,92 @@ if not hg then return {'0', 'u', '', '', '0'} end
 return {hg, vs, vv, vm, hl and '1' or '0'}
 "#;
 
+/// Records a read's observation (`gen`, `kind`, `rep`, `tag`, `lm`) if `gen` is still the
+/// key's generation, into `learned`; the key is settled (or has no hash). A change of state
+/// moves the generation on. Shared by `LEARN` and by `ACQUIRE`, which applies a read this
+/// process held back before it takes the lease (one round trip for both).
+const ABSORB: &str = r#"
+local learned
+if hg then learned = hg == gen else learned = gen == '0' and kind ~= 'u' end
+if learned then
+  if hg then
+    @view
+  else
+    vs, vv, vm = 'u', '', ''
+  end
+  local ns, nv
+  if kind == 'u' then
+    if vs ~= 'u' then ns = 'u' end
+  elseif kind == 'a' then
+    if vs ~= 'a' then ns = 'a' end
+  else
+    local rec = rep .. tag .. '\n'
+    ns, nv = 'p', rec
+    if vs == 'p' and vv == rec then
+      -- The one validator known: a change only if Last-Modified moved.
+      if vm == lm then ns = nil else nv = vv end
+    elseif vs == 'p' then
+      local found, count = nil, 0
+      for one in string.gmatch(vv, '[^\n]*\n') do
+        count = count + 1
+        if string.sub(one, 1, 16) == rep then found = one end
+      end
+      if found == rec then
+        -- The same validator: a change only if Last-Modified moved.
+        if vm == lm then ns = nil else nv = vv end
+      elseif not found and count < 4 then
+        nv = vv .. rec
+      end
+    end
+  end
+  if ns then
+    hs = ns
+    if ns == 'p' then
+      hv, hm = nv, lm ~= '' and lm or false
+    else
+      hv, hm = false, false
+    end
+    @bump
+  end
+  @trust
+  @keep
+end
+"#;
+
 /// ARGV: ttl, generation, kind (v|a|u), representation, opaque, last_modified
 /// -> {recorded (1|0), the generation after}
 const LEARN: &str = r#"
 local gen, kind, rep, tag, lm = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-vs, vv, vm = 'u', '', ''
 if not hg then
   if gen ~= '0' or kind == 'u' then return {gen == '0' and '1' or '0', '0'} end
 else
   @settle
-  if hg ~= gen then
-    @flush
-    return {'0', hg}
-  end
-  @view
 end
-local ns, nv
-if kind == 'u' then
-  if vs ~= 'u' then ns = 'u' end
-elseif kind == 'a' then
-  if vs ~= 'a' then ns = 'a' end
-else
-  local rec = rep .. tag .. '\n'
-  ns, nv = 'p', rec
-  if vs == 'p' and vv == rec then
-    -- The one validator known: a change only if Last-Modified moved.
-    if vm == lm then ns = nil else nv = vv end
-  elseif vs == 'p' then
-    local found, count = nil, 0
-    for one in string.gmatch(vv, '[^\n]*\n') do
-      count = count + 1
-      if string.sub(one, 1, 16) == rep then found = one end
-    end
-    if found == rec then
-      -- The same validator: a change only if Last-Modified moved.
-      if vm == lm then ns = nil else nv = vv end
-    elseif not found and count < 4 then
-      nv = vv .. rec
-    end
-  end
-end
-if ns then
-  hs = ns
-  if ns == 'p' then
-    hv, hm = nv, lm ~= '' and lm or false
-  else
-    hv, hm = false, false
-  end
-  @bump
-end
-@trust
-@keep
+@absorb
 @flush
-return {'1', hg}
+return {learned and '1' or '0', hg or '0'}
 "#;
 
-/// ARGV: ttl, lease ms, lease id, refusal (''|m|*|n), variant (8 hex), tags...
-/// -> {'0'} held by another, {'1', generation, state, validators, lm} taken, or
+/// ARGV: ttl, lease ms, lease id, refusal (''|m|*|n), variant (8 hex), then a read held back
+/// to apply first (generation or '' for none, kind, representation, opaque, last_modified, as
+/// for `LEARN`), then tags...
+/// -> {'0', generation} held by another, {'1', generation, state, validators, lm} taken, or
 /// {'2', generation, state, validators, lm} refused: no lease is held and the state shows the
 /// precondition fails (`m` If-Match with these tags, `*` If-Match: *, `n` If-None-Match: *),
-/// so none is taken and nothing changes.
+/// so none is taken and nothing changes (but the read held back, if it still applies).
 const ACQUIRE: &str = r#"
 vs, vv, vm = 'u', '', ''
 if hg then
   @settle
+end
+local gen, kind, rep, tag, lm = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+if gen ~= '' then
+  @absorb
+end
+if hg then
   if hl then
     @flush
-    return {'0'}
+    return {'0', hg}
   end
   @view
   local refusal = ARGV[4]
@@ -189,9 +208,9 @@ if hg then
       for one in string.gmatch(vv, '[^\n]*\n') do
         if string.sub(one, 1, 8) == ARGV[5] then
           of_variant = true
-          local tag = string.sub(one, 17, -2)
-          for i = 6, #ARGV do
-            if ARGV[i] == tag then matched = true end
+          local opaque = string.sub(one, 17, -2)
+          for i = 11, #ARGV do
+            if ARGV[i] == opaque then matched = true end
           end
         end
       end
@@ -256,9 +275,10 @@ if known then return 1 end
 return 0
 "#;
 
-/// The fragments a script may name, in the order they are spliced in (`@settle` names
-/// `@bump`, so it comes first).
-const FRAGMENTS: [(&str, &str); 6] = [
+/// The fragments a script may name, in the order they are spliced in (a fragment that names
+/// others comes before them).
+const FRAGMENTS: [(&str, &str); 7] = [
+    ("@absorb", ABSORB),
     ("@settle", SETTLE),
     ("@bump", BUMP),
     ("@view", VIEW),
