@@ -8,6 +8,7 @@
 #   SCRIPTS_ONLY=1 SCRIPT_REPS=7 bench/shared_store.sh   # only the scripts-alone table
 #   SCRIPTS_ONLY=1 SCRIPTS_RS=old.rs bench/shared_store.sh # the same, scripts from another
 #                                                         # version's scripts.rs (git show)
+#   BIN=/tmp/ifmatch-old bench/shared_store.sh     # another build (not built here)
 #
 # Each rep runs, in alternating order:
 #   memory   one ifmatch (memory store), one `ifmatch storm` of WRITERS writers
@@ -47,9 +48,13 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
 fi
 command -v python3 >/dev/null || { echo "python3 is needed to read the storm reports" >&2; exit 1; }
 
-log "building release"
-(cd "$ROOT" && cargo build --release --quiet --bin ifmatch)
-BIN=$TARGET_DIR/release/ifmatch
+if [ -n "${BIN:-}" ]; then
+  log "using $BIN"
+else
+  log "building release"
+  (cd "$ROOT" && cargo build --release --quiet --bin ifmatch)
+  BIN=$TARGET_DIR/release/ifmatch
+fi
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -270,11 +275,11 @@ for rep in $(seq 1 "$SCRIPT_REPS"); do
   V[load]=$(alone LOAD 1 "$key" 300000)
   V[learn]=$(alone LEARN 1 "$key" 300000 "$gen" v 0000000000000001 abc '')
   V[refused]=$(alone LEARN 1 "$key" 300000 5 v 0000000000000001 abc '')
-  V[acqref]=$(alone ACQUIRE 1 "$key" 300000 75000 id1 m 00000000 old)
+  V[acqref]=$(alone ACQUIRE 1 "$key" 300000 75000 id1 m 00000000 '' '' '' '' '' old)
   $R hset "$key" l other x 99999999999999 >/dev/null
-  V[held]=$(alone ACQUIRE 1 "$key" 300000 75000 id1 m 00000000 abc)
+  V[held]=$(alone ACQUIRE 1 "$key" 300000 75000 id1 m 00000000 '' '' '' '' '' abc)
   $R hdel "$key" l x >/dev/null
-  V[acquire]=$(piped ACQUIRE "evalsha SHA 1 $key 300000 75000 ID m 00000000 abc" "hdel $key l x")
+  V[acquire]=$(piped ACQUIRE "evalsha SHA 1 $key 300000 75000 ID m 00000000 \"\" \"\" \"\" \"\" \"\" abc" "hdel $key l x")
   V[complete]=$(piped COMPLETE "hset $key l ID x 99999999999999" \
     "evalsha SHA 1 $key 300000 ID r 0000000000000001 abc \"\"")
   for row in "${ROWS[@]}"; do printf '%s\t%s\t%s\n' "$rep" "$row" "${V[$row]}" >>"$SCRIPT_TSV"; done
