@@ -292,9 +292,13 @@ async fn a_read_then_its_write_cost_the_write_alone() {
     let mut monitor = Monitor::start(&redis);
     let mut report = Vec::new();
 
-    // Seen once, so that the replica knows its generation.
+    // Read and written once (a storm's cycle), so that the replica knows its generation and
+    // holds nothing for it.
     create(&client, &demo.url("/items/rmw")).await;
     let tag = client.get(item("rmw")).await.header("etag").to_owned();
+    let written = put(&client, &item("rmw"), r#"{"n":1}"#, &tag).await;
+    assert_eq!(written.status, StatusCode::OK, "{written:?}");
+    let tag = written.header("etag").to_owned();
     let (learning, seen) = monitor
         .round_trips(&redis, async {
             assert_eq!(client.get(item("rmw")).await.header("etag"), tag);

@@ -176,9 +176,11 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// networked store may hold it back for a short while and send it with this process's
     /// next lease request for `key` (one round trip for both, as a read-modify-write through
     /// one replica needs), or on its own once the while is over. Until then the key reads
-    /// elsewhere as it was, which is safe: a state not yet known costs a revalidation, and a
-    /// learn whose generation moved on meanwhile is refused then as it would have been now.
-    /// This process's own [`Store::load`] sees it. This default learns at once.
+    /// elsewhere as it was before the read, which is safe: a state not yet known costs a
+    /// revalidation, and a learn whose generation moved on meanwhile is refused then as it
+    /// would have been now. In this process it takes effect before anything that comes next
+    /// for `key` ([`Store::load`], [`Store::read_generation`], a lease). This default learns
+    /// at once.
     fn learn_soon(
         &self,
         key: ResourceKey,

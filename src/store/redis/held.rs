@@ -3,14 +3,19 @@
 //! follows a read through the same replica is a write to the same resource (a client's
 //! read-modify-write on its keep-alive connection), and that write's lease request carries the
 //! held learn to Redis, which applies it first in the same script: one round trip for both.
-//! A held learn that no write takes is sent on its own once the delay has passed.
+//! A held learn that no write takes is sent on its own once the delay has passed (counted from
+//! the first read it holds), and any other operation of this process on the key sends it
+//! first (a read's generation, a load), so that, as seen from this process, the learn took
+//! effect before whatever came next: a later read of another representation adds to it rather
+//! than replacing it.
 //!
 //! Holding a learn back is safe for the same reason a remembered generation is
 //! ([`Store::read_generation`](crate::store::Store::read_generation)): Redis applies it only if
 //! the key's generation is still the one the read saw, so if anything was written meanwhile it
 //! is refused, exactly as it would have been at once. Until it arrives, other replicas see the
-//! key as it was (usually unknown after a write that sent no `ETag`), which only costs them a
-//! revalidation. A process that dies with learns held loses them, which is as safe.
+//! key as it was before the read (usually unknown after a write that sent no `ETag`, which
+//! costs a write through them a revalidation), for at most the delay. A process that dies with
+//! learns held loses them, which is as safe.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -71,7 +76,10 @@ impl Learn {
     }
 }
 
-/// The learns this process holds back, at most one per key (the latest read's).
+/// The learns this process holds back, at most one per key: a read that begins while one is
+/// held sends it first, so only reads that ran at the same time replace one another (the
+/// latest to end wins, where at once the first would have won: both are reads of that
+/// generation).
 pub(super) struct Held {
     /// 0: none are held (every read learns at once).
     delay: Duration,
@@ -101,8 +109,13 @@ impl Held {
         let now = Instant::now();
         match self.entries.entry(key) {
             Entry::Occupied(mut held) => {
-                if held.get().0.generation <= learn.generation {
-                    held.insert((learn, now));
+                // A concurrent read's (a later one sends the held learn first: see
+                // `RedisStore::read_generation`). It keeps the first one's time, so that
+                // nothing is held past the delay however often the key is read.
+                let (first, since) = held.get();
+                if first.generation <= learn.generation {
+                    let since = *since;
+                    held.insert((learn, since));
                 }
             }
             Entry::Vacant(vacant) => {

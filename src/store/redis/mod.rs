@@ -38,7 +38,8 @@
 //! then carries the read and applies it first (under the same generation check) before it looks
 //! at the lease and the precondition. A read-modify-write thus costs two round trips (lease,
 //! outcome) instead of three, and a read whose write never comes is sent on its own, batched
-//! and pipelined, once the delay is over (see `held`).
+//! and pipelined, once the delay is over (see `held`); a later read or load of the key sends it
+//! first, so the round trips of a GET are then one as before, only spent by the next one.
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -512,6 +513,11 @@ impl Store for RedisStore {
 
     async fn read_generation(&self, key: ResourceKey) -> Result<u64, StoreError> {
         self.settled(key).await;
+        // A read held back goes first: this read begins after it, as it would have at once
+        // (so that what this one learns adds to it, say another representation).
+        if let Some(learn) = self.inner.held.take(key) {
+            self.inner.learn_now(key, &learn).await?;
+        }
         if let Some(generation) = self.inner.seen.get(&key) {
             return Ok(*generation);
         }
@@ -903,6 +909,54 @@ mod tests {
         };
         assert_eq!(under.state, KeyState::Unknown);
         store.complete(lease, Outcome::Unchanged).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_read_after_a_held_one_adds_its_representation_to_it() {
+        let store = holding();
+        let k = key(26);
+        let (json, xml) = (validator("j", 1), validator("x", 2));
+        // Two reads one after the other, of two representations (content negotiation).
+        let g = store.read_generation(k).await.unwrap();
+        store.learn_soon(k, g, observed(&json)).await.unwrap();
+        let g = store.read_generation(k).await.unwrap();
+        store.learn_soon(k, g, observed(&xml)).await.unwrap();
+        // A write holding the first one's tag is current, not refused as stale.
+        let Acquired::Held(lease, under) = store
+            .acquire_unless(k, Duration::ZERO, &if_match("j"))
+            .await
+            .unwrap()
+        else {
+            panic!("the first representation's tag was refused");
+        };
+        let KeyState::Present { validators, .. } = under.state else {
+            panic!("not present: {:?}", under.state);
+        };
+        assert!(validators.contains(&json) && validators.contains(&xml));
+        store.complete(lease, Outcome::Unchanged).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_key_read_more_often_than_the_delay_still_has_its_learn_sent() {
+        let delay = Duration::from_millis(100);
+        let store = configured(RedisStoreConfig {
+            learn_delay: delay,
+            ..RedisStoreConfig::default()
+        });
+        let other = sibling(&store);
+        let k = key(27);
+        let g = store.read_generation(k).await.unwrap();
+        let started = Instant::now();
+        // Reads that ran at the same time keep coming, each replacing the held learn.
+        let deadline = started + Duration::from_secs(10);
+        while other.load(k).await.unwrap().state == KeyState::Unknown {
+            assert!(Instant::now() < deadline, "the held learn was never sent");
+            store
+                .learn_soon(k, g, observed(&validator("a", 0)))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
