@@ -851,6 +851,23 @@ mod tests {
         }
     }
 
+    /// The lease a write with `If-Match: <tag>` takes on `key` at once; `refused` says why a
+    /// refusal fails the test.
+    async fn passing(
+        store: &RedisStore,
+        key: ResourceKey,
+        tag: &str,
+        refused: &str,
+    ) -> (RedisLease, Snapshot) {
+        match store
+            .acquire_unless(key, Duration::ZERO, &if_match(tag))
+            .await
+        {
+            Ok(Acquired::Held(lease, under)) => (lease, under),
+            other => panic!("{refused}: {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_held_learn_rides_with_the_next_write_and_its_precondition_sees_it() {
         let store = holding();
@@ -864,13 +881,7 @@ mod tests {
             assert_eq!(other.load(k).await.unwrap().state, KeyState::Unknown);
         }
         // The write's lease request carried it: the state under the lease is what was read...
-        let Acquired::Held(lease, under) = store
-            .acquire_unless(k, Duration::ZERO, &if_match("a"))
-            .await
-            .unwrap()
-        else {
-            panic!("a current If-Match was refused");
-        };
+        let (lease, under) = passing(&store, k, "a", "a current If-Match was refused").await;
         assert_eq!(under.state, contract::present(&[validator("a", 0)]));
         store.complete(lease, Outcome::Unchanged).await.unwrap();
         // ...and a stale one is refused by it in the same call.
@@ -900,13 +911,7 @@ mod tests {
         learn.await.unwrap();
         // A write still holding "old" must not pass on the read's word: the state under its
         // lease is unknown, so the guard revalidates upstream before letting it through.
-        let Acquired::Held(lease, under) = store
-            .acquire_unless(k, Duration::ZERO, &if_match("old"))
-            .await
-            .unwrap()
-        else {
-            panic!("an unknown state refused the write");
-        };
+        let (lease, under) = passing(&store, k, "old", "an unknown state refused the write").await;
         assert_eq!(under.state, KeyState::Unknown);
         store.complete(lease, Outcome::Unchanged).await.unwrap();
     }
@@ -922,13 +927,8 @@ mod tests {
         let g = store.read_generation(k).await.unwrap();
         store.learn_soon(k, g, observed(&xml)).await.unwrap();
         // A write holding the first one's tag is current, not refused as stale.
-        let Acquired::Held(lease, under) = store
-            .acquire_unless(k, Duration::ZERO, &if_match("j"))
-            .await
-            .unwrap()
-        else {
-            panic!("the first representation's tag was refused");
-        };
+        let (lease, under) =
+            passing(&store, k, "j", "the first representation's tag was refused").await;
         let KeyState::Present { validators, .. } = under.state else {
             panic!("not present: {:?}", under.state);
         };
