@@ -9,6 +9,10 @@
 #   SCRIPTS_ONLY=1 SCRIPTS_RS=old.rs bench/shared_store.sh # the same, scripts from another
 #                                                         # version's scripts.rs (git show)
 #   BIN=/tmp/ifmatch-old bench/shared_store.sh     # another build (not built here)
+#   SCRIPTS=0 bench/shared_store.sh                # without the scripts-alone table
+#   WORKERS=1 bench/shared_store.sh                # [server] workers for every proxy (default:
+#                                                  # one per CPU each, so the two replicas run
+#                                                  # twice as many threads as there are CPUs)
 #
 # Each rep runs, in alternating order:
 #   memory   one ifmatch (memory store), one `ifmatch storm` of WRITERS writers
@@ -85,13 +89,18 @@ API_PID=$!
 REDIS_PID=$(redis-cli -p "$PORT_REDIS" info server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')
 wait_http "http://127.0.0.1:$PORT_API/items"
 export RUST_LOG=${RUST_LOG:-warn}
-"$BIN" --upstream "http://127.0.0.1:$PORT_API" --listen "127.0.0.1:$PORT_MEM" \
+PROXY_ARGS=()
+if [ -n "${WORKERS:-}" ]; then
+  printf '[server]\nworkers = %d\n' "$WORKERS" >"$WORK/workers.toml"
+  PROXY_ARGS=(--config "$WORK/workers.toml")
+fi
+"$BIN" "${PROXY_ARGS[@]}" --upstream "http://127.0.0.1:$PORT_API" --listen "127.0.0.1:$PORT_MEM" \
   --admin-listen 127.0.0.1:0 >"$WORK/mem.log" 2>&1 &
 PIDS+=($!)
 MEM_PID=$!
 REPLICA_PIDS=()
 for port in "$PORT_R1" "$PORT_R2"; do
-  "$BIN" --upstream "http://127.0.0.1:$PORT_API" --listen "127.0.0.1:$port" \
+  "$BIN" "${PROXY_ARGS[@]}" --upstream "http://127.0.0.1:$PORT_API" --listen "127.0.0.1:$port" \
     --admin-listen 127.0.0.1:0 --store "redis://127.0.0.1:$PORT_REDIS" >"$WORK/r$port.log" 2>&1 &
   PIDS+=($!)
   REPLICA_PIDS+=($!)
@@ -119,6 +128,12 @@ commits() {
   python3 -c 'import json,sys; print(sum(json.load(open(f))["commits"] for f in sys.argv[1:]))' "$@"
 }
 
+# HTTP requests (reads and write attempts) per commit in the storm reports given: a 409 costs
+# a request and the read that follows it.
+requests() {
+  python3 -c 'import json,sys; r=[json.load(open(f)) for f in sys.argv[1:]]; print(round(sum(x["reads"]+x["attempts"] for x in r)/max(1,sum(x["commits"] for x in r)), 2))' "$@"
+}
+
 # CPU ticks (utime+stime) of the processes given, summed.
 ticks() {
   local total=0 pid
@@ -140,7 +155,7 @@ storm() { # port writers prefix json
 secs=$(python3 -c "import sys; d=sys.argv[1]; print(float(d[:-2])/1000 if d.endswith('ms') else float(d[:-1]) if d.endswith('s') else float(d))" "$DURATION")
 mkdir -p "$OUT"
 TSV=$OUT/shared_store.tsv
-printf 'rep\ttarget\tcommits\tcommits_per_s\tlost\tevalsha_per_commit\tevalsha_usec_per_call\tproxy_cpu_us_per_commit\tredis_cpu_us_per_commit\tapi_cpu_us_per_commit\n' >"$TSV"
+printf 'rep\ttarget\tcommits\tcommits_per_s\tlost\tevalsha_per_commit\tevalsha_usec_per_call\tproxy_cpu_us_per_commit\tredis_cpu_us_per_commit\tapi_cpu_us_per_commit\trequests_per_commit\n' >"$TSV"
 
 run_memory() {
   local prefix="m$1-"
@@ -152,8 +167,8 @@ run_memory() {
   p1=$(ticks "$MEM_PID"); a1=$(ticks "$API_PID")
   c=$(commits "$WORK/m$1.json")
   s=$(sum_keys "$prefix")
-  printf '%s\tmemory\t%s\t%s\t%s\t\t\t%s\t\t%s\n' "$1" "$c" "$(python3 -c "print(round($c/$secs))")" "$((c - s))" \
-    "$(per_commit $((p1 - p0)) "$c")" "$(per_commit $((a1 - a0)) "$c")" >>"$TSV"
+  printf '%s\tmemory\t%s\t%s\t%s\t\t\t%s\t\t%s\t%s\n' "$1" "$c" "$(python3 -c "print(round($c/$secs))")" "$((c - s))" \
+    "$(per_commit $((p1 - p0)) "$c")" "$(per_commit $((a1 - a0)) "$c")" "$(requests "$WORK/m$1.json")" >>"$TSV"
 }
 
 run_redis() {
@@ -174,9 +189,10 @@ run_redis() {
   s=$(sum_keys "$prefix")
   calls=$(sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' "$WORK/stats$1.txt")
   usec=$(sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\),.*/\1/p' "$WORK/stats$1.txt")
-  printf '%s\tredis2\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$c" "$(python3 -c "print(round($c/$secs))")" \
+  printf '%s\tredis2\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$c" "$(python3 -c "print(round($c/$secs))")" \
     "$((c - s))" "$(python3 -c "print(round(${calls:-0}/max($c,1), 2))")" "${usec:-}" \
-    "$(per_commit $((p1 - p0)) "$c")" "$(per_commit $((r1 - r0)) "$c")" "$(per_commit $((a1 - a0)) "$c")" >>"$TSV"
+    "$(per_commit $((p1 - p0)) "$c")" "$(per_commit $((r1 - r0)) "$c")" "$(per_commit $((a1 - a0)) "$c")" \
+    "$(requests "$WORK/a$1.json" "$WORK/b$1.json")" >>"$TSV"
   cp "$WORK/stats$1.txt" "$OUT/shared_store_commandstats_$1.txt"
 }
 
@@ -198,14 +214,15 @@ mem, red = col('memory', 'commits_per_s'), col('redis2', 'commits_per_s')
 def med(target, name):
     values = col(target, name)
     return f"{statistics.median(values):g}" if values else ""
-print("| store | commits/s per rep | median commits/s | lost updates | EVALSHA per commit | EVALSHA usec_per_call under load | proxy CPU µs/commit | redis CPU µs/commit | API CPU µs/commit |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| store | commits/s per rep | median commits/s | lost updates | EVALSHA per commit | EVALSHA usec_per_call under load | proxy CPU µs/commit | redis CPU µs/commit | API CPU µs/commit | HTTP requests per commit |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for target, name in [('memory', 'memory, one proxy'), ('redis2', 'redis, two replicas')]:
     values = col(target, 'commits_per_s')
     print(f"| {name} | {' / '.join(str(int(x)) for x in values)} | {statistics.median(values):.0f} | "
           f"{int(sum(col(target, 'lost')))} | {med(target, 'evalsha_per_commit')} | "
           f"{med(target, 'evalsha_usec_per_call')} | {med(target, 'proxy_cpu_us_per_commit')} | "
-          f"{med(target, 'redis_cpu_us_per_commit')} | {med(target, 'api_cpu_us_per_commit')} |")
+          f"{med(target, 'redis_cpu_us_per_commit')} | {med(target, 'api_cpu_us_per_commit')} | "
+          f"{med(target, 'requests_per_commit')} |")
 ratios = [r / m for m, r in zip(mem, red)]
 print(f"\nredis2 / memory: median of the per-rep ratios {statistics.median(ratios):.2f}x "
       f"(per rep: {', '.join(f'{x:.2f}' for x in ratios)}); ratio of medians "
@@ -213,6 +230,7 @@ print(f"\nredis2 / memory: median of the per-rep ratios {statistics.median(ratio
 PY
 fi
 
+[ "${SCRIPTS:-1}" != 0 ] || exit 0
 # Each script alone, Redis kept busy by redis-benchmark: what a call costs Redis itself.
 log "scripts alone (redis-benchmark)"
 SCRIPTS=$(mktemp -d -p "$WORK")

@@ -22,7 +22,7 @@ use http::StatusCode;
 use redis::Script;
 
 use super::codec::{malformed, millis};
-use super::connection::Connection;
+use super::connection::Connections;
 use super::{RedisStore, bounded};
 use crate::idempotency::Fingerprint;
 use crate::key::ResourceKey;
@@ -82,7 +82,7 @@ pub struct RedisRecords {
 }
 
 struct Inner {
-    conn: Connection,
+    conn: Connections,
     prefix: String,
     timeout: Duration,
     begin: Script,
@@ -127,7 +127,7 @@ impl Inner {
         for arg in args {
             call.arg(*arg);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         bounded(self.timeout, call.invoke_async(&mut conn)).await
     }
 }
