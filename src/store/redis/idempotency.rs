@@ -22,7 +22,7 @@ use http::StatusCode;
 use redis::Script;
 
 use super::codec::{malformed, millis};
-use super::connection::Connections;
+use super::connection::Connection;
 use super::{RedisStore, bounded};
 use crate::idempotency::Fingerprint;
 use crate::key::ResourceKey;
@@ -82,7 +82,7 @@ pub struct RedisRecords {
 }
 
 struct Inner {
-    conn: Connections,
+    conn: Connection,
     prefix: String,
     timeout: Duration,
     begin: Script,
@@ -127,7 +127,7 @@ impl Inner {
         for arg in args {
             call.arg(*arg);
         }
-        let mut conn = self.conn.get();
+        let mut conn = self.conn.clone();
         bounded(self.timeout, call.invoke_async(&mut conn)).await
     }
 }

@@ -61,7 +61,7 @@ mod scripts;
 pub use idempotency::RedisRecords;
 
 use codec::{decode_generation, decode_state, encode_time, encode_validator, malformed, millis};
-use connection::Connections;
+use connection::Connection;
 use held::{Held, Learn};
 use scripts::Scripts;
 
@@ -136,7 +136,7 @@ pub struct RedisLease {
 }
 
 struct Inner {
-    conn: Connections,
+    conn: Connection,
     prefix: String,
     ttl_ms: u64,
     lease_ms: u64,
@@ -174,7 +174,7 @@ impl RedisStore {
     /// # Errors
     /// The URL is invalid.
     pub fn new(config: RedisStoreConfig) -> Result<Self, RedisSetupError> {
-        let conn = Connections::open(&config).map_err(RedisSetupError)?;
+        let conn = Connection::open(&config).map_err(RedisSetupError)?;
         let random = std::collections::hash_map::RandomState::new();
         // Held learns need a task to send them; outside a runtime every learn goes at once.
         let runtime = tokio::runtime::Handle::try_current().ok();
@@ -209,7 +209,7 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError::Unavailable`] when it does not.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.inner.conn.get();
+        let mut conn = self.inner.conn.clone();
         let ping = redis::cmd("PING");
         bounded(self.inner.timeout, ping.query_async::<String>(&mut conn))
             .await
@@ -368,7 +368,7 @@ impl Inner {
     }
 
     async fn run<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Result<T, StoreError> {
-        let mut conn = self.conn.get();
+        let mut conn = self.conn.clone();
         bounded(self.timeout, call.invoke_async(&mut conn)).await
     }
 
@@ -1010,7 +1010,7 @@ mod tests {
             contract::present(std::slice::from_ref(&v))
         );
         // The hash lives a TTL past the trust: between one and two TTLs from now.
-        let mut conn = store.inner.conn.get();
+        let mut conn = store.inner.conn.clone();
         let pttl: i64 = redis::cmd("PTTL")
             .arg(store.inner.key(k))
             .query_async(&mut conn)
@@ -1052,62 +1052,6 @@ mod tests {
             panic!("not present");
         };
         assert_eq!(last_modified, Some(t));
-    }
-
-    /// The id Redis gave the connection a call made here goes on.
-    async fn client_id(store: &RedisStore) -> i64 {
-        let mut conn = store.inner.conn.get();
-        redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await
-            .expect("CLIENT ID")
-    }
-
-    fn current_thread() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    }
-
-    #[test]
-    fn each_worker_thread_calls_on_a_connection_of_its_own_opened_on_its_runtime() {
-        // Built as the binary builds it: on the main, multi-thread runtime.
-        let main = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let store = main.block_on(async { store() });
-        let shared = main.block_on(client_id(&store));
-        let worker = |store: RedisStore| {
-            std::thread::spawn(move || {
-                let runtime = current_thread();
-                let ids =
-                    runtime.block_on(async { (client_id(&store).await, client_id(&store).await) });
-                // The runtime ends, and with it the task that drove its connection; the
-                // thread's next runtime gets a connection of its own, not the dead one.
-                drop(runtime);
-                let again = current_thread().block_on(client_id(&store));
-                (ids, again)
-            })
-        };
-        let (one, two) = (worker(store.clone()), worker(store.clone()));
-        let ((a, a_again), after_a) = one.join().expect("worker");
-        let ((b, b_again), after_b) = two.join().expect("worker");
-        assert_eq!(
-            (a, b),
-            (a_again, b_again),
-            "one connection per runtime, reused"
-        );
-        assert_ne!(a, b, "two worker threads share a connection");
-        assert!(
-            ![a, b].contains(&shared),
-            "a worker calls on the shared connection"
-        );
-        assert!(![a, b, shared].contains(&after_a) && after_a != after_b);
-        assert_eq!(main.block_on(client_id(&store)), shared);
     }
 
     #[tokio::test]
