@@ -11,7 +11,7 @@ use ifmatch::config::{self, Config, ConfigError, Overrides};
 use ifmatch::proxy::Chain;
 use tracing_subscriber::EnvFilter;
 
-/// The binary allocates with mimalloc (without transparent huge pages, which cost 10 MiB of
+/// The binary allocates with mimalloc (without transparent huge pages, which cost 9 MiB of
 /// RSS at rest): a proxied GET makes about twenty small allocations, and glibc's malloc and
 /// free spent some 4.5k instructions on them, 2.9k more than mimalloc (BENCHMARKS.md, issue 16,
 /// round 5). The library leaves the choice to the application.
