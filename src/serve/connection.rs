@@ -18,9 +18,11 @@ use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Sleep;
@@ -317,9 +319,12 @@ impl Scope {
         C: Future<Output = Result<(), E>>,
     {
         let mut conn = pin!(conn);
+        // The connection's task wakes about twice per request, for hyper; the close branch
+        // (two timers and a watch) is polled only when one of them woke it.
         let why = tokio::select! {
+            biased;
             served = conn.as_mut() => return served,
-            why = self.closing() => why,
+            why = OnWake::new(self.closing()) => why,
         };
         tracing::debug!(?why, "closing connection");
         if why == Close::NoRequest {
@@ -330,6 +335,61 @@ impl Scope {
             served = conn => served,
             () = self.activity.idle(self.deadlines.idle) => Ok(()),
         }
+    }
+}
+
+pin_project! {
+    /// A future polled once at first, and after that only when it woke the task itself: a
+    /// branch of a `select!` that costs nothing when the other branches woke the task.
+    struct OnWake<F> {
+        #[pin]
+        inner: F,
+        flag: Arc<WakeFlag>,
+        // `flag` as a waker, made once.
+        waker: Waker,
+    }
+}
+
+/// Whether an [`OnWake`] future woke its task since it was last polled, and that task.
+#[derive(Debug)]
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl<F> OnWake<F> {
+    fn new(inner: F) -> Self {
+        let flag = Arc::new(WakeFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(Arc::clone(&flag));
+        Self { inner, flag, waker }
+    }
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> Future for OnWake<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        // Registered before the flag is read, so a wake-up between the two is not lost.
+        this.flag.task.register(cx.waker());
+        if !this.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        this.inner.poll(&mut Context::from_waker(this.waker))
     }
 }
 
@@ -357,4 +417,71 @@ pub(crate) async fn until_closed<C: Future>(
         () = close => graceful(conn.as_mut()),
     }
     conn.await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Counts its polls and keeps the last waker it was given; ready once `done` is set.
+    #[derive(Default)]
+    struct Probe {
+        polls: Mutex<u32>,
+        waker: Mutex<Option<Waker>>,
+        done: AtomicBool,
+    }
+
+    struct Probed(Arc<Probe>);
+
+    impl Future for Probed {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            *self.0.polls.lock().unwrap() += 1;
+            *self.0.waker.lock().unwrap() = Some(cx.waker().clone());
+            if self.0.done.load(Ordering::Relaxed) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Counts the wake-ups of the task.
+    #[derive(Default)]
+    struct TaskWakes(AtomicU64);
+
+    impl Wake for TaskWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_wrapped_future_is_polled_first_and_then_only_after_its_own_wake_up() {
+        let probe = Arc::new(Probe::default());
+        let task = Arc::new(TaskWakes::default());
+        let task_waker = Waker::from(Arc::clone(&task));
+        let mut cx = Context::from_waker(&task_waker);
+        let mut wrapped = pin!(OnWake::new(Probed(Arc::clone(&probe))));
+        let polls = || *probe.polls.lock().unwrap();
+
+        assert!(wrapped.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls(), 1, "the first poll reaches the inner future");
+
+        // The task woke for something else: the inner future is not polled.
+        assert!(wrapped.as_mut().poll(&mut cx).is_pending());
+        assert!(wrapped.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls(), 1, "polled without a wake-up of its own");
+
+        // The inner future wakes: the task is woken, and the next poll reaches it.
+        probe.done.store(true, Ordering::Relaxed);
+        let inner_waker = probe.waker.lock().unwrap().take().unwrap();
+        inner_waker.wake();
+        assert_eq!(task.0.load(Ordering::Relaxed), 1, "the task was woken");
+        assert!(wrapped.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(polls(), 2);
+    }
 }
