@@ -320,11 +320,13 @@ impl Scope {
     {
         let mut conn = pin!(conn);
         // The connection's task wakes about twice per request, for hyper; the close branch
-        // (two timers and a watch) is polled only when one of them woke it.
+        // (two timers and a watch) is polled only when one of them woke it. It is polled
+        // first: a connection that spent the task's whole cooperative budget would otherwise
+        // leave its timers none, every time, and the connection would never close.
         let why = tokio::select! {
             biased;
-            served = conn.as_mut() => return served,
             why = OnWake::new(self.closing()) => why,
+            served = conn.as_mut() => return served,
         };
         tracing::debug!(?why, "closing connection");
         if why == Close::NoRequest {
@@ -457,6 +459,45 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A connection that spends its task's whole cooperative budget on every poll (as an h2c
+    /// peer that keeps the socket full can make it) must not starve the close branch: with the
+    /// connection polled first, the close branch's timers would always find the budget empty.
+    #[tokio::test]
+    async fn a_connection_that_spends_its_whole_budget_still_closes_on_time() {
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let deadlines = Deadlines {
+            idle: Duration::from_secs(3600),
+            first_request: Duration::from_millis(10),
+            linger: Duration::from_secs(1),
+        };
+        let (_stop, stopped) = watch::channel(false);
+        let scope = Scope::new(
+            Slot::new(permit, false, None),
+            Activity::default(),
+            deadlines,
+            stopped,
+        );
+        let busy = Arc::new(AtomicBool::new(true));
+        let spinning = Arc::clone(&busy);
+        let served = tokio::spawn(async move {
+            let conn = async move {
+                while spinning.load(Ordering::Relaxed) {
+                    tokio::task::consume_budget().await;
+                }
+                Ok::<(), ()>(())
+            };
+            scope.serve(conn, |_| {}).await
+        });
+        let closed = tokio::time::timeout(Duration::from_secs(10), served).await;
+        busy.store(false, Ordering::Relaxed);
+        assert!(
+            matches!(closed, Ok(Ok(Ok(())))),
+            "the no-request deadline never fired: {closed:?}"
+        );
     }
 
     #[test]
