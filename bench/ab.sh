@@ -5,6 +5,7 @@
 #
 #   BIN_A=/tmp/old/release/ifmatch BIN_B=target/release/ifmatch bench/ab.sh
 #   METHOD=PUT IF_MATCH='"stale"' CONNS=32 ROUNDS=5 bench/ab.sh
+#   BARE=1 URL_PATH=/plain/262144 KEYS=0 CONNS=8 bench/ab.sh   # --passthrough, 256 KiB bodies
 #
 # Build A from a worktree: `git worktree add /tmp/old <commit>` and
 # `(cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release --bin ifmatch)`.
@@ -24,6 +25,11 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-4}
 PORT_UP=${PORT_UP:-18480}
 PORT_PROXY=${PORT_PROXY:-18481}
+# The path, or its prefix with a random key in [1, KEYS] (KEYS=0: always the path).
+URL_PATH=${URL_PATH:-/items/}
+KEYS=${KEYS:-1000}
+EXTRA=()
+[ -z "${BARE:-}" ] || EXTRA=(--passthrough)
 
 PIDS=()
 cleanup() {
@@ -36,7 +42,7 @@ trap cleanup EXIT
 PIDS+=($!)
 
 load() { # duration, extra wrk flags
-  WRK_METHOD=$METHOD WRK_IF_MATCH=$IF_MATCH WRK_PATH=/items/ WRK_KEYS=1000 \
+  WRK_METHOD=$METHOD WRK_IF_MATCH=$IF_MATCH WRK_PATH=$URL_PATH WRK_KEYS=$KEYS \
     wrk -t1 -c"$CONNS" -d"$1" "${@:2}" -s "$ROOT/bench/wrk/req.lua" "http://127.0.0.1:$PORT_PROXY"
 }
 cpu() { # utime+stime of the proxy, in ticks
@@ -47,7 +53,7 @@ cpu() { # utime+stime of the proxy, in ticks
 }
 run() { # binary, name
   "$1" --upstream "http://127.0.0.1:$PORT_UP" --listen "127.0.0.1:$PORT_PROXY" \
-    --admin-listen 127.0.0.1:0 2>/dev/null &
+    --admin-listen 127.0.0.1:0 "${EXTRA[@]}" 2>/dev/null &
   local proxy=$!
   for _ in $(seq 1 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT_PROXY") 2>/dev/null && break
