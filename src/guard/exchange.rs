@@ -17,14 +17,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, ETAG};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
@@ -55,11 +55,26 @@ pub(crate) struct Exchange<St: Store> {
     pub(crate) versions: Versions,
 }
 
-/// Attached to the 504 of a write still running upstream: its status once the upstream answers
-/// (`Some(Some(status))`), or that it never did (`Some(None)`); `None` while it runs. The
-/// idempotency layer above reads it to end the key the 504 held.
+/// Attached to the 504 of a write still running upstream: once the upstream answers, its
+/// status (`Some(status)`), or that it never did (`None`; also when the exchange is dropped
+/// unfinished). The idempotency layer above takes it to end the key the 504 held.
+///
+/// A one-shot channel, made for every forwarded write and sent on when the answer comes: a
+/// `watch` channel cost a write about a thousand instructions more (its eight notifiers are
+/// woken on every send). Shared behind a lock only on a 504, since extensions must be `Clone`.
 #[derive(Debug, Clone)]
-pub(crate) struct LateOutcome(pub(crate) tokio::sync::watch::Receiver<Option<Option<StatusCode>>>);
+pub(crate) struct LateOutcome(Arc<Mutex<Option<oneshot::Receiver<Option<StatusCode>>>>>);
+
+impl LateOutcome {
+    fn new(late: oneshot::Receiver<Option<StatusCode>>) -> Self {
+        Self(Arc::new(Mutex::new(Some(late))))
+    }
+
+    /// The outcome to wait for; `None` once taken (by a clone too).
+    pub(crate) fn take(&self) -> Option<oneshot::Receiver<Option<StatusCode>>> {
+        self.0.lock().ok()?.take()
+    }
+}
 
 /// Forwards `req` through `inner` and waits for the answer, at most the route's
 /// `response_timeout` (then 504, and the exchange goes on in a task of its own).
@@ -88,14 +103,15 @@ where
     let audience = super::versions::audience(req.headers());
     let call = inner.call(req);
     let remembered = (exchange.versions.clone(), exchange.key, audience);
-    let (late, late_rx) = tokio::sync::watch::channel(None);
+    let (late, late_rx) = oneshot::channel();
 
     let run = async move {
         let answer = tokio::time::timeout(exchange.policy.write_outcome_timeout, call).await;
-        late.send_replace(Some(match &answer {
+        // Refused only when no 504 waits for it: then nobody needs it.
+        let _ = late.send(match &answer {
             Ok(Ok(response)) => Some(response.status()),
             _ => None,
-        }));
+        });
         let outcome = match &answer {
             Ok(Ok(response)) => {
                 let (status, headers) = (response.status(), response.headers());
@@ -141,7 +157,7 @@ where
         Ok(Ok(Err(error))) => Err(error),
         Ok(Err(_)) | Err(_) => {
             let mut response = pending(&policy, instance);
-            response.extensions_mut().insert(LateOutcome(late_rx));
+            response.extensions_mut().insert(LateOutcome::new(late_rx));
             Ok(response)
         }
     }

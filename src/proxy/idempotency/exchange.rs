@@ -200,7 +200,11 @@ where
                 "outcome unknown: idempotency key held until its expiry");
             // The guard's 504 for a write still running: once the upstream answers, end the
             // key by that answer (it applied: a retry must never run it again).
-            if let Some(LateOutcome(late)) = response.extensions().get::<LateOutcome>().cloned() {
+            if let Some(late) = response
+                .extensions()
+                .get::<LateOutcome>()
+                .and_then(LateOutcome::take)
+            {
                 let records = records.clone();
                 let retention = policy.idempotency.retention;
                 tokio::spawn(async move {
@@ -250,21 +254,15 @@ where
 /// applied write leaves a completed, not replayable record (a retry gets 409, never a second
 /// execution); a failed one releases the key; no answer leaves it held.
 async fn settle_late<R: IdempotencyStore>(
-    mut late: tokio::sync::watch::Receiver<Option<Option<StatusCode>>>,
+    late: tokio::sync::oneshot::Receiver<Option<StatusCode>>,
     records: &R,
     claim: Claim,
     fingerprint: Fingerprint,
     retention: Duration,
     expiry: tokio::time::Instant,
 ) {
-    let answered = tokio::time::timeout_at(expiry, async {
-        late.wait_for(Option::is_some)
-            .await
-            .ok()
-            .and_then(|outcome| *outcome)
-    })
-    .await;
-    let Ok(Some(Some(status))) = answered else {
+    // Err inside: the exchange was dropped unfinished, so it never answered.
+    let Ok(Ok(Some(status))) = tokio::time::timeout_at(expiry, late).await else {
         return;
     };
     match disposition(status) {
