@@ -34,7 +34,7 @@ use hyper::body::{Frame, Incoming};
 use support::raw::{Raw, exchange, exchange_bytes, parse};
 use support::{
     Answer, Backend, BackendHandle, Client, Proxy, ProxyHandle, Reply, TestBody, bounded, config,
-    full, request,
+    config_toml, full, request, sample,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -356,7 +356,11 @@ async fn a_hung_write_is_answered_504_and_fenced_until_its_outcome_bound() {
             })
             .spawn()
             .await;
-        let mut config = config(backend.addr);
+        // A route of its own, so that its metrics count this test's writes only.
+        let mut config = config_toml(&format!(
+            "[[routes]]\nname = \"hung-write\"\nupstream = \"http://{}\"\n",
+            backend.addr
+        ));
         config.server.response_timeout = std::time::Duration::from_millis(300);
         config.server.body_read_timeout = std::time::Duration::from_millis(300);
         // Past this the hung write's outcome is given up on: its resource becomes unknown.
@@ -396,6 +400,16 @@ async fn a_hung_write_is_answered_504_and_fenced_until_its_outcome_bound() {
         assert_eq!(backend.hits(Method::GET, "/doc"), 2);
         assert_eq!(doc.get(), "b");
         assert_eq!(key_state(&client, &proxy, "/doc").await, "unknown");
+        // The hung write is counted as given up on: the guard's bound ended it, not a timer
+        // of the upstream client's racing it with the same bound.
+        let metrics = client.get(proxy.admin_url("/metrics")).await;
+        let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+        let route = ["route=\"hung-write\""];
+        assert_eq!(
+            sample(&metrics, "ifmatch_write_outcomes_abandoned_total", &route),
+            Some(1.0),
+            "{metrics}"
+        );
     })
     .await;
 }

@@ -239,8 +239,10 @@ impl Default for Policy {
 }
 
 /// In a forwarded write's extensions: how long the inner service may take to answer it. The
-/// guard waits for the outcome of a write this long, whatever happens to the client, so a
-/// client (such as the proxy's upstream client) should not give up on the exchange sooner.
+/// guard waits for the outcome of a write this long, whatever happens to the client, and then
+/// gives up on it itself (the resource becomes unknown, counted in
+/// `ifmatch_write_outcomes_abandoned_total`). A client under it should not give up on the
+/// exchange sooner; the proxy's upstream client runs no timer of its own for such a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamDeadline(pub Duration);
 

@@ -87,16 +87,19 @@ impl Service<UpstreamRequest> for UpstreamClient {
         let route = req.extensions().get::<Target>().map(|t| t.metrics.clone());
         let body_read_timeout = self.body_read_timeout;
         // A guarded write's exchange runs to its outcome, whoever stops waiting for it: the
-        // guard answers the client at the response timeout itself.
-        let timeout = req
-            .extensions()
-            .get::<UpstreamDeadline>()
-            .map_or(self.response_timeout, |deadline| deadline.0);
+        // guard bounds it by `write_outcome_timeout` itself (and answers the client at the
+        // response timeout). A timer of our own with that same bound would race the guard's
+        // and win, and the guard would not see that it gave up on the write.
+        let deadline = match req.extensions().get::<UpstreamDeadline>() {
+            Some(_) => None,
+            None => Some(tokio::time::sleep(self.response_timeout)),
+        };
         let req = req.map(|body| TimedBody::new(body, body_read_timeout));
         let exchange: Exchange = Box::pin(exchange(self.pool.clone(), req));
         ResponseFuture {
-            inner: tokio::time::timeout(timeout, exchange),
-            timeout,
+            exchange,
+            deadline,
+            timeout: self.response_timeout,
             body_read_timeout,
             started: Instant::now(),
             route,
@@ -107,8 +110,10 @@ impl Service<UpstreamRequest> for UpstreamClient {
 pin_project! {
     /// The upstream's response, or why there is none.
     pub struct ResponseFuture {
+        exchange: Exchange,
+        // When the response timeout ends the wait; none for a write the guard bounds.
         #[pin]
-        inner: tokio::time::Timeout<Exchange>,
+        deadline: Option<tokio::time::Sleep>,
         timeout: Duration,
         body_read_timeout: Duration,
         started: Instant,
@@ -121,21 +126,28 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
+        // `None`: the deadline passed first.
+        let result = match this.exchange.as_mut().poll(cx) {
+            Poll::Ready(result) => Some(result),
+            Poll::Pending => match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
+                Some(Poll::Ready(())) => None,
+                _ => return Poll::Pending,
+            },
+        };
         if let Some(route) = this.route.take() {
             route
                 .upstream_duration()
                 .record(this.started.elapsed().as_secs_f64());
         }
         Poll::Ready(match result {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(Failure::Connect(e))) => Err(UpstreamError::Connect(e)),
-            Ok(Err(Failure::Request(e))) if BodyTimedOut::caused(&e) => {
+            Some(Ok(response)) => Ok(response),
+            Some(Err(Failure::Connect(e))) => Err(UpstreamError::Connect(e)),
+            Some(Err(Failure::Request(e))) if BodyTimedOut::caused(&e) => {
                 Err(UpstreamError::BodyTimeout(*this.body_read_timeout))
             }
-            Ok(Err(Failure::Request(e))) => Err(UpstreamError::Request(e)),
-            Ok(Err(Failure::Internal(what))) => Err(UpstreamError::Internal(what)),
-            Err(_elapsed) => Err(UpstreamError::Timeout(*this.timeout)),
+            Some(Err(Failure::Request(e))) => Err(UpstreamError::Request(e)),
+            Some(Err(Failure::Internal(what))) => Err(UpstreamError::Internal(what)),
+            None => Err(UpstreamError::Timeout(*this.timeout)),
         })
     }
 }
