@@ -410,6 +410,13 @@ async fn a_hung_write_is_answered_504_and_fenced_until_its_outcome_bound() {
             Some(1.0),
             "{metrics}"
         );
+        // Every exchange with the upstream is timed, the abandoned one too (at its bound): the
+        // first read, the hung write, the second writer's revalidation and its write.
+        assert_eq!(
+            sample(&metrics, "ifmatch_upstream_duration_seconds_count", &route),
+            Some(4.0),
+            "{metrics}"
+        );
     })
     .await;
 }

@@ -11,6 +11,8 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tokio::task::Unconstrained;
+use tokio::time::Sleep;
 use tower::Service;
 
 mod pool;
@@ -92,7 +94,11 @@ impl Service<UpstreamRequest> for UpstreamClient {
         // and win, and the guard would not see that it gave up on the write.
         let deadline = match req.extensions().get::<UpstreamDeadline>() {
             Some(_) => None,
-            None => Some(tokio::time::sleep(self.response_timeout)),
+            // Unconstrained, as tokio's own timeout polls its timer: an exchange that spent the
+            // task's cooperative budget does not push the deadline back.
+            None => Some(tokio::task::unconstrained(tokio::time::sleep(
+                self.response_timeout,
+            ))),
         };
         let req = req.map(|body| TimedBody::new(body, body_read_timeout));
         let exchange: Exchange = Box::pin(exchange(self.pool.clone(), req));
@@ -113,11 +119,27 @@ pin_project! {
         exchange: Exchange,
         // When the response timeout ends the wait; none for a write the guard bounds.
         #[pin]
-        deadline: Option<tokio::time::Sleep>,
+        deadline: Option<Unconstrained<Sleep>>,
         timeout: Duration,
         body_read_timeout: Duration,
         started: Instant,
+        // Taken when the duration is recorded.
         route: Option<Arc<RouteMetrics>>,
+    }
+
+    impl PinnedDrop for ResponseFuture {
+        // A write the guard gave up on is dropped unfinished at the guard's bound: its
+        // exchange still took that long, and leaving it out would hide the slowest ones.
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.deadline.is_none() {
+                if let Some(route) = this.route.take() {
+                    route
+                        .upstream_duration()
+                        .record(this.started.elapsed().as_secs_f64());
+                }
+            }
+        }
     }
 }
 
