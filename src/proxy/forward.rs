@@ -20,8 +20,6 @@ use crate::serve::ClientAddr;
 
 /// Headers meaningful only for one connection (RFC 9110 §7.6.1), besides those `Connection`
 /// names. `Proxy-Connection` and `Keep-Alive` are obsolete but still sent by old clients.
-/// The hop-by-hop headers (RFC 9110 §7.6.1, and the `Keep-Alive` and `Proxy-Connection` of
-/// older clients), stripped from every message forwarded either way.
 const HOP_BY_HOP_NAMES: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -34,6 +32,7 @@ const HOP_BY_HOP_NAMES: [&str; 9] = [
     "trailer",
 ];
 
+/// [`HOP_BY_HOP_NAMES`] as header names.
 static HOP_BY_HOP: [HeaderName; 9] = {
     let n = &HOP_BY_HOP_NAMES;
     [
