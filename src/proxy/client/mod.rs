@@ -133,11 +133,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if this.deadline.is_none() {
-                if let Some(route) = this.route.take() {
-                    route
-                        .upstream_duration()
-                        .record(this.started.elapsed().as_secs_f64());
-                }
+                record_duration(this.route, *this.started);
             }
         }
     }
@@ -156,11 +152,7 @@ impl Future for ResponseFuture {
                 _ => return Poll::Pending,
             },
         };
-        if let Some(route) = this.route.take() {
-            route
-                .upstream_duration()
-                .record(this.started.elapsed().as_secs_f64());
-        }
+        record_duration(this.route, *this.started);
         Poll::Ready(match result {
             Some(Ok(response)) => Ok(response),
             Some(Err(Failure::Connect(e))) => Err(UpstreamError::Connect(e)),
@@ -171,6 +163,15 @@ impl Future for ResponseFuture {
             Some(Err(Failure::Internal(what))) => Err(UpstreamError::Internal(what)),
             None => Err(UpstreamError::Timeout(*this.timeout)),
         })
+    }
+}
+
+/// Records the exchange's duration in its route's histogram, once: `route` is taken.
+fn record_duration(route: &mut Option<Arc<RouteMetrics>>, started: Instant) {
+    if let Some(route) = route.take() {
+        route
+            .upstream_duration()
+            .record(started.elapsed().as_secs_f64());
     }
 }
 
