@@ -107,6 +107,38 @@ pub struct Refusal {
     pub condition: RefusalCondition,
 }
 
+impl Refusal {
+    /// Whether `state` shows this precondition failed, as [`Store::acquire_unless`] decides
+    /// it: `If-Match` fails on a state with validators of the variant none of which it names
+    /// and, through no query, on a resource known to be absent; `If-Match: *` only on the
+    /// latter; `If-None-Match: *` on a state with a validator of the variant. A state without
+    /// a validator of the variant is left to the write (it revalidates under its lease).
+    pub fn fails(&self, state: &KeyState) -> bool {
+        match state {
+            KeyState::Unknown => false,
+            KeyState::Absent => {
+                self.variant == 0 && self.condition != RefusalCondition::IfNoneMatchAny
+            }
+            KeyState::Present { validators, .. } => {
+                let mut of_variant = validators
+                    .iter()
+                    .filter(|v| v.representation.variant() == self.variant)
+                    .peekable();
+                if of_variant.peek().is_none() {
+                    return false;
+                }
+                match &self.condition {
+                    RefusalCondition::IfMatch(tags) => {
+                        !of_variant.any(|v| tags.iter().any(|tag| **tag == *v.tag.opaque()))
+                    }
+                    RefusalCondition::IfMatchAny => false,
+                    RefusalCondition::IfNoneMatchAny => true,
+                }
+            }
+        }
+    }
+}
+
 /// The precondition a [`Refusal`] checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefusalCondition {
@@ -242,5 +274,55 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// its server has its own).
     fn stats(&self) -> Option<StoreStats> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract::{present, validator};
+
+    fn refusal(variant: u32, condition: RefusalCondition) -> Refusal {
+        Refusal { variant, condition }
+    }
+
+    fn if_match(variant: u32, tags: &[&str]) -> Refusal {
+        let tags = tags.iter().map(|&t| Box::from(t)).collect();
+        refusal(variant, RefusalCondition::IfMatch(tags))
+    }
+
+    /// The same decisions as the Redis `ACQUIRE` script makes (the store contract checks both).
+    #[test]
+    fn a_refusal_fails_only_on_a_state_that_shows_it() {
+        // Representation 1 is the plain path's view; 7 << 32 | 1 the query variant 7's.
+        let plain = validator("cur", 1);
+        let view = validator("v7", (7 << 32) | 1);
+        let both = present(&[plain, view]);
+        let any = RefusalCondition::IfMatchAny;
+        let none = RefusalCondition::IfNoneMatchAny;
+        let cases = [
+            (if_match(0, &["old"]), &both, true),
+            (if_match(0, &["old", "cur"]), &both, false),
+            (if_match(0, &[]), &both, true),
+            // Another view's tag does not match this one.
+            (if_match(0, &["v7"]), &both, true),
+            (if_match(7, &["v7"]), &both, false),
+            (if_match(7, &["cur"]), &both, true),
+            // No validator of this view: left to the write, which revalidates.
+            (if_match(3, &["old"]), &both, false),
+            (refusal(0, any.clone()), &both, false),
+            (refusal(0, none.clone()), &both, true),
+            (refusal(3, none.clone()), &both, false),
+            (if_match(0, &["old"]), &KeyState::Absent, true),
+            (refusal(0, any.clone()), &KeyState::Absent, true),
+            (refusal(0, none.clone()), &KeyState::Absent, false),
+            // Through a query, absence is not known.
+            (if_match(7, &["old"]), &KeyState::Absent, false),
+            (if_match(0, &["old"]), &KeyState::Unknown, false),
+            (refusal(0, none), &KeyState::Unknown, false),
+        ];
+        for (refusal, state, fails) in cases {
+            assert_eq!(refusal.fails(state), fails, "{refusal:?} on {state:?}");
+        }
     }
 }

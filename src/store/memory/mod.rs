@@ -52,7 +52,9 @@ use self::eviction::{Rings, Watermarks};
 use self::hasher::KeyHasherBuilder;
 use self::lease::Leases;
 pub use self::lease::MemoryLease;
-use super::{KeyState, Observation, Outcome, Snapshot, Store, StoreError, StoreStats};
+use super::{
+    Acquired, KeyState, Observation, Outcome, Refusal, Snapshot, Store, StoreError, StoreStats,
+};
 use crate::key::ResourceKey;
 
 /// Limits of the in-memory store.
@@ -196,6 +198,25 @@ impl Store for MemoryStore {
         let snapshot = self.inner.mark_leased(key);
         self.inner.count_lookup(&snapshot);
         Ok((lease, snapshot))
+    }
+
+    /// Refuses without a lease when the entry, read under its shard lock, is not leased and
+    /// shows the precondition failed: the refusal is ordered before any write that takes the
+    /// lease afterwards (a lease taken but not yet marked has changed nothing). Otherwise it
+    /// takes the lease as [`Store::acquire`] does.
+    async fn acquire_unless(
+        &self,
+        key: ResourceKey,
+        wait: Duration,
+        refusal: &Refusal,
+    ) -> Result<Acquired<MemoryLease>, StoreError> {
+        let snapshot = self.inner.load(key);
+        if !snapshot.leased && refusal.fails(&snapshot.state) {
+            self.inner.count_lookup(&snapshot);
+            return Ok(Acquired::Refused(snapshot));
+        }
+        let (lease, snapshot) = self.acquire(key, wait).await?;
+        Ok(Acquired::Held(lease, snapshot))
     }
 
     async fn complete(&self, lease: MemoryLease, outcome: Outcome) -> Result<(), StoreError> {

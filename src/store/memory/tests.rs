@@ -86,3 +86,51 @@ async fn expired_state_is_not_revived_under_a_lease() {
     store.complete(lease, Outcome::Unchanged).await.unwrap();
     assert_eq!(store.load(key(1)).await.unwrap().state, KeyState::Unknown);
 }
+
+fn if_match(tags: &[&str]) -> Refusal {
+    Refusal {
+        variant: 0,
+        condition: crate::store::RefusalCondition::IfMatch(
+            tags.iter().map(|&t| Box::from(t)).collect(),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_stale_write_is_refused_without_taking_the_lease() {
+    let store = MemoryStore::default();
+    let g = store.load(key(1)).await.unwrap().generation;
+    assert!(
+        store
+            .learn(key(1), g, observed(&validator("cur", 1)))
+            .await
+            .unwrap()
+    );
+    let before = store.load(key(1)).await.unwrap();
+    let Acquired::Refused(snapshot) = store
+        .acquire_unless(key(1), Duration::ZERO, &if_match(&["old"]))
+        .await
+        .unwrap()
+    else {
+        panic!("a stale If-Match took the lease");
+    };
+    // Nothing changed: the state, its generation (a read in flight may still learn), no lease.
+    assert_eq!(snapshot, before);
+    assert_eq!(store.load(key(1)).await.unwrap(), before);
+    let (lease, _) = store.acquire(key(1), Duration::ZERO).await.unwrap();
+    // Leased: the state may be changing, so the same refusal waits for the lease instead.
+    let waited = store
+        .acquire_unless(key(1), Duration::from_millis(20), &if_match(&["old"]))
+        .await;
+    assert!(matches!(waited, Err(StoreError::LeaseTimeout)));
+    store.complete(lease, Outcome::Unchanged).await.unwrap();
+    // A current If-Match, and an unknown resource, take the lease.
+    for (k, refusal) in [(key(1), if_match(&["cur"])), (key(2), if_match(&["old"]))] {
+        let acquired = store.acquire_unless(k, Duration::ZERO, &refusal).await;
+        let Ok(Acquired::Held(lease, snapshot)) = acquired else {
+            panic!("{refusal:?} on {k:?} did not take the lease");
+        };
+        assert!(snapshot.leased);
+        store.complete(lease, Outcome::Unchanged).await.unwrap();
+    }
+}
