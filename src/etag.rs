@@ -164,6 +164,18 @@ pub(crate) fn trim_ows(mut bytes: &[u8]) -> &[u8] {
     bytes
 }
 
+impl EntityTag {
+    /// Appends the tag as it goes on the wire (what `Display` writes, without the formatter).
+    pub(crate) fn push_wire(&self, out: &mut String) {
+        if self.weak {
+            out.push_str("W/");
+        }
+        out.push('"');
+        out.push_str(&self.opaque);
+        out.push('"');
+    }
+}
+
 impl fmt::Display for EntityTag {
     /// Formats as it goes on the wire: `"opaque"` or `W/"opaque"`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -321,6 +333,9 @@ mod tests {
             (weak("a,b"), "W/\"a,b\""),
         ] {
             assert_eq!(tag.to_string(), wire);
+            let mut pushed = String::from("x");
+            tag.push_wire(&mut pushed);
+            assert_eq!(pushed, format!("x{wire}"));
             assert_eq!(wire.parse::<EntityTag>().unwrap(), tag);
         }
     }

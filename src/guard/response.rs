@@ -340,58 +340,70 @@ fn push_json_str(out: &mut String, text: &str) {
 /// Appends `text` escaped for the inside of a JSON string, byte for byte as `serde_json` does:
 /// `"` and `\` backslashed, `\b \f \n \r \t` short, other control characters as `\u00XX`
 /// (lowercase hex), everything else (DEL and non-ASCII included) as is.
+///
+/// Eight bytes at a time: a word with no byte to escape is skipped whole, and in one that has
+/// some, the first is found from the mask without looking at the bytes before it.
 fn push_json_escaped(out: &mut String, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
     let mut start = 0;
     let mut i = 0;
-    while i < bytes.len() {
-        // Eight bytes at a time while none needs escaping (the usual case: prose).
-        if let Some(chunk) = bytes.get(i..i + 8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            if !needs_escape(u64::from_le_bytes(word)) {
-                i += 8;
-                continue;
-            }
-        }
-        let byte = bytes[i];
-        i += 1;
-        if byte >= 0x20 && byte != b'"' && byte != b'\\' {
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let mask = escape_mask(u64::from_le_bytes(word));
+        if mask == 0 {
+            i += 8;
             continue;
         }
-        let at = i - 1;
-        // `at` is at an ASCII byte, so both slices end on char boundaries.
-        out.push_str(&text[start..at]);
-        match byte {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            0x08 => out.push_str("\\b"),
-            0x0c => out.push_str("\\f"),
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
-            b'\t' => out.push_str("\\t"),
-            _ => {
-                out.push_str("\\u00");
-                out.push(char::from(HEX[usize::from(byte >> 4)]));
-                out.push(char::from(HEX[usize::from(byte & 0xf)]));
-            }
+        // The mask's lowest flag is exact (see `escape_mask`); a lowest set bit is a byte's
+        // bit 7, so this is that byte's index in the word.
+        let at = i + (mask.trailing_zeros() / 8) as usize;
+        push_escaped_byte(out, text, start, at);
+        start = at + 1;
+        i = at + 1;
+    }
+    for (at, &byte) in bytes.iter().enumerate().skip(i) {
+        if byte < 0x20 || byte == b'"' || byte == b'\\' {
+            push_escaped_byte(out, text, start, at);
+            start = at + 1;
         }
-        start = i;
     }
     out.push_str(&text[start..]);
 }
 
-/// Whether any of the eight bytes of `word` is a control character, `"` or `\\` (exact: the
-/// usual "has a zero byte" and "has a byte less than" bit tricks, which never flag a byte of
-/// 0x80 or more).
-fn needs_escape(word: u64) -> bool {
+/// Appends `text[start..at]` and then the escape of the ASCII byte at `at`, one that needs
+/// escaping (so both slices end on char boundaries).
+fn push_escaped_byte(out: &mut String, text: &str, start: usize, at: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push_str(&text[start..at]);
+    let byte = text.as_bytes()[at];
+    match byte {
+        b'"' => out.push_str("\\\""),
+        b'\\' => out.push_str("\\\\"),
+        0x08 => out.push_str("\\b"),
+        0x0c => out.push_str("\\f"),
+        b'\n' => out.push_str("\\n"),
+        b'\r' => out.push_str("\\r"),
+        b'\t' => out.push_str("\\t"),
+        _ => {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+    }
+}
+
+/// Bit 7 of each byte of `word` that is a control character, `"` or `\\`, with false flags
+/// possible only above the lowest true one (the usual "has a zero byte" and "has a byte less
+/// than" bit tricks: a borrow runs upward only from a flagged byte, and a byte of 0x80 or more
+/// is never flagged on its own). So the mask is 0 exactly when no byte needs escaping, and its
+/// lowest flag is the first byte that does.
+fn escape_mask(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let below = |n: u64| word.wrapping_sub(ONES * n) & !word & HIGHS;
     let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
     below(0x20) | zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\')))
-        != 0
 }
 
 #[cfg(test)]
@@ -550,10 +562,35 @@ mod tests {
                     let mut word = [fill; 8];
                     word[at] = byte;
                     assert_eq!(
-                        needs_escape(u64::from_le_bytes(word)),
+                        escape_mask(u64::from_le_bytes(word)) != 0,
                         escaped,
                         "{byte:#x} at {at}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_lowest_flag_is_the_first_byte_to_escape() {
+        let escaped = |byte: u8| byte < 0x20 || byte == b'"' || byte == b'\\';
+        // Two bytes of every kind at every pair of places, over fills of both kinds: the one
+        // placed first decides, whatever a borrow does above it.
+        let kinds = [0x00, 0x01, 0x1f, 0x20, b'"', b'\\', b'a', 0x7f, 0x80, 0xff];
+        for first in kinds {
+            for second in kinds {
+                for a in 0..8 {
+                    for b in a + 1..8 {
+                        for fill in [b'a', 0xff, 0x80, 0x21] {
+                            let mut word = [fill; 8];
+                            word[a] = first;
+                            word[b] = second;
+                            let expected = word.iter().position(|&byte| escaped(byte));
+                            let mask = escape_mask(u64::from_le_bytes(word));
+                            let found = (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize);
+                            assert_eq!(found, expected, "{word:x?}");
+                        }
+                    }
                 }
             }
         }
