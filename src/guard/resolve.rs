@@ -171,7 +171,9 @@ impl<S, St: Store> Stale<'_, S, St> {
                 versions: &versions,
                 read_body: true,
             };
-            if let Ok(fresh) = revalidation.run::<B, RB>(key, generation, get).await? {
+            // Boxed: a fetch is rare (and a round trip), and its state would otherwise size
+            // every stale write's future.
+            if let Ok(fresh) = Box::pin(revalidation.run::<B, RB>(key, generation, get)).await? {
                 match super::write::check(&fresh, pre, &policy, instance) {
                     None => {
                         if let Some(mut exchange) = lease.take() {

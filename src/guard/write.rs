@@ -172,7 +172,9 @@ where
                 instance,
                 generation,
             };
-            match stale.resolve(req).await? {
+            // Boxed: under a lease a stale write may fetch, read its body and merge, state
+            // that would otherwise make every write's future larger (and dearer to move).
+            match Box::pin(stale.resolve(req)).await? {
                 Resolved::Answer(answer) => return Ok(answer),
                 Resolved::Pass(req, exchange) => (req.map(RequestBody::new), exchange, None),
                 Resolved::Merged(merged, exchange, header) => (merged, exchange, Some(header)),

@@ -11,6 +11,10 @@ use super::{RedisLease, RedisStore};
 use crate::key::ResourceKey;
 
 /// Either backend behind one type, so that the composition root can pick one at runtime.
+///
+/// The Redis arms box their futures: a Redis call's future is several times the memory
+/// store's, and unboxed it would size (and make dearer to move) every request's future on
+/// the memory store too; next to a network round trip, the allocation is nothing.
 #[derive(Debug, Clone)]
 pub enum AnyStore {
     /// The in-memory store (one process).
@@ -50,7 +54,7 @@ impl Store for AnyStore {
         match self {
             Self::Memory(store) => store.load(key).await,
             #[cfg(feature = "redis")]
-            Self::Redis(store) => store.load(key).await,
+            Self::Redis(store) => Box::pin(store.load(key)).await,
         }
     }
 
@@ -63,7 +67,7 @@ impl Store for AnyStore {
         match self {
             Self::Memory(store) => store.learn(key, generation, observation).await,
             #[cfg(feature = "redis")]
-            Self::Redis(store) => store.learn(key, generation, observation).await,
+            Self::Redis(store) => Box::pin(store.learn(key, generation, observation)).await,
         }
     }
 
@@ -76,7 +80,7 @@ impl Store for AnyStore {
         match self {
             Self::Memory(store) => store.learn_soon(key, generation, observation).await,
             #[cfg(feature = "redis")]
-            Self::Redis(store) => store.learn_soon(key, generation, observation).await,
+            Self::Redis(store) => Box::pin(store.learn_soon(key, generation, observation)).await,
         }
     }
 
@@ -92,7 +96,7 @@ impl Store for AnyStore {
             }
             #[cfg(feature = "redis")]
             Self::Redis(store) => {
-                let (lease, snapshot) = store.acquire(key, wait).await?;
+                let (lease, snapshot) = Box::pin(store.acquire(key, wait)).await?;
                 Ok((AnyLease::Redis(lease), snapshot))
             }
         }
@@ -112,7 +116,7 @@ impl Store for AnyStore {
                 Acquired::Refused(snapshot) => Acquired::Refused(snapshot),
             },
             #[cfg(feature = "redis")]
-            Self::Redis(store) => match store.acquire_unless(key, wait, refusal).await? {
+            Self::Redis(store) => match Box::pin(store.acquire_unless(key, wait, refusal)).await? {
                 Acquired::Held(lease, snapshot) => Acquired::Held(AnyLease::Redis(lease), snapshot),
                 Acquired::Refused(snapshot) => Acquired::Refused(snapshot),
             },
@@ -124,7 +128,7 @@ impl Store for AnyStore {
         match self {
             Self::Memory(store) => store.read_generation(key).await,
             #[cfg(feature = "redis")]
-            Self::Redis(store) => store.read_generation(key).await,
+            Self::Redis(store) => Box::pin(store.read_generation(key)).await,
         }
     }
 
@@ -134,7 +138,9 @@ impl Store for AnyStore {
         match (self, lease) {
             (Self::Memory(store), AnyLease::Memory(lease)) => store.complete(lease, outcome).await,
             #[cfg(feature = "redis")]
-            (Self::Redis(store), AnyLease::Redis(lease)) => store.complete(lease, outcome).await,
+            (Self::Redis(store), AnyLease::Redis(lease)) => {
+                Box::pin(store.complete(lease, outcome)).await
+            }
             #[cfg(feature = "redis")]
             (_, lease) => {
                 drop(lease);
@@ -149,7 +155,7 @@ impl Store for AnyStore {
         match self {
             Self::Memory(store) => store.purge(key).await,
             #[cfg(feature = "redis")]
-            Self::Redis(store) => store.purge(key).await,
+            Self::Redis(store) => Box::pin(store.purge(key)).await,
         }
     }
 

@@ -109,7 +109,9 @@ impl Leases {
                     key,
                     lock: Some(Box::pin(mutex.lock_owned())),
                 };
-                tokio::time::timeout(wait, waiter)
+                // Boxed with its timer (a tokio timer is large): every write's future holds
+                // this one's state, and moves it whole, though most writes never wait.
+                Box::pin(tokio::time::timeout(wait, waiter))
                     .await
                     .map_err(|_| StoreError::LeaseTimeout)
             }
